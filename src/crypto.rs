@@ -1,0 +1,201 @@
+//! Keys and primitives for data at rest (DESIGN.md principle 2). Everything here is a
+//! thin layer over RustCrypto crates: HKDF-SHA256 derives one key per purpose from
+//! `GATEHOUSE_SECRET_KEY`, XChaCha20-Poly1305 seals personal data, HMAC-SHA256 gives
+//! equality look-ups and CSRF tokens, SHA-256 stores bearer tokens.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use rand::rngs::OsRng;
+use sha2::{Digest, Sha256};
+
+use crate::settings::SecretKey;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Format byte in front of every ciphertext, so the layout can change later.
+const SEALED_V1: u8 = 1;
+
+/// 32 bytes from the operating system's RNG, base64url without padding (43 chars).
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    OsRng.fill_bytes(&mut bytes);
+    bytes
+}
+
+/// SHA-256 of a bearer token: what the database keeps instead of the token.
+pub fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Constant-time equality, for anything a caller could probe byte by byte.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// One generation of derived keys.
+struct KeySet {
+    id: [u8; 4],
+    aead: XChaCha20Poly1305,
+    hmac: [u8; 32],
+}
+
+impl KeySet {
+    fn derive(root: &SecretKey) -> Self {
+        let hk = Hkdf::<Sha256>::new(Some(b"gatehouse"), root.expose());
+        let mut aead_key = [0u8; 32];
+        let mut hmac = [0u8; 32];
+        let mut id = [0u8; 4];
+        // HKDF-SHA256 can produce up to 8160 bytes, so these never fail.
+        let _ = hk.expand(b"gatehouse/v1/aead", &mut aead_key);
+        let _ = hk.expand(b"gatehouse/v1/hmac", &mut hmac);
+        let _ = hk.expand(b"gatehouse/v1/key-id", &mut id);
+        Self {
+            id,
+            aead: XChaCha20Poly1305::new(&aead_key.into()),
+            hmac,
+        }
+    }
+}
+
+/// The current key and the older ones still accepted for reading.
+pub struct Keys {
+    current: KeySet,
+    old: Vec<KeySet>,
+}
+
+/// A sealed value could not be opened (unknown key id, tampered, wrong context).
+#[derive(Debug, thiserror::Error)]
+#[error("sealed value cannot be opened")]
+pub struct OpenError;
+
+impl Keys {
+    pub fn new(current: &SecretKey, old: &[SecretKey]) -> Self {
+        Self {
+            current: KeySet::derive(current),
+            old: old.iter().map(KeySet::derive).collect(),
+        }
+    }
+
+    /// Seals `plaintext` for a column. `context` (e.g. `"sessions.ip"`) is bound as
+    /// associated data, so a ciphertext moved to another column does not open.
+    /// Layout: version (1) ‖ key id (4) ‖ nonce (24) ‖ ciphertext+tag.
+    pub fn seal(&self, context: &str, plaintext: &[u8]) -> Vec<u8> {
+        let nonce_bytes = random_bytes::<24>();
+        let nonce = XNonce::from_slice(&nonce_bytes);
+        // Encryption with a valid key and nonce cannot fail for in-memory buffers.
+        let ciphertext = self
+            .current
+            .aead
+            .encrypt(
+                nonce,
+                Payload {
+                    msg: plaintext,
+                    aad: context.as_bytes(),
+                },
+            )
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(1 + 4 + 24 + ciphertext.len());
+        out.push(SEALED_V1);
+        out.extend_from_slice(&self.current.id);
+        out.extend_from_slice(&nonce_bytes);
+        out.extend_from_slice(&ciphertext);
+        out
+    }
+
+    pub fn open(&self, context: &str, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+        if sealed.len() < 1 + 4 + 24 + 16 || sealed[0] != SEALED_V1 {
+            return Err(OpenError);
+        }
+        let (id, rest) = sealed[1..].split_at(4);
+        let (nonce, ciphertext) = rest.split_at(24);
+        let keys = std::iter::once(&self.current).chain(self.old.iter());
+        let key = keys.into_iter().find(|k| k.id == id).ok_or(OpenError)?;
+        key.aead
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: context.as_bytes(),
+                },
+            )
+            .map_err(|_| OpenError)
+    }
+
+    /// Keyed HMAC for equality look-ups and bindings; `purpose` separates uses.
+    pub fn mac(&self, purpose: &str, data: &[u8]) -> Vec<u8> {
+        let Ok(mut mac) = <HmacSha256 as Mac>::new_from_slice(&self.current.hmac) else {
+            return Vec::new(); // HMAC accepts keys of any length; unreachable.
+        };
+        mac.update(purpose.as_bytes());
+        mac.update(&[0]);
+        mac.update(data);
+        mac.finalize().into_bytes().to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn keys(byte: u8) -> Keys {
+        Keys::new(&SecretKey::from_bytes([byte; 32]), &[])
+    }
+
+    #[test]
+    fn sealed_values_open_only_with_their_context_and_key() {
+        let k = keys(1);
+        let sealed = k.seal("sessions.ip", b"203.0.113.9");
+        assert_eq!(k.open("sessions.ip", &sealed).unwrap(), b"203.0.113.9");
+        assert!(k.open("sessions.user_agent", &sealed).is_err());
+        assert!(keys(2).open("sessions.ip", &sealed).is_err());
+        let mut tampered = sealed.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(k.open("sessions.ip", &tampered).is_err());
+        assert_ne!(k.seal("sessions.ip", b"x"), k.seal("sessions.ip", b"x"));
+    }
+
+    #[test]
+    fn an_old_key_still_opens_what_it_sealed() {
+        let old = SecretKey::from_bytes([1; 32]);
+        let sealed = Keys::new(&old, &[]).seal("c", b"data");
+        let rotated = Keys::new(&SecretKey::from_bytes([9; 32]), &[old]);
+        assert_eq!(rotated.open("c", &sealed).unwrap(), b"data");
+    }
+
+    #[test]
+    fn tokens_are_256_bit_unique_and_hash_to_32_bytes() {
+        let tokens: HashSet<String> = (0..1000).map(|_| random_token()).collect();
+        assert_eq!(tokens.len(), 1000);
+        for t in tokens.iter().take(10) {
+            assert_eq!(URL_SAFE_NO_PAD.decode(t).unwrap().len(), 32);
+            assert_eq!(token_hash(t).len(), 32);
+        }
+        assert_eq!(
+            token_hash("abc"),
+            Sha256::digest(b"abc").to_vec(),
+            "the stored hash is plain SHA-256 of the cookie value"
+        );
+    }
+
+    #[test]
+    fn macs_differ_by_purpose_and_key() {
+        let k = keys(1);
+        assert_eq!(k.mac("a", b"x"), k.mac("a", b"x"));
+        assert_ne!(k.mac("a", b"x"), k.mac("b", b"x"));
+        assert_ne!(k.mac("a", b"x"), keys(2).mac("a", b"x"));
+    }
+}

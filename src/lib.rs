@@ -1,0 +1,16 @@
+//! Gatehouse: a self-hosted identity server with server-side, revocable sessions.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod crypto;
+pub mod domain;
+pub mod error;
+pub mod metrics;
+pub mod settings;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod web;

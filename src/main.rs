@@ -1,0 +1,78 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use gatehouse::cli::{Cli, Command, UserCommand, read_password};
+use gatehouse::clock::Clock;
+use gatehouse::settings::{RawSettings, Settings};
+use gatehouse::startup::{AppState, Application, migrate_when_reachable};
+use gatehouse::store::connect_pool;
+use gatehouse::{auth, telemetry};
+
+fn load_settings(cli: &Cli) -> Result<Settings, String> {
+    let (path, given) = match &cli.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from("gatehouse.toml"), false),
+    };
+    let raw = RawSettings::load(&path, given).map_err(|e| e.to_string())?;
+    let unknown = raw.unknown_keys();
+    let settings = raw.into_settings().map_err(|e| e.to_string())?;
+    telemetry::init(settings.log_format);
+    for key in unknown {
+        tracing::warn!(key = %key, "unknown setting ignored");
+    }
+    Ok(settings)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match load_settings(&cli) {
+        Ok(s) => s,
+        Err(line) => {
+            eprintln!("gatehouse: {line}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli.command, settings).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatehouse: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { no_migrate } => {
+            let bind = settings.bind;
+            let app = Application::build(settings, Clock::system(), !no_migrate).await?;
+            tracing::info!(%bind, port = app.port(), "gatehouse listening");
+            app.run_until_stopped().await?;
+            tracing::info!("stopped");
+        }
+        Command::Migrate => {
+            let pool = connect_pool(settings.database_url(), settings.database_acquire_timeout)?;
+            migrate_when_reachable(&pool).await?;
+            println!("migrations applied");
+        }
+        Command::User {
+            command:
+                UserCommand::Create {
+                    email,
+                    admin,
+                    verified,
+                },
+        } => {
+            let password = read_password()?;
+            let state = AppState::new(settings, Clock::system(), true).await?;
+            let id = auth::login::create_user(&state, &email, &password, admin, verified).await?;
+            println!(
+                "{}",
+                serde_json::json!({ "user_id": id.to_string(), "email": email.trim().to_lowercase() })
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,587 @@
+//! Settings: defaults < `gatehouse.toml` < `GATEHOUSE_*` environment variables.
+//!
+//! Every value is parsed and checked here, once, at start-up; an invalid or missing
+//! required setting stops the process with one line that names the key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretBox, SecretString};
+use url::Url;
+
+/// A setting that could not be used, with the key it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct SettingsError {
+    pub key: String,
+    pub reason: String,
+}
+
+fn err(key: &str, reason: impl Into<String>) -> SettingsError {
+    SettingsError {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// How tracing output is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Argon2id cost. Production values come from DESIGN.md ("m=19456 KiB, t=2, p=1 at
+/// least"); only tests build cheaper ones, in code, never from the environment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Argon2Cost {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Argon2Cost {
+    pub const PRODUCTION: Argon2Cost = Argon2Cost {
+        memory_kib: 19_456,
+        iterations: 2,
+        parallelism: 1,
+    };
+}
+
+/// A 32-byte key, printed as `[redacted]`.
+pub struct SecretKey(SecretBox<[u8; 32]>);
+
+impl SecretKey {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(SecretBox::new(Box::new(bytes)))
+    }
+    pub fn expose(&self) -> &[u8; 32] {
+        self.0.expose_secret()
+    }
+    /// Keys are base64 (standard or URL-safe, padded or not) of exactly 32 bytes.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let engines = [
+            &base64::engine::general_purpose::STANDARD,
+            &base64::engine::general_purpose::STANDARD_NO_PAD,
+            &base64::engine::general_purpose::URL_SAFE,
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ];
+        let bytes = engines
+            .iter()
+            .find_map(|e| e.decode(text).ok())
+            .ok_or("is not base64")?;
+        let bytes: [u8; 32] = bytes
+            .try_into()
+            .map_err(|b: Vec<u8>| format!("must decode to exactly 32 bytes, not {}", b.len()))?;
+        Ok(Self::from_bytes(bytes))
+    }
+}
+
+impl Clone for SecretKey {
+    fn clone(&self) -> Self {
+        Self::from_bytes(*self.expose())
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Everything Gatehouse reads from its environment.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub database_url: SecretString,
+    pub bind: SocketAddr,
+    /// The external base URL and OIDC issuer, without a trailing slash.
+    pub public_url: Url,
+    /// `None` only in dev mode, where a key is generated and kept in the database.
+    pub secret_key: Option<SecretKey>,
+    pub old_secret_keys: Vec<SecretKey>,
+    pub dev: bool,
+    pub trusted_proxies: Vec<IpNet>,
+    pub session_idle: Duration,
+    pub session_absolute: Duration,
+    pub remember_idle: Duration,
+    pub remember_absolute: Duration,
+    pub log_format: LogFormat,
+    pub login_max_failures: u32,
+    pub ip_max_failures: u32,
+    pub argon2: Argon2Cost,
+    /// How many argon2 computations run at once (the rest queue). Defaults to the
+    /// number of cores: more cannot go faster, only use more memory.
+    pub argon2_concurrency: usize,
+    /// How long a request may wait for a database connection before it answers 503.
+    pub database_acquire_timeout: Duration,
+}
+
+/// The keys this version understands, for the "unknown setting" warning.
+pub const KNOWN_KEYS: &[&str] = &[
+    "GATEHOUSE_DATABASE_URL",
+    "GATEHOUSE_BIND",
+    "GATEHOUSE_PUBLIC_URL",
+    "GATEHOUSE_SECRET_KEY",
+    "GATEHOUSE_OLD_SECRET_KEYS",
+    "GATEHOUSE_DEV",
+    "GATEHOUSE_TRUSTED_PROXIES",
+    "GATEHOUSE_SESSION_IDLE",
+    "GATEHOUSE_SESSION_ABSOLUTE",
+    "GATEHOUSE_SESSION_REMEMBER_IDLE",
+    "GATEHOUSE_SESSION_REMEMBER_ABSOLUTE",
+    "GATEHOUSE_LOG_FORMAT",
+    "GATEHOUSE_LOGIN_MAX_FAILURES",
+    "GATEHOUSE_IP_MAX_FAILURES",
+];
+
+/// Raw key → value pairs, already merged from the file and the environment.
+#[derive(Debug, Default, Clone)]
+pub struct RawSettings {
+    values: BTreeMap<String, String>,
+}
+
+impl RawSettings {
+    /// Reads `path` if it exists (a missing default file is fine) and then the
+    /// process environment on top of it.
+    pub fn load(path: &Path, path_was_given: bool) -> Result<Self, SettingsError> {
+        let mut raw = RawSettings::default();
+        match std::fs::read_to_string(path) {
+            Ok(text) => raw.merge_toml(&text, &path.display().to_string())?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !path_was_given => {}
+            Err(e) => return Err(err("--config", format!("{}: {e}", path.display()))),
+        }
+        raw.merge_env(std::env::vars());
+        Ok(raw)
+    }
+
+    /// File keys may be written `GATEHOUSE_BIND` or `bind`.
+    pub fn merge_toml(&mut self, text: &str, origin: &str) -> Result<(), SettingsError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| err(origin, e.message().to_string()))?;
+        for (key, value) in table {
+            let key = normalise_key(&key);
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(|v| match v {
+                        toml::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+                _ => return Err(err(&key, "must be a string, number, boolean or list")),
+            };
+            self.values.insert(key, value);
+        }
+        Ok(())
+    }
+
+    pub fn merge_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) {
+        for (key, value) in vars {
+            if key.starts_with("GATEHOUSE_") && key != "GATEHOUSE_TEST_DATABASE_URL" {
+                self.values.insert(key, value);
+            }
+        }
+    }
+
+    pub fn set(&mut self, key: &str, value: &str) {
+        self.values.insert(key.to_string(), value.to_string());
+    }
+
+    /// Keys that look like settings but are not ones this version knows (typos).
+    pub fn unknown_keys(&self) -> Vec<String> {
+        self.values
+            .keys()
+            .filter(|k| !KNOWN_KEYS.contains(&k.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.values
+            .get(key)
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+    }
+
+    fn bool(&self, key: &str, default: bool) -> Result<bool, SettingsError> {
+        match self.get(key).map(|v| v.to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) if ["true", "1", "yes", "on"].contains(&v.as_str()) => Ok(true),
+            Some(v) if ["false", "0", "no", "off"].contains(&v.as_str()) => Ok(false),
+            Some(_) => Err(err(key, "must be true or false")),
+        }
+    }
+
+    fn duration(&self, key: &str, default: &str) -> Result<Duration, SettingsError> {
+        let text = self.get(key).unwrap_or(default);
+        let d = humantime::parse_duration(text).map_err(|_| {
+            err(
+                key,
+                format!("{text:?} is not a duration like 30m, 12h or 7d"),
+            )
+        })?;
+        if d.is_zero() {
+            return Err(err(key, "must be longer than zero"));
+        }
+        Ok(d)
+    }
+
+    fn count(&self, key: &str, default: u32, max: u32) -> Result<u32, SettingsError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => match v.parse::<u32>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(err(key, format!("must be a whole number from 1 to {max}"))),
+            },
+        }
+    }
+
+    /// Parses and checks every setting.
+    pub fn into_settings(self) -> Result<Settings, SettingsError> {
+        let dev = self.bool("GATEHOUSE_DEV", false)?;
+
+        let database_url = self
+            .get("GATEHOUSE_DATABASE_URL")
+            .ok_or_else(|| err("GATEHOUSE_DATABASE_URL", "is required (postgres://…)"))?;
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(err(
+                "GATEHOUSE_DATABASE_URL",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+
+        let bind_text = self.get("GATEHOUSE_BIND").unwrap_or("127.0.0.1:8080");
+        let bind: SocketAddr = bind_text.parse().map_err(|_| {
+            err(
+                "GATEHOUSE_BIND",
+                format!("{bind_text:?} is not an address like 127.0.0.1:8080"),
+            )
+        })?;
+
+        let public_url = parse_public_url(
+            self.get("GATEHOUSE_PUBLIC_URL")
+                .unwrap_or("http://localhost:8080"),
+            dev,
+        )?;
+
+        let secret_key = match self.get("GATEHOUSE_SECRET_KEY") {
+            Some(text) => Some(SecretKey::parse(text).map_err(|r| err("GATEHOUSE_SECRET_KEY", r))?),
+            None if dev => None,
+            None => {
+                return Err(err(
+                    "GATEHOUSE_SECRET_KEY",
+                    "is required outside dev mode (32 random bytes, base64; `openssl rand -base64 32`)",
+                ));
+            }
+        };
+        let old_secret_keys = self
+            .get("GATEHOUSE_OLD_SECRET_KEYS")
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(SecretKey::parse)
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()
+            .map_err(|r| err("GATEHOUSE_OLD_SECRET_KEYS", r))?
+            .unwrap_or_default();
+
+        let trusted_proxies = self
+            .get("GATEHOUSE_TRUSTED_PROXIES")
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| {
+                        s.parse::<IpNet>()
+                            .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                            .map_err(|_| format!("{s:?} is not a CIDR like 10.0.0.0/8"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()
+            .map_err(|r| err("GATEHOUSE_TRUSTED_PROXIES", r))?
+            .unwrap_or_default();
+
+        let session_idle = self.duration("GATEHOUSE_SESSION_IDLE", "30m")?;
+        let session_absolute = self.duration("GATEHOUSE_SESSION_ABSOLUTE", "12h")?;
+        let remember_idle = self.duration("GATEHOUSE_SESSION_REMEMBER_IDLE", "7d")?;
+        let remember_absolute = self.duration("GATEHOUSE_SESSION_REMEMBER_ABSOLUTE", "30d")?;
+        if session_idle > session_absolute {
+            return Err(err(
+                "GATEHOUSE_SESSION_IDLE",
+                "must not be longer than GATEHOUSE_SESSION_ABSOLUTE",
+            ));
+        }
+        if remember_idle > remember_absolute {
+            return Err(err(
+                "GATEHOUSE_SESSION_REMEMBER_IDLE",
+                "must not be longer than GATEHOUSE_SESSION_REMEMBER_ABSOLUTE",
+            ));
+        }
+
+        let log_format = match self.get("GATEHOUSE_LOG_FORMAT") {
+            None if dev => LogFormat::Pretty,
+            None => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(_) => return Err(err("GATEHOUSE_LOG_FORMAT", "must be pretty or json")),
+        };
+
+        Ok(Settings {
+            database_url: SecretString::from(database_url.to_string()),
+            bind,
+            public_url,
+            secret_key,
+            old_secret_keys,
+            dev,
+            trusted_proxies,
+            session_idle,
+            session_absolute,
+            remember_idle,
+            remember_absolute,
+            log_format,
+            login_max_failures: self.count("GATEHOUSE_LOGIN_MAX_FAILURES", 5, 100)?,
+            ip_max_failures: self.count("GATEHOUSE_IP_MAX_FAILURES", 30, 100_000)?,
+            argon2: Argon2Cost::PRODUCTION,
+            argon2_concurrency: num_cpus::get().max(1),
+            database_acquire_timeout: Duration::from_secs(5),
+        })
+    }
+}
+
+fn normalise_key(key: &str) -> String {
+    let upper = key.trim().to_ascii_uppercase().replace(['-', '.'], "_");
+    if upper.starts_with("GATEHOUSE_") {
+        upper
+    } else {
+        format!("GATEHOUSE_{upper}")
+    }
+}
+
+/// Whether `host` is a loopback name or address (`localhost`, 127.0.0.0/8, `[::1]`).
+pub fn is_loopback_host(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    }
+}
+
+fn parse_public_url(text: &str, dev: bool) -> Result<Url, SettingsError> {
+    const KEY: &str = "GATEHOUSE_PUBLIC_URL";
+    let trimmed = text.trim_end_matches('/');
+    let url = Url::parse(trimmed).map_err(|_| err(KEY, format!("{text:?} is not a URL")))?;
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(err(KEY, "must not have a query, fragment or user info"));
+    }
+    let host = url.host().ok_or_else(|| err(KEY, "must have a host"))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if dev && is_loopback_host(&host) => {}
+        "http" if dev => {
+            return Err(err(
+                KEY,
+                "plain http is allowed only for a loopback host (localhost, 127.0.0.1, [::1])",
+            ));
+        }
+        "http" => {
+            return Err(err(
+                KEY,
+                "must be https:// outside dev mode (set GATEHOUSE_DEV=true to try it on localhost)",
+            ));
+        }
+        _ => return Err(err(KEY, "must be an https:// URL")),
+    }
+    Ok(url)
+}
+
+impl Settings {
+    /// The issuer: the public URL without a trailing slash (OIDC Core §2, RFC 8414 §2).
+    pub fn issuer(&self) -> String {
+        self.public_url.as_str().trim_end_matches('/').to_string()
+    }
+
+    /// `scheme://host[:port]` of the public URL, compared with a request's `Origin`.
+    pub fn public_origin(&self) -> String {
+        self.public_url.origin().ascii_serialization()
+    }
+
+    /// Cookies may go without `Secure` (and so without the `__Host-` prefix) only in dev
+    /// mode on a plain-HTTP loopback URL.
+    pub fn insecure_cookies(&self) -> bool {
+        self.dev && self.public_url.scheme() == "http"
+    }
+
+    pub fn database_url(&self) -> &str {
+        self.database_url.expose_secret()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    fn raw(pairs: &[(&str, &str)]) -> RawSettings {
+        let mut raw = RawSettings::default();
+        raw.set("GATEHOUSE_DATABASE_URL", "postgres://localhost/gatehouse");
+        for (k, v) in pairs {
+            raw.set(k, v);
+        }
+        raw
+    }
+
+    fn error_of(pairs: &[(&str, &str)]) -> SettingsError {
+        match raw(pairs).into_settings() {
+            Ok(_) => panic!("settings {pairs:?} were accepted"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn production_defaults_need_https_and_a_secret_key() {
+        let e = error_of(&[("GATEHOUSE_PUBLIC_URL", "https://id.example.com")]);
+        assert_eq!(e.key, "GATEHOUSE_SECRET_KEY");
+        let e = error_of(&[("GATEHOUSE_SECRET_KEY", KEY)]);
+        assert_eq!(e.key, "GATEHOUSE_PUBLIC_URL");
+        assert!(
+            e.to_string()
+                .starts_with("GATEHOUSE_PUBLIC_URL: must be https://")
+        );
+    }
+
+    #[test]
+    fn valid_production_settings_parse_with_documented_defaults() {
+        let s = raw(&[
+            ("GATEHOUSE_PUBLIC_URL", "https://id.example.com/"),
+            ("GATEHOUSE_SECRET_KEY", KEY),
+        ])
+        .into_settings()
+        .unwrap();
+        assert_eq!(s.issuer(), "https://id.example.com");
+        assert_eq!(s.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.session_idle, Duration::from_secs(30 * 60));
+        assert_eq!(s.session_absolute, Duration::from_secs(12 * 3600));
+        assert_eq!(s.remember_idle, Duration::from_secs(7 * 86400));
+        assert_eq!(s.remember_absolute, Duration::from_secs(30 * 86400));
+        assert_eq!(s.login_max_failures, 5);
+        assert_eq!(s.ip_max_failures, 30);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert!(!s.insecure_cookies());
+        assert_eq!(s.argon2, Argon2Cost::PRODUCTION);
+    }
+
+    #[test]
+    fn dev_mode_allows_plain_http_only_on_loopback() {
+        for url in [
+            "http://localhost:8080",
+            "http://127.0.0.2:9000",
+            "http://[::1]:8080",
+        ] {
+            let s = raw(&[("GATEHOUSE_DEV", "true"), ("GATEHOUSE_PUBLIC_URL", url)])
+                .into_settings()
+                .unwrap();
+            assert!(s.insecure_cookies(), "{url}");
+            assert!(s.secret_key.is_none());
+        }
+        let e = error_of(&[
+            ("GATEHOUSE_DEV", "true"),
+            ("GATEHOUSE_PUBLIC_URL", "http://id.example.com"),
+        ]);
+        assert_eq!(e.key, "GATEHOUSE_PUBLIC_URL");
+    }
+
+    #[test]
+    fn secret_keys_must_be_32_bytes_of_base64_in_either_alphabet() {
+        assert!(SecretKey::parse(KEY).is_ok());
+        assert!(SecretKey::parse("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8").is_ok());
+        assert!(SecretKey::parse("-_8AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").is_ok());
+        assert!(
+            SecretKey::parse("c2hvcnQ=")
+                .unwrap_err()
+                .contains("32 bytes")
+        );
+        assert!(SecretKey::parse("not base64!").is_err());
+        let e = error_of(&[("GATEHOUSE_SECRET_KEY", "c2hvcnQ=")]);
+        assert_eq!(e.key, "GATEHOUSE_SECRET_KEY");
+        assert_eq!(
+            format!("{:?}", SecretKey::parse(KEY).unwrap()),
+            "[redacted]"
+        );
+    }
+
+    #[test]
+    fn every_bad_value_names_its_key() {
+        let cases: &[(&str, &str)] = &[
+            ("GATEHOUSE_BIND", "nowhere"),
+            ("GATEHOUSE_SESSION_IDLE", "soon"),
+            ("GATEHOUSE_SESSION_IDLE", "0s"),
+            ("GATEHOUSE_LOGIN_MAX_FAILURES", "0"),
+            ("GATEHOUSE_LOGIN_MAX_FAILURES", "1000"),
+            ("GATEHOUSE_IP_MAX_FAILURES", "-3"),
+            ("GATEHOUSE_TRUSTED_PROXIES", "10.0.0.0/8, banana"),
+            ("GATEHOUSE_LOG_FORMAT", "xml"),
+            ("GATEHOUSE_DEV", "maybe"),
+            ("GATEHOUSE_DATABASE_URL", "mysql://x"),
+        ];
+        for (key, value) in cases {
+            let e = error_of(&[("GATEHOUSE_DEV", "true"), (key, value)]);
+            assert_eq!(&e.key, key, "{key}={value}");
+        }
+        let e = error_of(&[("GATEHOUSE_DEV", "true"), ("GATEHOUSE_SESSION_IDLE", "13h")]);
+        assert_eq!(e.key, "GATEHOUSE_SESSION_IDLE");
+    }
+
+    #[test]
+    fn environment_wins_over_the_file_and_file_keys_may_be_short() {
+        let mut raw = RawSettings::default();
+        raw.merge_toml(
+            "dev = true\nbind = \"127.0.0.1:9999\"\nGATEHOUSE_LOGIN_MAX_FAILURES = 7\ntrusted_proxies = [\"10.0.0.0/8\", \"192.168.1.1\"]\ndatabase_url = \"postgres://file/db\"",
+            "gatehouse.toml",
+        )
+        .unwrap();
+        raw.merge_env([
+            ("GATEHOUSE_BIND".to_string(), "127.0.0.1:7777".to_string()),
+            ("HOME".to_string(), "/root".to_string()),
+        ]);
+        let s = raw.clone().into_settings().unwrap();
+        assert_eq!(s.bind.to_string(), "127.0.0.1:7777");
+        assert_eq!(s.login_max_failures, 7);
+        assert_eq!(s.trusted_proxies.len(), 2);
+        assert!(s.dev);
+        assert!(raw.unknown_keys().is_empty());
+        raw.set("GATEHOUSE_SESION_IDLE", "1m");
+        assert_eq!(
+            raw.unknown_keys(),
+            vec!["GATEHOUSE_SESION_IDLE".to_string()]
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = raw(&[
+            ("GATEHOUSE_DEV", "true"),
+            ("GATEHOUSE_DATABASE_URL", "postgres://u:hunter2@db/g"),
+            ("GATEHOUSE_SECRET_KEY", KEY),
+        ])
+        .into_settings()
+        .unwrap();
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("hunter2"));
+        assert!(!printed.contains(KEY));
+    }
+}

@@ -1,0 +1,145 @@
+//! The only SQL in the crate. `Store` is what the services need; `PgStore` is its
+//! PostgreSQL implementation. Each method is one unit of work with its own transaction.
+
+mod postgres;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::domain::{Email, SessionId, UserId};
+
+pub use postgres::{PgStore, connect_pool, is_unavailable, run_migrations};
+
+/// Storage failures, split by what the caller should tell the person.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule said no (e.g. the e-mail address is taken).
+    #[error("conflict")]
+    Conflict,
+    /// The database cannot be reached right now; the request may succeed later.
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error")]
+    Other(#[source] sqlx::Error),
+}
+
+/// An account to create.
+pub struct NewUser {
+    pub id: UserId,
+    pub email: Email,
+    pub password_hash: String,
+    pub is_admin: bool,
+    pub verified: bool,
+    pub now: OffsetDateTime,
+}
+
+/// An account as sign-in needs it.
+pub struct UserRecord {
+    pub id: UserId,
+    pub email: String,
+    pub password_hash: String,
+    pub disabled: bool,
+}
+
+/// A session row to insert. Times and lifetimes are computed by the service.
+pub struct NewSession {
+    pub id: SessionId,
+    pub token_hash: Vec<u8>,
+    pub user_id: UserId,
+    pub now: OffsetDateTime,
+    pub idle_timeout_secs: i32,
+    pub idle_expires_at: OffsetDateTime,
+    pub absolute_expires_at: OffsetDateTime,
+    pub remember_me: bool,
+    pub aal: &'static str,
+    pub amr: Vec<String>,
+    pub ip_enc: Option<Vec<u8>>,
+    pub user_agent_enc: Option<Vec<u8>>,
+}
+
+/// A live session with its user, as every authenticated request sees it.
+#[derive(Clone, Debug)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    pub user_id: UserId,
+    pub email: String,
+    pub created_at: OffsetDateTime,
+    pub last_seen_at: OffsetDateTime,
+    pub idle_expires_at: OffsetDateTime,
+    pub absolute_expires_at: OffsetDateTime,
+    pub auth_time: OffsetDateTime,
+    pub aal: String,
+    pub amr: Vec<String>,
+    pub remember_me: bool,
+}
+
+/// Throttle limits in force for a sign-in attempt.
+#[derive(Clone, Copy, Debug)]
+pub struct ThrottleLimits {
+    pub account_max_failures: i32,
+    pub ip_max_failures: i32,
+    pub ip_window_secs: i32,
+    pub max_backoff_secs: i32,
+}
+
+/// Whether a sign-in attempt may be evaluated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    Allowed,
+    Blocked { retry_after_secs: u64 },
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Cheap round trip, for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Whether every migration this binary carries has been applied.
+    async fn migrations_current(&self) -> Result<bool, StoreError>;
+
+    /// Creates the account and, if given, its first session, in one transaction.
+    async fn create_user(
+        &self,
+        user: NewUser,
+        session: Option<NewSession>,
+    ) -> Result<(), StoreError>;
+    async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError>;
+
+    /// Counts this attempt as a failure *before* the password is checked, so that
+    /// parallel attempts cannot all slip under the limit (ZITADEL CVE-2023-47111);
+    /// `sign_in_succeeded` takes the count back. Nothing is counted when blocked.
+    async fn reserve_sign_in_attempt(
+        &self,
+        account_key: &[u8],
+        ip_key: &[u8],
+        now: OffsetDateTime,
+        limits: ThrottleLimits,
+    ) -> Result<Attempt, StoreError>;
+    /// Resets the account's failures, refunds the IP's reservation and creates the
+    /// session, in one transaction.
+    async fn sign_in_succeeded(
+        &self,
+        account_key: &[u8],
+        ip_key: &[u8],
+        session: NewSession,
+    ) -> Result<(), StoreError>;
+
+    /// The live session behind a cookie token hash: not revoked, not expired, user not
+    /// disabled. One indexed read.
+    async fn live_session(
+        &self,
+        token_hash: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<Option<SessionRecord>, StoreError>;
+    /// Records activity: last-seen and a new idle expiry (never past the absolute one).
+    async fn touch_session(&self, id: SessionId, now: OffsetDateTime) -> Result<(), StoreError>;
+    /// Returns whether a live session was revoked by this call.
+    async fn revoke_session(
+        &self,
+        id: SessionId,
+        now: OffsetDateTime,
+        reason: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Dev mode: the stored secret key, or `candidate` stored as the key if none exists.
+    async fn dev_secret_key(&self, candidate: [u8; 32]) -> Result<[u8; 32], StoreError>;
+}

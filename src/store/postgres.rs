@@ -1,0 +1,369 @@
+//! PostgreSQL implementation of `Store`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{
+    Attempt, NewSession, NewUser, SessionRecord, Store, StoreError, ThrottleLimits, UserRecord,
+};
+use crate::domain::{Email, SessionId, UserId};
+
+/// The schema, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// A lazily connecting pool: the process starts (and keeps running) while the
+/// database is away, and requests answer 503 until it is back.
+pub fn connect_pool(url: &str, acquire_timeout: Duration) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?.application_name("gatehouse");
+    Ok(PgPoolOptions::new()
+        .max_connections(16)
+        .min_connections(0)
+        .acquire_timeout(acquire_timeout)
+        // A connection that died while the database was down is noticed and replaced
+        // before use rather than failing a request.
+        .test_before_acquire(true)
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .connect_lazy_with(options))
+}
+
+pub async fn run_migrations(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// Whether an error means "the database cannot be reached right now" (as opposed to a
+/// bug or a rule violation): pool timeouts, broken connections, and server states of
+/// SQLSTATE class 08 (connection exception), 57P (shutting down) and 53 (resources).
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+            code.starts_with("08") || code.starts_with("57P") || code.starts_with("53")
+        }
+        _ => false,
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if is_unavailable(&e) {
+            StoreError::Unavailable(e)
+        } else if matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation()) {
+            StoreError::Conflict
+        } else {
+            StoreError::Other(e)
+        }
+    }
+}
+
+/// `Store` over a PostgreSQL pool.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+async fn insert_session(conn: &mut sqlx::PgConnection, s: &NewSession) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sessions (id, token_hash, user_id, created_at, last_seen_at,
+             idle_timeout_secs, idle_expires_at, absolute_expires_at, remember_me,
+             auth_time, aal, aal_reached_at, amr, ip_enc, user_agent_enc)
+         VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $4, $9, $4, $10, $11, $12)",
+    )
+    .bind(s.id.0)
+    .bind(&s.token_hash)
+    .bind(s.user_id.0)
+    .bind(s.now)
+    .bind(s.idle_timeout_secs)
+    .bind(s.idle_expires_at)
+    .bind(s.absolute_expires_at)
+    .bind(s.remember_me)
+    .bind(s.aal)
+    .bind(&s.amr)
+    .bind(&s.ip_enc)
+    .bind(&s.user_agent_enc)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn migrations_current(&self) -> Result<bool, StoreError> {
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+                .or_else(|e| match &e {
+                    // No migrations table yet: nothing applied.
+                    sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => {
+                        Ok(Vec::new())
+                    }
+                    _ => Err(e),
+                })?;
+        Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
+    }
+
+    async fn create_user(
+        &self,
+        user: NewUser,
+        session: Option<NewSession>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO users (id, email, email_verified_at, password_hash, is_admin, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        )
+        .bind(user.id.0)
+        .bind(user.email.as_str())
+        .bind(user.verified.then_some(user.now))
+        .bind(&user.password_hash)
+        .bind(user.is_admin)
+        .bind(user.now)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(session) = &session {
+            insert_session(&mut tx, session).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, email, password_hash, disabled_at IS NOT NULL AS disabled
+             FROM users WHERE email = $1",
+        )
+        .bind(email.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| UserRecord {
+            id: UserId(r.get("id")),
+            email: r.get("email"),
+            password_hash: r.get("password_hash"),
+            disabled: r.get("disabled"),
+        }))
+    }
+
+    async fn reserve_sign_in_attempt(
+        &self,
+        account_key: &[u8],
+        ip_key: &[u8],
+        now: OffsetDateTime,
+        limits: ThrottleLimits,
+    ) -> Result<Attempt, StoreError> {
+        let mut tx = self.pool.begin().await?;
+
+        // Per IP: a fixed window that starts at the first failure.
+        let ip_reserved: Option<i32> = sqlx::query_scalar(
+            "INSERT INTO sign_in_throttle AS t (scope, key, failures, window_started_at, updated_at)
+             VALUES ('ip', $1, 1, $2, $2)
+             ON CONFLICT (scope, key) DO UPDATE SET
+                 failures = CASE WHEN t.window_started_at + make_interval(secs => $4) <= $2
+                                 THEN 1 ELSE t.failures + 1 END,
+                 window_started_at = CASE WHEN t.window_started_at + make_interval(secs => $4) <= $2
+                                 THEN $2 ELSE t.window_started_at END,
+                 updated_at = $2
+             WHERE t.window_started_at + make_interval(secs => $4) <= $2 OR t.failures < $3
+             RETURNING failures",
+        )
+        .bind(ip_key)
+        .bind(now)
+        .bind(limits.ip_max_failures)
+        .bind(f64::from(limits.ip_window_secs))
+        .fetch_optional(&mut *tx)
+        .await?;
+        if ip_reserved.is_none() {
+            let started: OffsetDateTime = sqlx::query_scalar(
+                "SELECT window_started_at FROM sign_in_throttle WHERE scope = 'ip' AND key = $1",
+            )
+            .bind(ip_key)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.rollback().await?;
+            let ends = started + time::Duration::seconds(i64::from(limits.ip_window_secs));
+            return Ok(Attempt::Blocked {
+                retry_after_secs: seconds_until(now, ends),
+            });
+        }
+
+        // Per account: consecutive failures; from the limit on, each further failure
+        // doubles the wait (1 s, 2 s, 4 s, … capped).
+        let account_reserved: Option<i32> = sqlx::query_scalar(
+            "INSERT INTO sign_in_throttle AS t (scope, key, failures, window_started_at, blocked_until, updated_at)
+             VALUES ('account', $1, 1, $2,
+                     CASE WHEN 1 >= $3 THEN $2 + interval '1 second' END, $2)
+             ON CONFLICT (scope, key) DO UPDATE SET
+                 failures = t.failures + 1,
+                 blocked_until = CASE WHEN t.failures + 1 >= $3
+                     THEN $2 + make_interval(secs => LEAST($4::float8, power(2, LEAST(t.failures + 1 - $3, 30))))
+                     END,
+                 updated_at = $2
+             WHERE t.blocked_until IS NULL OR t.blocked_until <= $2
+             RETURNING failures",
+        )
+        .bind(account_key)
+        .bind(now)
+        .bind(limits.account_max_failures)
+        .bind(f64::from(limits.max_backoff_secs))
+        .fetch_optional(&mut *tx)
+        .await?;
+        if account_reserved.is_none() {
+            let until: Option<OffsetDateTime> = sqlx::query_scalar(
+                "SELECT blocked_until FROM sign_in_throttle WHERE scope = 'account' AND key = $1",
+            )
+            .bind(account_key)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.rollback().await?;
+            return Ok(Attempt::Blocked {
+                retry_after_secs: until.map_or(1, |u| seconds_until(now, u)),
+            });
+        }
+        tx.commit().await?;
+        Ok(Attempt::Allowed)
+    }
+
+    async fn sign_in_succeeded(
+        &self,
+        account_key: &[u8],
+        ip_key: &[u8],
+        session: NewSession,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE sign_in_throttle SET failures = 0, blocked_until = NULL, updated_at = $2
+             WHERE scope = 'account' AND key = $1",
+        )
+        .bind(account_key)
+        .bind(session.now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE sign_in_throttle SET failures = GREATEST(failures - 1, 0), updated_at = $2
+             WHERE scope = 'ip' AND key = $1",
+        )
+        .bind(ip_key)
+        .bind(session.now)
+        .execute(&mut *tx)
+        .await?;
+        insert_session(&mut tx, &session).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn live_session(
+        &self,
+        token_hash: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT s.id, s.user_id, u.email, s.created_at, s.last_seen_at, s.idle_expires_at,
+                    s.absolute_expires_at, s.auth_time, s.aal, s.amr, s.remember_me
+             FROM sessions s JOIN users u ON u.id = s.user_id
+             WHERE s.token_hash = $1
+               AND s.revoked_at IS NULL
+               AND s.idle_expires_at > $2
+               AND s.absolute_expires_at > $2
+               AND u.disabled_at IS NULL",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| SessionRecord {
+            id: SessionId(r.get::<Uuid, _>("id")),
+            user_id: UserId(r.get::<Uuid, _>("user_id")),
+            email: r.get("email"),
+            created_at: r.get("created_at"),
+            last_seen_at: r.get("last_seen_at"),
+            idle_expires_at: r.get("idle_expires_at"),
+            absolute_expires_at: r.get("absolute_expires_at"),
+            auth_time: r.get("auth_time"),
+            aal: r.get("aal"),
+            amr: r.get("amr"),
+            remember_me: r.get("remember_me"),
+        }))
+    }
+
+    async fn touch_session(&self, id: SessionId, now: OffsetDateTime) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sessions
+             SET last_seen_at = $2,
+                 idle_expires_at = LEAST($2 + make_interval(secs => idle_timeout_secs), absolute_expires_at)
+             WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id.0)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn revoke_session(
+        &self,
+        id: SessionId,
+        now: OffsetDateTime,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sessions SET revoked_at = $2, revoked_reason = $3
+             WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id.0)
+        .bind(now)
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn dev_secret_key(&self, candidate: [u8; 32]) -> Result<[u8; 32], StoreError> {
+        sqlx::query(
+            "INSERT INTO dev_secret_key (key, created_at) VALUES ($1, now())
+             ON CONFLICT (singleton) DO NOTHING",
+        )
+        .bind(candidate.as_slice())
+        .execute(&self.pool)
+        .await?;
+        let key: Vec<u8> = sqlx::query_scalar("SELECT key FROM dev_secret_key")
+            .fetch_one(&self.pool)
+            .await?;
+        key.try_into().map_err(|_| {
+            StoreError::Other(sqlx::Error::Protocol(
+                "stored dev key is not 32 bytes".into(),
+            ))
+        })
+    }
+}
+
+fn seconds_until(now: OffsetDateTime, then: OffsetDateTime) -> u64 {
+    let secs = (then - now).as_seconds_f64().ceil();
+    if secs < 1.0 { 1 } else { secs as u64 }
+}

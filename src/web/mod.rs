@@ -1,0 +1,31 @@
+//! HTTP: the route table, extractors, the edge middleware and the handlers.
+
+pub mod edge;
+pub mod extract;
+pub mod ops;
+pub mod pages;
+
+use actix_web::web;
+
+/// Every route Gatehouse answers. Anything else is a 404 page; a known path with the
+/// wrong method is a 405 page.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/").route(web::get().to(pages::home)))
+        .service(
+            web::resource("/login")
+                .route(web::get().to(pages::login_page))
+                .route(web::post().to(pages::login_submit)),
+        )
+        .service(
+            web::resource("/register")
+                .route(web::get().to(pages::register_page))
+                .route(web::post().to(pages::register_submit)),
+        )
+        .service(web::resource("/logout").route(web::post().to(pages::logout)))
+        .service(web::resource("/account").route(web::get().to(pages::account)))
+        .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
+        .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
+        .service(web::resource("/metrics").route(web::get().to(ops::metrics)))
+        .service(web::resource("/static/css/gatehouse.css").route(web::get().to(ops::stylesheet)))
+        .default_service(web::to(pages::not_found));
+}

@@ -1,0 +1,393 @@
+//! Page handlers: extract, call one service, render. No SQL and no rules here.
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpResponse, web};
+use askama::Template;
+use serde::Deserialize;
+
+use crate::auth::RequestContext;
+use crate::auth::login::{self, NewBrowserSession, RegisterOutcome, SignInOutcome};
+use crate::auth::sessions;
+use crate::error::{AppError, human_wait};
+use crate::startup::AppState;
+use crate::web::edge::{AllowAnyFormAction, CspNonce};
+use crate::web::extract::{Csrf, CurrentSession, MaybeSession, StrictForm, StrictQuery};
+
+/// What every page's layout needs.
+pub struct PageCtx {
+    pub dev: bool,
+    pub nonce: String,
+    pub csrf: String,
+    pub user_email: Option<String>,
+}
+
+impl PageCtx {
+    fn new(state: &AppState, nonce: &CspNonce, csrf: &Csrf, user_email: Option<String>) -> Self {
+        Self {
+            dev: state.settings.dev,
+            nonce: nonce.0.clone(),
+            csrf: csrf.token().to_string(),
+            user_email,
+        }
+    }
+}
+
+fn html(status: StatusCode, page: &impl Template) -> Result<HttpResponse, AppError> {
+    let body = page.render().map_err(|e| AppError::Unexpected(e.into()))?;
+    Ok(HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(body))
+}
+
+fn see_other(location: &str) -> HttpResponse {
+    // 303, never 307/308: the browser must not re-send the credentials (RFC 9700 §4.12).
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, location))
+        .finish()
+}
+
+/// `return_to` is honoured only as a path on this site: anything that could leave it
+/// (`//evil`, `/\\evil`, `https:`, `javascript:`) falls back to the account page
+/// (RFC 9700 §4.11, checklist W6).
+pub fn safe_return_to(raw: Option<&str>) -> Option<String> {
+    let raw = raw?;
+    if !raw.starts_with('/')
+        || raw.starts_with("//")
+        || raw.contains('\\')
+        || raw.chars().any(char::is_control)
+    {
+        return None;
+    }
+    let base = url::Url::parse("https://gatehouse.invalid/").ok()?;
+    let joined = base.join(raw).ok()?;
+    if joined.origin() != base.origin() {
+        return None;
+    }
+    Some(joined[url::Position::BeforePath..].to_string())
+}
+
+fn signed_in(state: &AppState, new: NewBrowserSession, return_to: Option<&str>) -> HttpResponse {
+    let target = safe_return_to(return_to).unwrap_or_else(|| "/account".into());
+    let mut res = see_other(&target);
+    let _ = res.add_cookie(&state.cookies.session_cookie(&new.token, new.persist_for));
+    // The pre-session that protected the form is spent.
+    let mut spent = state.cookies.pre_session_cookie(String::new());
+    spent.set_max_age(time::Duration::ZERO);
+    let _ = res.add_cookie(&spent);
+    res
+}
+
+#[derive(Template)]
+#[template(path = "pages/error.html")]
+pub struct ErrorTemplate<'a> {
+    ctx: PageCtx,
+    title: &'a str,
+    message: &'a str,
+    status: u16,
+}
+
+impl<'a> ErrorTemplate<'a> {
+    pub fn new(
+        state: &AppState,
+        nonce: &CspNonce,
+        title: &'a str,
+        message: &'a str,
+        status: StatusCode,
+    ) -> Self {
+        let ctx = PageCtx {
+            dev: state.settings.dev,
+            nonce: nonce.0.clone(),
+            csrf: String::new(),
+            user_email: None,
+        };
+        Self {
+            ctx,
+            title,
+            message,
+            status: status.as_u16(),
+        }
+    }
+}
+
+pub async fn not_found() -> Result<HttpResponse, AppError> {
+    Err(AppError::NotFound)
+}
+
+pub async fn home(session: MaybeSession) -> HttpResponse {
+    see_other(if session.0.is_some() {
+        "/account"
+    } else {
+        "/login"
+    })
+}
+
+#[derive(Deserialize)]
+pub struct ReturnToQuery {
+    return_to: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "pages/login.html")]
+struct LoginTemplate<'a> {
+    ctx: PageCtx,
+    email: &'a str,
+    remember: bool,
+    return_to: Option<String>,
+    error: Option<String>,
+}
+
+pub async fn login_page(
+    state: web::Data<AppState>,
+    session: MaybeSession,
+    csrf: Csrf,
+    nonce: CspNonce,
+    StrictQuery(q): StrictQuery<ReturnToQuery>,
+) -> Result<HttpResponse, AppError> {
+    let return_to = safe_return_to(q.return_to.as_deref());
+    if session.0.is_some() {
+        return Ok(see_other(return_to.as_deref().unwrap_or("/account")));
+    }
+    let page = LoginTemplate {
+        ctx: PageCtx::new(&state, &nonce, &csrf, None),
+        email: "",
+        remember: false,
+        return_to,
+        error: None,
+    };
+    let mut res = html(StatusCode::OK, &page)?;
+    res.extensions_mut().insert(AllowAnyFormAction);
+    Ok(res)
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    csrf_token: String,
+    email: String,
+    password: String,
+    remember: Option<String>,
+    return_to: Option<String>,
+}
+
+pub async fn login_submit(
+    state: web::Data<AppState>,
+    previous: MaybeSession,
+    csrf: Csrf,
+    nonce: CspNonce,
+    ctx: RequestContext,
+    StrictForm(form): StrictForm<LoginForm>,
+) -> Result<HttpResponse, AppError> {
+    csrf.verify(&form.csrf_token)?;
+    let remember = form.remember.is_some();
+    let outcome = login::sign_in(&state, &form.email, &form.password, remember, &ctx).await?;
+    let (status, error, retry_after) = match outcome {
+        SignInOutcome::SignedIn(new) => {
+            // A session already in this browser is replaced, not kept beside the new one.
+            if let Some(old) = previous.0 {
+                sessions::sign_out(&state, old.id).await?;
+            }
+            return Ok(signed_in(&state, new, form.return_to.as_deref()));
+        }
+        SignInOutcome::Failed => (
+            StatusCode::UNAUTHORIZED,
+            "Incorrect e-mail address or password.".to_string(),
+            None,
+        ),
+        SignInOutcome::Throttled { retry_after_secs } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "Too many failed attempts. Please wait {} and try again.",
+                human_wait(retry_after_secs)
+            ),
+            Some(retry_after_secs),
+        ),
+        SignInOutcome::Malformed(e) => (StatusCode::BAD_REQUEST, e.to_string(), None),
+    };
+    let page = LoginTemplate {
+        ctx: PageCtx::new(&state, &nonce, &csrf, None),
+        email: form.email.trim(),
+        remember,
+        return_to: safe_return_to(form.return_to.as_deref()),
+        error: Some(error),
+    };
+    let mut res = html(status, &page)?;
+    if let Some(secs) = retry_after
+        && let Ok(v) = header::HeaderValue::from_str(&secs.to_string())
+    {
+        res.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    res.extensions_mut().insert(AllowAnyFormAction);
+    Ok(res)
+}
+
+#[derive(Template)]
+#[template(path = "pages/register.html")]
+struct RegisterTemplate<'a> {
+    ctx: PageCtx,
+    email: &'a str,
+    email_error: Option<String>,
+    password_error: Option<String>,
+    error: Option<String>,
+}
+
+pub async fn register_page(
+    state: web::Data<AppState>,
+    session: MaybeSession,
+    csrf: Csrf,
+    nonce: CspNonce,
+) -> Result<HttpResponse, AppError> {
+    if session.0.is_some() {
+        return Ok(see_other("/account"));
+    }
+    let page = RegisterTemplate {
+        ctx: PageCtx::new(&state, &nonce, &csrf, None),
+        email: "",
+        email_error: None,
+        password_error: None,
+        error: None,
+    };
+    html(StatusCode::OK, &page)
+}
+
+#[derive(Deserialize)]
+pub struct RegisterForm {
+    csrf_token: String,
+    email: String,
+    password: String,
+}
+
+pub async fn register_submit(
+    state: web::Data<AppState>,
+    previous: MaybeSession,
+    csrf: Csrf,
+    nonce: CspNonce,
+    ctx: RequestContext,
+    StrictForm(form): StrictForm<RegisterForm>,
+) -> Result<HttpResponse, AppError> {
+    csrf.verify(&form.csrf_token)?;
+    let mut page = RegisterTemplate {
+        ctx: PageCtx::new(&state, &nonce, &csrf, None),
+        email: form.email.trim(),
+        email_error: None,
+        password_error: None,
+        error: None,
+    };
+    let status = match login::register(&state, &form.email, &form.password, &ctx).await? {
+        RegisterOutcome::SignedIn(new) => {
+            if let Some(old) = previous.0 {
+                sessions::sign_out(&state, old.id).await?;
+            }
+            return Ok(signed_in(&state, new, None));
+        }
+        RegisterOutcome::BadEmail(e) => {
+            page.email_error = Some(e.to_string());
+            StatusCode::BAD_REQUEST
+        }
+        RegisterOutcome::BadPassword(e) => {
+            page.password_error = Some(e.to_string());
+            StatusCode::BAD_REQUEST
+        }
+        RegisterOutcome::Taken => {
+            page.error =
+                Some("An account with this e-mail address already exists. Sign in instead.".into());
+            StatusCode::CONFLICT
+        }
+    };
+    html(status, &page)
+}
+
+#[derive(Deserialize)]
+pub struct CsrfOnlyForm {
+    csrf_token: String,
+}
+
+pub async fn logout(
+    state: web::Data<AppState>,
+    session: MaybeSession,
+    csrf: Csrf,
+    StrictForm(form): StrictForm<CsrfOnlyForm>,
+) -> Result<HttpResponse, AppError> {
+    let mut res = see_other("/login");
+    if let Some(current) = session.0 {
+        csrf.verify(&form.csrf_token)?;
+        sessions::sign_out(&state, current.id).await?;
+        tracing::info!(session_id = %current.id, "signed out");
+    }
+    let _ = res.add_cookie(&state.cookies.clear_session());
+    Ok(res)
+}
+
+#[derive(Template)]
+#[template(path = "pages/account.html")]
+struct AccountTemplate {
+    ctx: PageCtx,
+    email: String,
+    signed_in_at: String,
+    expires_at: String,
+    remembered: bool,
+    methods: String,
+}
+
+fn when(t: time::OffsetDateTime) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+    t.format(&format).unwrap_or_default()
+}
+
+pub async fn account(
+    state: web::Data<AppState>,
+    CurrentSession(session): CurrentSession,
+    csrf: Csrf,
+    nonce: CspNonce,
+) -> Result<HttpResponse, AppError> {
+    let methods = session
+        .amr
+        .iter()
+        .map(|m| match m.as_str() {
+            "pwd" => "password",
+            "otp" => "authenticator code",
+            "email" => "e-mailed code",
+            "recovery" => "recovery code",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(" + ");
+    let page = AccountTemplate {
+        ctx: PageCtx::new(&state, &nonce, &csrf, Some(session.email.clone())),
+        email: session.email,
+        signed_in_at: when(session.auth_time),
+        expires_at: when(session.idle_expires_at.min(session.absolute_expires_at)),
+        remembered: session.remember_me,
+        methods,
+    };
+    html(StatusCode::OK, &page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_return_to;
+
+    #[test]
+    fn return_to_stays_on_this_site() {
+        // W6
+        assert_eq!(
+            safe_return_to(Some("/account")).as_deref(),
+            Some("/account")
+        );
+        assert_eq!(
+            safe_return_to(Some("/account?tab=1")).as_deref(),
+            Some("/account?tab=1")
+        );
+        for bad in [
+            "https://evil.test",
+            "//evil.test",
+            "/\\evil.test",
+            "javascript:alert(1)",
+            "evil.test",
+            "/\tevil",
+            "",
+            "\\\\evil.test",
+        ] {
+            assert_eq!(safe_return_to(Some(bad)), None, "{bad:?}");
+        }
+        assert_eq!(safe_return_to(Some("/../../x")).as_deref(), Some("/x"));
+    }
+}
