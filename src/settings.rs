@@ -120,6 +120,8 @@ pub struct Settings {
     pub argon2_concurrency: usize,
     /// How long a request may wait for a database connection before it answers 503.
     pub database_acquire_timeout: Duration,
+    /// HTTP worker threads (each runs its own event loop).
+    pub http_workers: usize,
 }
 
 /// The keys this version understands, for the "unknown setting" warning.
@@ -358,6 +360,7 @@ impl RawSettings {
             argon2: Argon2Cost::PRODUCTION,
             argon2_concurrency: num_cpus::get().max(1),
             database_acquire_timeout: Duration::from_secs(5),
+            http_workers: num_cpus::get().max(1),
         })
     }
 }
@@ -516,7 +519,10 @@ mod tests {
                 .contains("32 bytes")
         );
         assert!(SecretKey::parse("not base64!").is_err());
-        let e = error_of(&[("GATEHOUSE_SECRET_KEY", "c2hvcnQ=")]);
+        let e = error_of(&[
+            ("GATEHOUSE_SECRET_KEY", "c2hvcnQ="),
+            ("GATEHOUSE_PUBLIC_URL", "https://x.example"),
+        ]);
         assert_eq!(e.key, "GATEHOUSE_SECRET_KEY");
         assert_eq!(
             format!("{:?}", SecretKey::parse(KEY).unwrap()),

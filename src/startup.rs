@@ -108,6 +108,7 @@ impl Application {
             .with_context(|| format!("GATEHOUSE_BIND: cannot listen on {}", settings.bind))?;
         let port = listener.local_addr()?.port();
         let dev = settings.dev;
+        let workers = settings.http_workers;
         let state = web::Data::new(AppState::new(settings, clock, migrate).await?);
         if dev {
             tracing::warn!("DEVELOPMENT MODE: do not put real users on this instance");
@@ -118,6 +119,7 @@ impl Application {
                 .wrap(from_fn(edge))
                 .configure(routes)
         })
+        .workers(workers)
         .listen(listener)?
         // SIGTERM/SIGINT: stop accepting, let in-flight requests finish.
         .shutdown_timeout(30)
@@ -127,6 +129,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// For stopping the server from outside (tests, embedding).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
     }
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {

@@ -223,13 +223,13 @@ pub fn check_origin(req: &HttpRequest, state: &AppState) -> Result<(), AppError>
             ));
         }
     }
-    if let Some(origin) = req.headers().get(header::ORIGIN) {
-        if origin.to_str().unwrap_or("") != state.settings.public_origin() {
-            return Err(AppError::Forbidden(format!(
-                "This form was sent from another site. Gatehouse accepts forms only from {}.",
-                state.settings.public_origin()
-            )));
-        }
+    if let Some(origin) = req.headers().get(header::ORIGIN)
+        && origin.to_str().unwrap_or("") != state.settings.public_origin()
+    {
+        return Err(AppError::Forbidden(format!(
+            "This form was sent from another site. Gatehouse accepts forms only from {}.",
+            state.settings.public_origin()
+        )));
     }
     Ok(())
 }

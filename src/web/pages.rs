@@ -161,6 +161,7 @@ pub async fn login_page(
 
 #[derive(Deserialize)]
 pub struct LoginForm {
+    #[serde(default)]
     csrf_token: String,
     email: String,
     password: String,
@@ -250,6 +251,7 @@ pub async fn register_page(
 
 #[derive(Deserialize)]
 pub struct RegisterForm {
+    #[serde(default)]
     csrf_token: String,
     email: String,
     password: String,
@@ -297,6 +299,7 @@ pub async fn register_submit(
 
 #[derive(Deserialize)]
 pub struct CsrfOnlyForm {
+    #[serde(default)]
     csrf_token: String,
 }
 

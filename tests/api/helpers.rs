@@ -1,0 +1,480 @@
+//! The test harness: a real Gatehouse on port 0 against its own fresh PostgreSQL
+//! database (dropped afterwards), and a "browser" that keeps cookies by hand so tests
+//! can see and plant exactly what a browser would.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use gatehouse::clock::Clock;
+use gatehouse::settings::{Argon2Cost, RawSettings, Settings};
+use gatehouse::startup::Application;
+use reqwest::header::HeaderMap;
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const PUBLIC_URL: &str = "https://gatehouse.test";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// The PostgreSQL server tests use: `GATEHOUSE_TEST_DATABASE_URL`, else the local one.
+pub fn base_database_url() -> String {
+    std::env::var("GATEHOUSE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let mut u = url::Url::parse(url).expect("GATEHOUSE_TEST_DATABASE_URL is not a URL");
+    u.set_path(&format!("/{name}"));
+    u.to_string()
+}
+
+async fn admin_connection() -> PgConnection {
+    let url = base_database_url();
+    match PgConnection::connect(&url).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "\n\nThese tests need PostgreSQL and could not connect to {url}: {e}\n\
+             Start PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth), or set \
+             GATEHOUSE_TEST_DATABASE_URL=postgres://user:pass@host:port/db\n\n"
+        ),
+    }
+}
+
+/// Knobs a test may turn before the server starts.
+#[derive(Clone)]
+pub struct Options {
+    pub dev: bool,
+    pub login_max_failures: u32,
+    pub ip_max_failures: u32,
+    pub trusted_proxies: Option<String>,
+    /// Route the server's database traffic through a proxy the test can cut.
+    pub db_proxy: bool,
+    pub extra: Vec<(&'static str, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            dev: false,
+            login_max_failures: 5,
+            ip_max_failures: 30,
+            trusted_proxies: None,
+            db_proxy: false,
+            extra: Vec::new(),
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub clock: Clock,
+    /// Direct access to the test database, for assertions about what is stored.
+    pub db: PgPool,
+    pub db_name: String,
+    pub proxy: Option<DbProxy>,
+    pub settings: Settings,
+    handle: actix_web::dev::ServerHandle,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub fn random_key() -> String {
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A fresh, migrated database; returns (name, url).
+pub async fn drop_database(name: &str) {
+    if let Ok(mut admin) = PgConnection::connect(&base_database_url()).await {
+        let _ = admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
+            )))
+            .await;
+    }
+}
+
+pub async fn fresh_database() -> (String, String) {
+    let name = format!("gatehouse_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = admin_connection().await;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+        .await
+        .expect("creating the test database");
+    let url = with_database(&base_database_url(), &name);
+    (name, url)
+}
+
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    let (db_name, db_url) = fresh_database().await;
+    let proxy = if options.db_proxy {
+        Some(DbProxy::start(&db_url).await)
+    } else {
+        None
+    };
+    let app_db_url = proxy.as_ref().map_or(db_url.clone(), |p| p.url.clone());
+
+    let mut raw = RawSettings::default();
+    raw.set("GATEHOUSE_DATABASE_URL", &app_db_url);
+    raw.set("GATEHOUSE_BIND", "127.0.0.1:0");
+    raw.set("GATEHOUSE_SECRET_KEY", &random_key());
+    if options.dev {
+        raw.set("GATEHOUSE_DEV", "true");
+        raw.set("GATEHOUSE_PUBLIC_URL", "http://localhost:8080");
+    } else {
+        raw.set("GATEHOUSE_PUBLIC_URL", PUBLIC_URL);
+    }
+    raw.set(
+        "GATEHOUSE_LOGIN_MAX_FAILURES",
+        &options.login_max_failures.to_string(),
+    );
+    raw.set(
+        "GATEHOUSE_IP_MAX_FAILURES",
+        &options.ip_max_failures.to_string(),
+    );
+    if let Some(p) = &options.trusted_proxies {
+        raw.set("GATEHOUSE_TRUSTED_PROXIES", p);
+    }
+    for (k, v) in &options.extra {
+        raw.set(k, v);
+    }
+    let mut settings = raw.into_settings().expect("test settings are valid");
+    // Cheap hashing keeps the suite fast; production cost is covered by unit tests.
+    settings.argon2 = Argon2Cost {
+        memory_kib: 256,
+        iterations: 1,
+        parallelism: 1,
+    };
+    settings.http_workers = 2;
+    settings.database_acquire_timeout = Duration::from_secs(2);
+
+    let clock = Clock::system();
+    let app = Application::build(settings.clone(), clock.clone(), true)
+        .await
+        .expect("the application builds");
+    let port = app.port();
+    let handle = app.handle();
+    tokio::spawn(app.run_until_stopped());
+    let db = PgPool::connect(&db_url)
+        .await
+        .expect("connecting to the test database");
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        clock,
+        db,
+        db_name,
+        proxy,
+        settings,
+        handle,
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // The stop command is sent at once; nobody needs to wait for it here.
+        drop(self.handle.stop(false));
+        let name = self.db_name.clone();
+        // The test's runtime is going away; drop the database from a thread of our own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(drop_database(&name));
+        })
+        .join();
+    }
+}
+
+/// What came back, read once.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+    pub fn location(&self) -> String {
+        self.header("location").unwrap_or_default()
+    }
+    /// Every `Set-Cookie`, parsed.
+    pub fn set_cookies(&self) -> Vec<cookie::Cookie<'static>> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| cookie::Cookie::parse(v.to_string()).ok())
+            .collect()
+    }
+    pub fn raw_set_cookie(&self, name: &str) -> Option<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(&format!("{name}=")))
+            .map(str::to_string)
+    }
+    /// The hidden CSRF field of the (first) form on the page.
+    pub fn csrf(&self) -> String {
+        let marker = r#"name="csrf_token" value=""#;
+        let start = self
+            .body
+            .find(marker)
+            .map(|i| i + marker.len())
+            .expect("page has a CSRF field");
+        let end = self.body[start..].find('"').expect("CSRF value ends");
+        self.body[start..start + end].to_string()
+    }
+}
+
+/// A browser: a cookie jar kept by hand (so `Secure` cookies work over the test's
+/// plain HTTP, and tests can copy, plant and replay cookies) and no redirect following.
+#[derive(Clone)]
+pub struct Browser {
+    http: reqwest::Client,
+    base: String,
+    jar: Arc<Mutex<BTreeMap<String, String>>>,
+    pub extra_headers: Vec<(String, String)>,
+}
+
+impl Browser {
+    pub fn new(base: &str) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("reqwest client"),
+            base: base.to_string(),
+            jar: Arc::default(),
+            extra_headers: Vec::new(),
+        }
+    }
+
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.jar.lock().unwrap().get(name).cloned()
+    }
+    pub fn set_cookie(&self, name: &str, value: &str) {
+        self.jar
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), value.to_string());
+    }
+    pub fn cookie_header(&self) -> String {
+        self.jar
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    pub async fn send(&self, mut rb: reqwest::RequestBuilder) -> Resp {
+        let cookies = self.cookie_header();
+        if !cookies.is_empty() {
+            rb = rb.header("cookie", cookies);
+        }
+        for (k, v) in &self.extra_headers {
+            rb = rb.header(k.as_str(), v.as_str());
+        }
+        let res = rb.send().await.expect("request reaches the server");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let body = res.text().await.unwrap_or_default();
+        let resp = Resp {
+            status,
+            headers,
+            body,
+        };
+        let mut jar = self.jar.lock().unwrap();
+        for c in resp.set_cookies() {
+            let expired = c.max_age().is_some_and(|a| a.is_zero() || a.is_negative());
+            if expired {
+                jar.remove(c.name());
+            } else {
+                jar.insert(c.name().to_string(), c.value().to_string());
+            }
+        }
+        resp
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{}", self.base, path))
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> Resp {
+        self.send(self.request(reqwest::Method::POST, path).form(form))
+            .await
+    }
+}
+
+impl TestApp {
+    pub fn browser(&self) -> Browser {
+        Browser::new(&self.address)
+    }
+
+    pub fn session_cookie_name(&self) -> &'static str {
+        if self.settings.insecure_cookies() {
+            "gatehouse_session"
+        } else {
+            "__Host-gatehouse_session"
+        }
+    }
+
+    pub fn session_cookie(&self, b: &Browser) -> Option<String> {
+        b.cookie(self.session_cookie_name())
+    }
+
+    /// Registers through the pages; the browser ends signed in.
+    pub async fn register(&self, b: &Browser, email: &str, password: &str) -> Resp {
+        let page = b.get("/register").await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        b.post_form(
+            "/register",
+            &[
+                ("csrf_token", &page.csrf()),
+                ("email", email),
+                ("password", password),
+            ],
+        )
+        .await
+    }
+
+    /// An account, created through the pages in a browser of its own that then signs
+    /// out (its session row stays, revoked).
+    pub async fn user(&self, email: &str) {
+        let b = self.browser();
+        let r = self.register(&b, email, PASSWORD).await;
+        assert_eq!(r.status, 303, "registering {email}: {}", r.body);
+        let csrf = b.get("/account").await.csrf();
+        let r = b.post_form("/logout", &[("csrf_token", &csrf)]).await;
+        assert_eq!(r.status, 303);
+    }
+
+    pub async fn login(&self, b: &Browser, email: &str, password: &str) -> Resp {
+        self.login_with(b, email, password, &[]).await
+    }
+
+    pub async fn login_with(
+        &self,
+        b: &Browser,
+        email: &str,
+        password: &str,
+        extra: &[(&str, &str)],
+    ) -> Resp {
+        let page = b.get("/login").await;
+        let csrf = if page.status == 200 {
+            page.csrf()
+        } else {
+            String::new()
+        };
+        let mut form = vec![
+            ("csrf_token", csrf.as_str()),
+            ("email", email),
+            ("password", password),
+        ];
+        form.extend_from_slice(extra);
+        b.post_form("/login", &form).await
+    }
+
+    /// A browser signed in as a new account `email` (registration signs in at once).
+    pub async fn signed_in(&self, email: &str) -> Browser {
+        let b = self.browser();
+        let r = self.register(&b, email, PASSWORD).await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        b
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(&self.db)
+            .await
+            .expect(sql)
+    }
+
+    pub async fn metric(&self, needle: &str) -> f64 {
+        let text = self.browser().get("/metrics").await.body;
+        text.lines()
+            .filter(|l| l.starts_with(needle))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// A TCP proxy in front of PostgreSQL that a test can cut and restore, to play a
+/// database outage without touching the server other tests share.
+pub struct DbProxy {
+    pub url: String,
+    up: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl DbProxy {
+    async fn start(db_url: &str) -> Self {
+        let target = url::Url::parse(db_url).unwrap();
+        let target_addr = format!(
+            "{}:{}",
+            target.host_str().unwrap_or("127.0.0.1"),
+            target.port().unwrap_or(5432)
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut url = target.clone();
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.set_port(Some(port)).unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target_addr = target_addr.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(&target_addr).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self {
+            url: url.to_string(),
+            up,
+            connections,
+        }
+    }
+
+    /// The database "goes away": open connections die, new ones are refused.
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.connections.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,14 @@
+//! Integration tests: the real server over HTTP against real PostgreSQL, one fresh
+//! database per test. Checklist items (../shared/SECURITY-CHECKLIST.md) are named in
+//! comments where a test proves one.
+
+mod helpers;
+
+mod accounts;
+mod cli;
+mod csrf;
+mod headers;
+mod input;
+mod operations;
+mod sessions;
+mod throttle;
