@@ -49,10 +49,11 @@ CREATE TABLE sessions (
 CREATE INDEX sessions_user_id_idx ON sessions (user_id);
 CREATE INDEX sessions_device_id_idx ON sessions (device_id);
 
--- Sign-in throttling counters, shared by every node. `key` is an HMAC of the
--- canonical e-mail (scope 'account', known or not) or of the client IP (scope 'ip').
+-- Throttling counters, shared by every node. `key` is an HMAC of the canonical
+-- e-mail (scope 'account', known or not) or of the client IP (scopes 'ip' for failed
+-- sign-ins, 'register' for registrations).
 CREATE TABLE sign_in_throttle (
-    scope              text NOT NULL CHECK (scope IN ('account', 'ip')),
+    scope              text NOT NULL CHECK (scope IN ('account', 'ip', 'register')),
     key                bytea NOT NULL,
     failures           integer NOT NULL CHECK (failures >= 0),
     window_started_at  timestamptz NOT NULL,

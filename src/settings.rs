@@ -122,6 +122,8 @@ pub struct Settings {
     pub database_acquire_timeout: Duration,
     /// HTTP worker threads (each runs its own event loop).
     pub http_workers: usize,
+    /// Registrations accepted per client address per hour.
+    pub registrations_per_ip_hour: u32,
 }
 
 /// The keys this version understands, for the "unknown setting" warning.
@@ -361,6 +363,7 @@ impl RawSettings {
             argon2_concurrency: num_cpus::get().max(1),
             database_acquire_timeout: Duration::from_secs(5),
             http_workers: num_cpus::get().max(1),
+            registrations_per_ip_hour: 20,
         })
     }
 }

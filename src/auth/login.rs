@@ -69,11 +69,11 @@ pub async fn sign_in(
     let ip_key = state.keys.mac("throttle/ip", ctx.ip.to_string().as_bytes());
     let now = state.clock.now();
 
-    if let Attempt::Blocked { retry_after_secs } = state
+    let (attempt, user) = state
         .store
-        .reserve_sign_in_attempt(&account_key, &ip_key, now, limits(state))
-        .await?
-    {
+        .begin_sign_in(&email, &account_key, &ip_key, now, limits(state))
+        .await?;
+    if let Attempt::Blocked { retry_after_secs } = attempt {
         state
             .metrics
             .sign_ins
@@ -81,8 +81,6 @@ pub async fn sign_in(
             .inc();
         return Ok(SignInOutcome::Throttled { retry_after_secs });
     }
-
-    let user = state.store.user_by_email(&email).await?;
     let matched = match Password::for_verification(password) {
         Some(pw) => state
             .hasher
@@ -94,16 +92,17 @@ pub async fn sign_in(
     let user = match user {
         Some(u) if matched && !u.disabled => u,
         _ => {
+            state
+                .store
+                .sign_in_failed(&ip_key, now, limits(state))
+                .await?;
             state.metrics.sign_ins.with_label_values(&["failure"]).inc();
             return Ok(SignInOutcome::Failed);
         }
     };
 
     let (token, session) = sessions::new_session(state, user.id, remember_me, ctx);
-    state
-        .store
-        .sign_in_succeeded(&account_key, &ip_key, session)
-        .await?;
+    state.store.sign_in_succeeded(&account_key, session).await?;
     state.metrics.sign_ins.with_label_values(&["success"]).inc();
     tracing::info!(user_id = %user.id, "signed in");
     Ok(SignInOutcome::SignedIn(browser_session(
@@ -115,6 +114,9 @@ pub async fn sign_in(
 
 pub enum RegisterOutcome {
     SignedIn(NewBrowserSession),
+    Throttled {
+        retry_after_secs: u64,
+    },
     BadEmail(EmailError),
     BadPassword(PasswordError),
     /// The address already has an account; nothing was written.
@@ -136,6 +138,23 @@ pub async fn register(
         Ok(p) => p,
         Err(e) => return Ok(RegisterOutcome::BadPassword(e)),
     };
+    // Each registration costs an argon2 hash and a row: bounded per client address.
+    let ip_key = state
+        .keys
+        .mac("throttle/register", ctx.ip.to_string().as_bytes());
+    let max = i32::try_from(state.settings.registrations_per_ip_hour).unwrap_or(i32::MAX);
+    if let Attempt::Blocked { retry_after_secs } = state
+        .store
+        .count_in_window("register", &ip_key, state.clock.now(), max, 3600)
+        .await?
+    {
+        state
+            .metrics
+            .registrations
+            .with_label_values(&["throttled"])
+            .inc();
+        return Ok(RegisterOutcome::Throttled { retry_after_secs });
+    }
     let password_hash = state
         .hasher
         .hash(&password)

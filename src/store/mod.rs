@@ -102,26 +102,44 @@ pub trait Store: Send + Sync {
         user: NewUser,
         session: Option<NewSession>,
     ) -> Result<(), StoreError>;
-    async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError>;
 
-    /// Counts this attempt as a failure *before* the password is checked, so that
-    /// parallel attempts cannot all slip under the limit (ZITADEL CVE-2023-47111);
-    /// `sign_in_succeeded` takes the count back. Nothing is counted when blocked.
-    async fn reserve_sign_in_attempt(
+    /// Starts a sign-in attempt: decides whether it may be evaluated and, if so,
+    /// counts it against the account *before* the password is checked, so parallel
+    /// attempts cannot all slip under the limit (ZITADEL CVE-2023-47111);
+    /// `sign_in_succeeded` takes it back. The client address's window is only read.
+    /// Nothing is counted when blocked. Also returns the account, if there is one.
+    async fn begin_sign_in(
         &self,
+        email: &Email,
         account_key: &[u8],
         ip_key: &[u8],
         now: OffsetDateTime,
         limits: ThrottleLimits,
-    ) -> Result<Attempt, StoreError>;
-    /// Resets the account's failures, refunds the IP's reservation and creates the
-    /// session, in one transaction.
+    ) -> Result<(Attempt, Option<UserRecord>), StoreError>;
+    /// Resets the account's failures and creates the session, atomically.
     async fn sign_in_succeeded(
         &self,
         account_key: &[u8],
-        ip_key: &[u8],
         session: NewSession,
     ) -> Result<(), StoreError>;
+    /// Counts a failed attempt against the client address.
+    async fn sign_in_failed(
+        &self,
+        ip_key: &[u8],
+        now: OffsetDateTime,
+        limits: ThrottleLimits,
+    ) -> Result<(), StoreError>;
+
+    /// Counts one event for `key` in a fixed window of `window_secs` that starts at the
+    /// first event; blocked (and not counted) once the window holds `max` events.
+    async fn count_in_window(
+        &self,
+        scope: &'static str,
+        key: &[u8],
+        now: OffsetDateTime,
+        max: i32,
+        window_secs: i32,
+    ) -> Result<Attempt, StoreError>;
 
     /// The live session behind a cookie token hash: not revoked, not expired, user not
     /// disabled. One indexed read.

@@ -26,9 +26,19 @@ pub fn connect_pool(url: &str, acquire_timeout: Duration) -> Result<PgPool, sqlx
         .max_connections(16)
         .min_connections(0)
         .acquire_timeout(acquire_timeout)
-        // A connection that died while the database was down is noticed and replaced
-        // before use rather than failing a request.
-        .test_before_acquire(true)
+        // A connection that sat idle may have died with a database restart: ping it
+        // before use, so it is replaced rather than failing a request. A connection
+        // used within the last second is trusted, which keeps the hot path at one
+        // round trip per query instead of two.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > Duration::from_secs(1) {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .idle_timeout(Some(Duration::from_secs(300)))
         .connect_lazy_with(options))
 }
@@ -155,127 +165,185 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, email, password_hash, disabled_at IS NOT NULL AS disabled
-             FROM users WHERE email = $1",
-        )
-        .bind(email.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| UserRecord {
-            id: UserId(r.get("id")),
-            email: r.get("email"),
-            password_hash: r.get("password_hash"),
-            disabled: r.get("disabled"),
-        }))
-    }
-
-    async fn reserve_sign_in_attempt(
+    async fn begin_sign_in(
         &self,
+        email: &Email,
         account_key: &[u8],
         ip_key: &[u8],
         now: OffsetDateTime,
         limits: ThrottleLimits,
-    ) -> Result<Attempt, StoreError> {
-        let mut tx = self.pool.begin().await?;
+    ) -> Result<(Attempt, Option<UserRecord>), StoreError> {
+        // One statement, one round trip, atomic:
+        // - ip_block: the client address has used up its failures in the current window
+        //   (read only: failures are added afterwards by `sign_in_failed`, so people
+        //   signing in at once behind one NAT are not mistaken for an attack);
+        // - acct: unless blocked by address, count this attempt against the account
+        //   *before* the password is checked, unless the account is in its backoff;
+        //   from the limit on, each further failure doubles the wait (1 s, 2 s, … cap);
+        // - the final SELECT sees the table as it was before the insert, i.e. the
+        //   backoff that refused this attempt, and the user row.
+        let row = sqlx::query(
+            "WITH ip_block AS (
+                 SELECT window_started_at + make_interval(secs => $5) AS ends
+                 FROM sign_in_throttle
+                 WHERE scope = 'ip' AND key = $2
+                   AND window_started_at + make_interval(secs => $5) > $3
+                   AND failures >= $6
+             ), acct AS (
+                 INSERT INTO sign_in_throttle AS t
+                     (scope, key, failures, window_started_at, blocked_until, updated_at)
+                 SELECT 'account', $1, 1, $3,
+                        CASE WHEN 1 >= $4 THEN $3 + interval '1 second' END, $3
+                 WHERE NOT EXISTS (SELECT 1 FROM ip_block)
+                 ON CONFLICT (scope, key) DO UPDATE SET
+                     failures = t.failures + 1,
+                     blocked_until = CASE WHEN t.failures + 1 >= $4
+                         THEN $3 + make_interval(secs => LEAST($7::float8, power(2, LEAST(t.failures + 1 - $4, 30))))
+                         END,
+                     updated_at = $3
+                 WHERE t.blocked_until IS NULL OR t.blocked_until <= $3
+                 RETURNING failures
+             )
+             SELECT (SELECT ends FROM ip_block) AS ip_blocked_until,
+                    (SELECT failures FROM acct) AS counted,
+                    (SELECT blocked_until FROM sign_in_throttle
+                      WHERE scope = 'account' AND key = $1) AS account_blocked_until,
+                    u.id, u.email, u.password_hash, u.disabled_at IS NOT NULL AS disabled
+             FROM (SELECT 1) AS one
+             LEFT JOIN users u ON u.email = $8",
+        )
+        .bind(account_key)
+        .bind(ip_key)
+        .bind(now)
+        .bind(limits.account_max_failures)
+        .bind(f64::from(limits.ip_window_secs))
+        .bind(limits.ip_max_failures)
+        .bind(f64::from(limits.max_backoff_secs))
+        .bind(email.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        let ip_blocked_until: Option<OffsetDateTime> = row.try_get("ip_blocked_until")?;
+        let counted: Option<i32> = row.try_get("counted")?;
+        let account_blocked_until: Option<OffsetDateTime> = row.try_get("account_blocked_until")?;
+        let attempt = match (ip_blocked_until, counted) {
+            (Some(ends), _) => Attempt::Blocked {
+                retry_after_secs: seconds_until(now, ends),
+            },
+            (None, Some(_)) => Attempt::Allowed,
+            (None, None) => Attempt::Blocked {
+                retry_after_secs: account_blocked_until.map_or(1, |u| seconds_until(now, u)),
+            },
+        };
+        let user = match row.try_get::<Option<Uuid>, _>("id")? {
+            Some(id) => Some(UserRecord {
+                id: UserId(id),
+                email: row.try_get("email")?,
+                password_hash: row.try_get("password_hash")?,
+                disabled: row.try_get("disabled")?,
+            }),
+            None => None,
+        };
+        Ok((attempt, user))
+    }
 
-        // Per IP: a fixed window that starts at the first failure.
-        let ip_reserved: Option<i32> = sqlx::query_scalar(
+    async fn sign_in_succeeded(&self, account_key: &[u8], s: NewSession) -> Result<(), StoreError> {
+        // The reset and the new session in one statement (one round trip, atomic).
+        sqlx::query(
+            "WITH reset AS (
+                 UPDATE sign_in_throttle SET failures = 0, blocked_until = NULL, updated_at = $4
+                 WHERE scope = 'account' AND key = $13
+             )
+             INSERT INTO sessions (id, token_hash, user_id, created_at, last_seen_at,
+                 idle_timeout_secs, idle_expires_at, absolute_expires_at, remember_me,
+                 auth_time, aal, aal_reached_at, amr, ip_enc, user_agent_enc)
+             VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $4, $9, $4, $10, $11, $12)",
+        )
+        .bind(s.id.0)
+        .bind(&s.token_hash)
+        .bind(s.user_id.0)
+        .bind(s.now)
+        .bind(s.idle_timeout_secs)
+        .bind(s.idle_expires_at)
+        .bind(s.absolute_expires_at)
+        .bind(s.remember_me)
+        .bind(s.aal)
+        .bind(&s.amr)
+        .bind(&s.ip_enc)
+        .bind(&s.user_agent_enc)
+        .bind(account_key)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn sign_in_failed(
+        &self,
+        ip_key: &[u8],
+        now: OffsetDateTime,
+        limits: ThrottleLimits,
+    ) -> Result<(), StoreError> {
+        // A fixed window that starts at the first failure.
+        sqlx::query(
             "INSERT INTO sign_in_throttle AS t (scope, key, failures, window_started_at, updated_at)
              VALUES ('ip', $1, 1, $2, $2)
              ON CONFLICT (scope, key) DO UPDATE SET
-                 failures = CASE WHEN t.window_started_at + make_interval(secs => $4) <= $2
+                 failures = CASE WHEN t.window_started_at + make_interval(secs => $3) <= $2
                                  THEN 1 ELSE t.failures + 1 END,
-                 window_started_at = CASE WHEN t.window_started_at + make_interval(secs => $4) <= $2
+                 window_started_at = CASE WHEN t.window_started_at + make_interval(secs => $3) <= $2
                                  THEN $2 ELSE t.window_started_at END,
-                 updated_at = $2
-             WHERE t.window_started_at + make_interval(secs => $4) <= $2 OR t.failures < $3
-             RETURNING failures",
+                 updated_at = $2",
         )
         .bind(ip_key)
         .bind(now)
-        .bind(limits.ip_max_failures)
         .bind(f64::from(limits.ip_window_secs))
-        .fetch_optional(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        if ip_reserved.is_none() {
-            let started: OffsetDateTime = sqlx::query_scalar(
-                "SELECT window_started_at FROM sign_in_throttle WHERE scope = 'ip' AND key = $1",
-            )
-            .bind(ip_key)
-            .fetch_one(&mut *tx)
-            .await?;
-            tx.rollback().await?;
-            let ends = started + time::Duration::seconds(i64::from(limits.ip_window_secs));
-            return Ok(Attempt::Blocked {
-                retry_after_secs: seconds_until(now, ends),
-            });
-        }
-
-        // Per account: consecutive failures; from the limit on, each further failure
-        // doubles the wait (1 s, 2 s, 4 s, … capped).
-        let account_reserved: Option<i32> = sqlx::query_scalar(
-            "INSERT INTO sign_in_throttle AS t (scope, key, failures, window_started_at, blocked_until, updated_at)
-             VALUES ('account', $1, 1, $2,
-                     CASE WHEN 1 >= $3 THEN $2 + interval '1 second' END, $2)
-             ON CONFLICT (scope, key) DO UPDATE SET
-                 failures = t.failures + 1,
-                 blocked_until = CASE WHEN t.failures + 1 >= $3
-                     THEN $2 + make_interval(secs => LEAST($4::float8, power(2, LEAST(t.failures + 1 - $3, 30))))
-                     END,
-                 updated_at = $2
-             WHERE t.blocked_until IS NULL OR t.blocked_until <= $2
-             RETURNING failures",
-        )
-        .bind(account_key)
-        .bind(now)
-        .bind(limits.account_max_failures)
-        .bind(f64::from(limits.max_backoff_secs))
-        .fetch_optional(&mut *tx)
-        .await?;
-        if account_reserved.is_none() {
-            let until: Option<OffsetDateTime> = sqlx::query_scalar(
-                "SELECT blocked_until FROM sign_in_throttle WHERE scope = 'account' AND key = $1",
-            )
-            .bind(account_key)
-            .fetch_one(&mut *tx)
-            .await?;
-            tx.rollback().await?;
-            return Ok(Attempt::Blocked {
-                retry_after_secs: until.map_or(1, |u| seconds_until(now, u)),
-            });
-        }
-        tx.commit().await?;
-        Ok(Attempt::Allowed)
+        Ok(())
     }
 
-    async fn sign_in_succeeded(
+    async fn count_in_window(
         &self,
-        account_key: &[u8],
-        ip_key: &[u8],
-        session: NewSession,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE sign_in_throttle SET failures = 0, blocked_until = NULL, updated_at = $2
-             WHERE scope = 'account' AND key = $1",
+        scope: &'static str,
+        key: &[u8],
+        now: OffsetDateTime,
+        max: i32,
+        window_secs: i32,
+    ) -> Result<Attempt, StoreError> {
+        let counted: Option<i32> = sqlx::query_scalar(
+            "INSERT INTO sign_in_throttle AS t (scope, key, failures, window_started_at, updated_at)
+             VALUES ($1, $2, 1, $3, $3)
+             ON CONFLICT (scope, key) DO UPDATE SET
+                 failures = CASE WHEN t.window_started_at + make_interval(secs => $5) <= $3
+                                 THEN 1 ELSE t.failures + 1 END,
+                 window_started_at = CASE WHEN t.window_started_at + make_interval(secs => $5) <= $3
+                                 THEN $3 ELSE t.window_started_at END,
+                 updated_at = $3
+             WHERE t.window_started_at + make_interval(secs => $5) <= $3 OR t.failures < $4
+             RETURNING failures",
         )
-        .bind(account_key)
-        .bind(session.now)
-        .execute(&mut *tx)
+        .bind(scope)
+        .bind(key)
+        .bind(now)
+        .bind(max)
+        .bind(f64::from(window_secs))
+        .fetch_optional(&self.pool)
         .await?;
-        sqlx::query(
-            "UPDATE sign_in_throttle SET failures = GREATEST(failures - 1, 0), updated_at = $2
-             WHERE scope = 'ip' AND key = $1",
+        if counted.is_some() {
+            return Ok(Attempt::Allowed);
+        }
+        let started: OffsetDateTime = sqlx::query_scalar(
+            "SELECT window_started_at FROM sign_in_throttle WHERE scope = $1 AND key = $2",
         )
-        .bind(ip_key)
-        .bind(session.now)
-        .execute(&mut *tx)
+        .bind(scope)
+        .bind(key)
+        .fetch_one(&self.pool)
         .await?;
-        insert_session(&mut tx, &session).await?;
-        tx.commit().await?;
-        Ok(())
+        Ok(Attempt::Blocked {
+            retry_after_secs: seconds_until(
+                now,
+                started + time::Duration::seconds(i64::from(window_secs)),
+            ),
+        })
     }
 
     async fn live_session(

@@ -288,6 +288,9 @@ pub async fn register_submit(
             page.password_error = Some(e.to_string());
             StatusCode::BAD_REQUEST
         }
+        RegisterOutcome::Throttled { retry_after_secs } => {
+            return Err(AppError::RateLimited { retry_after_secs });
+        }
         RegisterOutcome::Taken => {
             page.error =
                 Some("An account with this e-mail address already exists. Sign in instead.".into());

@@ -1,6 +1,6 @@
 //! Registration, sign-in and sign-out as a person does it.
 
-use crate::helpers::{PASSWORD, spawn_app};
+use crate::helpers::{Options, PASSWORD, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn register_sign_in_see_account_and_sign_out() {
@@ -121,7 +121,7 @@ async fn unknown_email_and_wrong_password_get_the_same_answer() {
 }
 
 async fn spawn_app_with_room() -> crate::helpers::TestApp {
-    crate::helpers::spawn_app_with(crate::helpers::Options {
+    spawn_app_with(Options {
         login_max_failures: 100,
         ip_max_failures: 100_000,
         ..Default::default()
@@ -278,6 +278,32 @@ async fn fifty_concurrent_registrations_of_one_address_make_one_account() {
     assert!(
         refused.windows(2).all(|w| w[0] == w[1]),
         "every refusal is the same page"
+    );
+}
+
+#[tokio::test]
+async fn registrations_are_limited_per_client_address() {
+    let app = spawn_app_with(Options {
+        registrations_per_ip_hour: 3,
+        ..Default::default()
+    })
+    .await;
+    for i in 0..3 {
+        app.user(&format!("r{i}@example.com")).await;
+    }
+    let r = app
+        .register(&app.browser(), "r9@example.com", PASSWORD)
+        .await;
+    assert_eq!(r.status, 429);
+    assert!(r.header("retry-after").is_some());
+    assert!(r.body.contains("Too many attempts"), "{}", r.body);
+    assert_eq!(app.count("SELECT count(*) FROM users").await, 3);
+    app.clock.advance(std::time::Duration::from_secs(3601));
+    assert_eq!(
+        app.register(&app.browser(), "r9@example.com", PASSWORD)
+            .await
+            .status,
+        303
     );
 }
 

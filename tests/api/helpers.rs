@@ -52,6 +52,7 @@ pub struct Options {
     /// Route the server's database traffic through a proxy the test can cut.
     pub db_proxy: bool,
     pub extra: Vec<(&'static str, String)>,
+    pub registrations_per_ip_hour: u32,
 }
 
 impl Default for Options {
@@ -63,6 +64,7 @@ impl Default for Options {
             trusted_proxies: None,
             db_proxy: false,
             extra: Vec::new(),
+            registrations_per_ip_hour: 100,
         }
     }
 }
@@ -152,6 +154,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     };
     settings.http_workers = 2;
     settings.database_acquire_timeout = Duration::from_secs(2);
+    settings.registrations_per_ip_hour = options.registrations_per_ip_hour;
 
     let clock = Clock::system();
     let app = Application::build(settings.clone(), clock.clone(), true)
