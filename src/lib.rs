@@ -8,6 +8,7 @@ pub mod clock;
 pub mod crypto;
 pub mod domain;
 pub mod error;
+pub mod mail;
 pub mod metrics;
 pub mod settings;
 pub mod startup;

@@ -13,6 +13,9 @@ pub struct Metrics {
     pub registrations: IntCounterVec,
     pub argon2_waiting: IntGauge,
     pub argon2_running: IntGauge,
+    pub mail_outbox_depth: IntGauge,
+    pub mail_deliveries: prometheus::IntCounter,
+    pub mail_failures: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -47,6 +50,14 @@ impl Metrics {
         )?;
         let argon2_running =
             IntGauge::new("argon2_in_flight", "Password hash computations running")?;
+        let mail_outbox_depth = IntGauge::new("mail_outbox_depth", "Mails waiting for delivery")?;
+        let mail_deliveries =
+            prometheus::IntCounter::new("mail_deliveries_total", "Mails delivered")?;
+        let mail_failures =
+            prometheus::IntCounter::new("mail_failures_total", "Failed mail delivery attempts")?;
+        registry.register(Box::new(mail_outbox_depth.clone()))?;
+        registry.register(Box::new(mail_deliveries.clone()))?;
+        registry.register(Box::new(mail_failures.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(sign_ins.clone()))?;
@@ -61,6 +72,9 @@ impl Metrics {
             registrations,
             argon2_waiting,
             argon2_running,
+            mail_outbox_depth,
+            mail_deliveries,
+            mail_failures,
         })
     }
 

@@ -124,6 +124,17 @@ pub struct Settings {
     pub http_workers: usize,
     /// Registrations accepted per client address per hour.
     pub registrations_per_ip_hour: u32,
+    /// `smtp://host:port` (plain or `?tls=required` for STARTTLS) or
+    /// `smtps://user:pass@host:port` (implicit TLS). Required outside dev mode.
+    pub smtp_url: Option<SecretString>,
+    /// The sender of every mail, `Name <address>`.
+    pub mail_from: lettre::message::Mailbox,
+    /// Dev mode without SMTP: also write each mail to a file here.
+    pub mail_dir: Option<std::path::PathBuf>,
+    /// An unverified address cannot finish signing in.
+    pub require_verified_email: bool,
+    /// How often an idle outbox worker looks for due mail.
+    pub outbox_poll: Duration,
 }
 
 /// The keys this version understands, for the "unknown setting" warning.
@@ -142,6 +153,10 @@ pub const KNOWN_KEYS: &[&str] = &[
     "GATEHOUSE_LOG_FORMAT",
     "GATEHOUSE_LOGIN_MAX_FAILURES",
     "GATEHOUSE_IP_MAX_FAILURES",
+    "GATEHOUSE_SMTP_URL",
+    "GATEHOUSE_MAIL_FROM",
+    "GATEHOUSE_MAIL_DIR",
+    "GATEHOUSE_REQUIRE_VERIFIED_EMAIL",
 ];
 
 /// Raw key → value pairs, already merged from the file and the environment.
@@ -336,6 +351,37 @@ impl RawSettings {
             ));
         }
 
+        let smtp_url = match self.get("GATEHOUSE_SMTP_URL") {
+            Some(url) => {
+                lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url).map_err(|_| {
+                    err(
+                        "GATEHOUSE_SMTP_URL",
+                        "must look like smtp://host:port, smtp://host:port?tls=required or smtps://user:pass@host:port",
+                    )
+                })?;
+                Some(SecretString::from(url.to_string()))
+            }
+            None if dev => None,
+            None => {
+                return Err(err(
+                    "GATEHOUSE_SMTP_URL",
+                    "is required outside dev mode (verification and reset links go by mail)",
+                ));
+            }
+        };
+        let mail_from_text = self
+            .get("GATEHOUSE_MAIL_FROM")
+            .unwrap_or("Gatehouse <no-reply@localhost>");
+        let mail_from: lettre::message::Mailbox = mail_from_text.parse().map_err(|_| {
+            err(
+                "GATEHOUSE_MAIL_FROM",
+                format!(
+                    "{mail_from_text:?} is not an address like Gatehouse <no-reply@example.com>"
+                ),
+            )
+        })?;
+        let mail_dir = self.get("GATEHOUSE_MAIL_DIR").map(std::path::PathBuf::from);
+
         let log_format = match self.get("GATEHOUSE_LOG_FORMAT") {
             None if dev => LogFormat::Pretty,
             None => LogFormat::Json,
@@ -364,6 +410,11 @@ impl RawSettings {
             database_acquire_timeout: Duration::from_secs(5),
             http_workers: num_cpus::get().max(1),
             registrations_per_ip_hour: 20,
+            smtp_url,
+            mail_from,
+            mail_dir,
+            require_verified_email: self.bool("GATEHOUSE_REQUIRE_VERIFIED_EMAIL", true)?,
+            outbox_poll: Duration::from_secs(1),
         })
     }
 }
@@ -459,7 +510,12 @@ mod tests {
     }
 
     #[test]
-    fn production_defaults_need_https_and_a_secret_key() {
+    fn production_defaults_need_https_a_secret_key_and_smtp() {
+        let e = error_of(&[
+            ("GATEHOUSE_PUBLIC_URL", "https://id.example.com"),
+            ("GATEHOUSE_SECRET_KEY", KEY),
+        ]);
+        assert_eq!(e.key, "GATEHOUSE_SMTP_URL");
         let e = error_of(&[("GATEHOUSE_PUBLIC_URL", "https://id.example.com")]);
         assert_eq!(e.key, "GATEHOUSE_SECRET_KEY");
         let e = error_of(&[("GATEHOUSE_SECRET_KEY", KEY)]);
@@ -475,6 +531,10 @@ mod tests {
         let s = raw(&[
             ("GATEHOUSE_PUBLIC_URL", "https://id.example.com/"),
             ("GATEHOUSE_SECRET_KEY", KEY),
+            (
+                "GATEHOUSE_SMTP_URL",
+                "smtps://user:pass@smtp.example.com:465",
+            ),
         ])
         .into_settings()
         .unwrap();
@@ -489,6 +549,12 @@ mod tests {
         assert_eq!(s.log_format, LogFormat::Json);
         assert!(!s.insecure_cookies());
         assert_eq!(s.argon2, Argon2Cost::PRODUCTION);
+        assert!(s.require_verified_email);
+        assert_eq!(s.mail_from.to_string(), "Gatehouse <no-reply@localhost>");
+        assert!(
+            !format!("{s:?}").contains("pass@"),
+            "SMTP credentials do not print"
+        );
     }
 
     #[test]
@@ -546,6 +612,9 @@ mod tests {
             ("GATEHOUSE_LOG_FORMAT", "xml"),
             ("GATEHOUSE_DEV", "maybe"),
             ("GATEHOUSE_DATABASE_URL", "mysql://x"),
+            ("GATEHOUSE_SMTP_URL", "http://mail.example.com"),
+            ("GATEHOUSE_MAIL_FROM", "not an address"),
+            ("GATEHOUSE_REQUIRE_VERIFIED_EMAIL", "perhaps"),
         ];
         for (key, value) in cases {
             let e = error_of(&[("GATEHOUSE_DEV", "true"), (key, value)]);

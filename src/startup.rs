@@ -14,6 +14,8 @@ use crate::auth::passwords::PasswordHasher;
 use crate::auth::sessions::CookiePolicy;
 use crate::clock::Clock;
 use crate::crypto::{self, Keys};
+use crate::mail::Transport;
+use crate::mail::worker::Worker;
 use crate::metrics::Metrics;
 use crate::settings::{SecretKey, Settings};
 use crate::store::{PgStore, Store, connect_pool, is_unavailable, run_migrations};
@@ -100,6 +102,7 @@ impl AppState {
 pub struct Application {
     port: u16,
     server: Server,
+    worker: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -110,6 +113,15 @@ impl Application {
         let dev = settings.dev;
         let workers = settings.http_workers;
         let state = web::Data::new(AppState::new(settings, clock, migrate).await?);
+        // This node's outbox worker; every node runs one, they share the work.
+        let worker = Worker {
+            store: state.store.clone(),
+            transport: Transport::from_settings(&state.settings)?,
+            from: state.settings.mail_from.clone(),
+            clock: state.clock.clone(),
+            metrics: state.metrics.clone(),
+        };
+        let worker = tokio::spawn(worker.run(state.settings.outbox_poll));
         if dev {
             tracing::warn!("DEVELOPMENT MODE: do not put real users on this instance");
         }
@@ -124,7 +136,11 @@ impl Application {
         // SIGTERM/SIGINT: stop accepting, let in-flight requests finish.
         .shutdown_timeout(30)
         .run();
-        Ok(Self { port, server })
+        Ok(Self {
+            port,
+            server,
+            worker,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -137,6 +153,9 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let result = self.server.await;
+        // Mail not yet sent stays in the outbox for the next start (or another node).
+        self.worker.abort();
+        result
     }
 }

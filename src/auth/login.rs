@@ -4,8 +4,8 @@
 //! password is checked, and the same work is done whether or not the account exists,
 //! so neither parallelism nor timing tells an attacker more than one try in sequence.
 
-use crate::auth::RequestContext;
 use crate::auth::sessions::{self, lifetimes};
+use crate::auth::{RequestContext, mailflows};
 use crate::domain::{Email, EmailError, Password, PasswordError, SessionToken, UserId};
 use crate::error::AppError;
 use crate::startup::AppState;
@@ -29,6 +29,10 @@ pub enum SignInOutcome {
     Failed,
     Throttled {
         retry_after_secs: u64,
+    },
+    /// The password was right but the address is not confirmed yet (and must be).
+    Unverified {
+        email: String,
     },
     /// The e-mail is not even syntactically an address (nothing was counted).
     Malformed(EmailError),
@@ -101,6 +105,16 @@ pub async fn sign_in(
         }
     };
 
+    if state.settings.require_verified_email && !user.verified {
+        // The right password: not a guess, so it does not count against the account.
+        state.store.clear_account_failures(&account_key).await?;
+        state
+            .metrics
+            .sign_ins
+            .with_label_values(&["unverified"])
+            .inc();
+        return Ok(SignInOutcome::Unverified { email: user.email });
+    }
     let (token, session) = sessions::new_session(state, user.id, remember_me, ctx);
     state.store.sign_in_succeeded(&account_key, session).await?;
     state.metrics.sign_ins.with_label_values(&["success"]).inc();
@@ -121,6 +135,9 @@ pub enum RegisterOutcome {
     BadPassword(PasswordError),
     /// The address already has an account; nothing was written.
     Taken,
+    /// Verification required: the account (if new) waits for its link; the person is
+    /// told to check their inbox whether or not the address already had an account.
+    CheckInbox,
 }
 
 /// Creates an account and signs the person in at once (no e-mail verification yet).
@@ -161,16 +178,51 @@ pub async fn register(
         .await
         .map_err(AppError::Unexpected)?;
     let user_id = UserId::new();
-    let (token, session) = sessions::new_session(state, user_id, false, ctx);
+    let now = state.clock.now();
     let user = NewUser {
         id: user_id,
-        email,
+        email: email.clone(),
         password_hash,
         is_admin: false,
         verified: false,
-        now: state.clock.now(),
+        now,
     };
-    match state.store.create_user(user, Some(session)).await {
+    if state.settings.require_verified_email {
+        // The same answer whether the address is new or taken (no enumeration, L2);
+        // only the mail differs: a link for a new account, a notice for an existing one.
+        let (token, mail) = mailflows::verification(state, user_id, email.as_str());
+        return match state
+            .store
+            .create_user(user, None, Some(token), &[mail])
+            .await
+        {
+            Ok(()) => {
+                state
+                    .metrics
+                    .registrations
+                    .with_label_values(&["created"])
+                    .inc();
+                tracing::info!(user_id = %user_id, "account registered, awaiting confirmation");
+                Ok(RegisterOutcome::CheckInbox)
+            }
+            Err(StoreError::Conflict) => {
+                state
+                    .metrics
+                    .registrations
+                    .with_label_values(&["taken"])
+                    .inc();
+                mailflows::notify_existing_account(state, &email, ctx).await?;
+                Ok(RegisterOutcome::CheckInbox)
+            }
+            Err(e) => Err(e.into()),
+        };
+    }
+    let (token, session) = sessions::new_session(state, user_id, false, ctx);
+    match state
+        .store
+        .create_user(user, Some(session), None, &[])
+        .await
+    {
         Ok(()) => {
             state
                 .metrics
@@ -215,7 +267,7 @@ pub async fn create_user(
         verified,
         now: state.clock.now(),
     };
-    match state.store.create_user(user, None).await {
+    match state.store.create_user(user, None, None, &[]).await {
         Ok(()) => Ok(id),
         Err(StoreError::Conflict) => Err(anyhow::anyhow!(
             "an account with that e-mail address already exists"

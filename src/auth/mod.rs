@@ -2,6 +2,7 @@
 //! one of these; these call the store.
 
 pub mod login;
+pub mod mailflows;
 pub mod passwords;
 pub mod sessions;
 

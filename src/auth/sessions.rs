@@ -172,6 +172,7 @@ mod tests {
             "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
         );
         raw.set("GATEHOUSE_PUBLIC_URL", "https://id.example.com");
+        raw.set("GATEHOUSE_SMTP_URL", "smtp://localhost:25");
         for (k, v) in pairs {
             raw.set(k, v);
         }

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::domain::{Email, SessionId, UserId};
+use crate::mail::{OutboundMail, QueuedMail};
 
 pub use postgres::{PgStore, connect_pool, is_unavailable, run_migrations};
 
@@ -39,6 +40,25 @@ pub struct UserRecord {
     pub email: String,
     pub password_hash: String,
     pub disabled: bool,
+    pub verified: bool,
+}
+
+/// A single-use mailed link to store (its token only as a hash).
+pub struct NewEmailToken {
+    pub token_hash: Vec<u8>,
+    /// `verify`, `reset` or `change`.
+    pub purpose: &'static str,
+    pub user_id: UserId,
+    pub new_email: Option<String>,
+    pub now: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+/// A live (unused, unexpired) mailed link and whom it is for.
+pub struct EmailTokenRecord {
+    pub user_id: UserId,
+    pub email: String,
+    pub new_email: Option<String>,
 }
 
 /// A session row to insert. Times and lifetimes are computed by the service.
@@ -96,12 +116,81 @@ pub trait Store: Send + Sync {
     /// Whether every migration this binary carries has been applied.
     async fn migrations_current(&self) -> Result<bool, StoreError>;
 
-    /// Creates the account and, if given, its first session, in one transaction.
+    /// Creates the account and, if given, its first session, a mailed link and mail,
+    /// in one transaction.
     async fn create_user(
         &self,
         user: NewUser,
         session: Option<NewSession>,
+        token: Option<NewEmailToken>,
+        mails: &[OutboundMail],
     ) -> Result<(), StoreError>;
+    async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError>;
+    async fn clear_account_failures(&self, account_key: &[u8]) -> Result<(), StoreError>;
+
+    /// Stores a mailed link and its mail together.
+    async fn issue_email_token(
+        &self,
+        token: NewEmailToken,
+        mails: &[OutboundMail],
+    ) -> Result<(), StoreError>;
+    /// The live link with this hash and purpose, if any (does not use it up).
+    async fn email_token(
+        &self,
+        token_hash: &[u8],
+        purpose: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<EmailTokenRecord>, StoreError>;
+    /// Uses a verification link up and marks the address verified. False if the link
+    /// is unknown, used or expired.
+    async fn verify_email(
+        &self,
+        token_hash: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+    /// Uses a reset link up, sets the password, revokes every session of the user and
+    /// queues `mails`, atomically. False if the link is unknown, used or expired.
+    async fn reset_password(
+        &self,
+        token_hash: &[u8],
+        now: OffsetDateTime,
+        password_hash: &str,
+        mails: &[OutboundMail],
+    ) -> Result<bool, StoreError>;
+    /// Uses an e-mail change link up and moves the account to the new address,
+    /// queueing `mails`. False if the link is unknown, used or expired; `Conflict` if
+    /// the address was taken meanwhile.
+    async fn change_email(
+        &self,
+        token_hash: &[u8],
+        now: OffsetDateTime,
+        mails: &[OutboundMail],
+    ) -> Result<bool, StoreError>;
+
+    /// Queues a mail on its own (no other change goes with it).
+    async fn enqueue_mail(
+        &self,
+        mail: &OutboundMail,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    /// Claims up to `limit` due mails for `lease`, skipping rows other workers hold.
+    async fn claim_mail(
+        &self,
+        now: OffsetDateTime,
+        lease: std::time::Duration,
+        limit: i64,
+    ) -> Result<Vec<QueuedMail>, StoreError>;
+    async fn mail_sent(&self, id: uuid::Uuid, now: OffsetDateTime) -> Result<(), StoreError>;
+    /// Records a failed attempt; `retry_at: None` gives up on the mail.
+    async fn mail_failed(
+        &self,
+        id: uuid::Uuid,
+        now: OffsetDateTime,
+        error: &str,
+        retry_at: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError>;
+    /// Mails not yet sent nor given up.
+    async fn outbox_depth(&self) -> Result<i64, StoreError>;
 
     /// Starts a sign-in attempt: decides whether it may be evaluated and, if so,
     /// counts it against the account *before* the password is checked, so parallel

@@ -11,9 +11,11 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    Attempt, NewSession, NewUser, SessionRecord, Store, StoreError, ThrottleLimits, UserRecord,
+    Attempt, EmailTokenRecord, NewEmailToken, NewSession, NewUser, SessionRecord, Store,
+    StoreError, ThrottleLimits, UserRecord,
 };
 use crate::domain::{Email, SessionId, UserId};
+use crate::mail::{OutboundMail, QueuedMail};
 
 /// The schema, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -118,6 +120,64 @@ async fn insert_session(conn: &mut sqlx::PgConnection, s: &NewSession) -> Result
     Ok(())
 }
 
+async fn insert_mails(
+    conn: &mut sqlx::PgConnection,
+    mails: &[OutboundMail],
+    now: OffsetDateTime,
+) -> Result<(), sqlx::Error> {
+    for m in mails {
+        sqlx::query(
+            "INSERT INTO mail_outbox (id, to_address, subject, text_body, html_body, created_at, next_attempt_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        )
+        .bind(Uuid::new_v4())
+        .bind(&m.to)
+        .bind(&m.subject)
+        .bind(&m.text)
+        .bind(&m.html)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn insert_token(conn: &mut sqlx::PgConnection, t: &NewEmailToken) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO email_tokens (token_hash, purpose, user_id, new_email, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&t.token_hash)
+    .bind(t.purpose)
+    .bind(t.user_id.0)
+    .bind(&t.new_email)
+    .bind(t.now)
+    .bind(t.expires_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks a live link used; returns its user and new address if it was live.
+async fn consume_token(
+    conn: &mut sqlx::PgConnection,
+    token_hash: &[u8],
+    purpose: &str,
+    now: OffsetDateTime,
+) -> Result<Option<(Uuid, Option<String>)>, sqlx::Error> {
+    let row = sqlx::query(
+        "UPDATE email_tokens SET used_at = $3
+         WHERE token_hash = $1 AND purpose = $2 AND used_at IS NULL AND expires_at > $3
+         RETURNING user_id, new_email",
+    )
+    .bind(token_hash)
+    .bind(purpose)
+    .bind(now)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| (r.get("user_id"), r.get("new_email"))))
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -144,6 +204,8 @@ impl Store for PgStore {
         &self,
         user: NewUser,
         session: Option<NewSession>,
+        token: Option<NewEmailToken>,
+        mails: &[OutboundMail],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -161,8 +223,258 @@ impl Store for PgStore {
         if let Some(session) = &session {
             insert_session(&mut tx, session).await?;
         }
+        if let Some(token) = &token {
+            insert_token(&mut tx, token).await?;
+        }
+        insert_mails(&mut tx, mails, user.now).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, email, password_hash, disabled_at IS NOT NULL AS disabled,
+                    email_verified_at IS NOT NULL AS verified
+             FROM users WHERE email = $1",
+        )
+        .bind(email.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| UserRecord {
+            id: UserId(r.get("id")),
+            email: r.get("email"),
+            password_hash: r.get("password_hash"),
+            disabled: r.get("disabled"),
+            verified: r.get("verified"),
+        }))
+    }
+
+    async fn clear_account_failures(&self, account_key: &[u8]) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sign_in_throttle SET failures = 0, blocked_until = NULL
+             WHERE scope = 'account' AND key = $1",
+        )
+        .bind(account_key)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn issue_email_token(
+        &self,
+        token: NewEmailToken,
+        mails: &[OutboundMail],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_token(&mut tx, &token).await?;
+        insert_mails(&mut tx, mails, token.now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn email_token(
+        &self,
+        token_hash: &[u8],
+        purpose: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<EmailTokenRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT t.user_id, u.email, t.new_email
+             FROM email_tokens t JOIN users u ON u.id = t.user_id
+             WHERE t.token_hash = $1 AND t.purpose = $2 AND t.used_at IS NULL
+               AND t.expires_at > $3 AND u.disabled_at IS NULL",
+        )
+        .bind(token_hash)
+        .bind(purpose)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| EmailTokenRecord {
+            user_id: UserId(r.get("user_id")),
+            email: r.get("email"),
+            new_email: r.get("new_email"),
+        }))
+    }
+
+    async fn verify_email(
+        &self,
+        token_hash: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let Some((user_id, _)) = consume_token(&mut tx, token_hash, "verify", now).await? else {
+            return Ok(false);
+        };
+        sqlx::query(
+            "UPDATE users SET email_verified_at = COALESCE(email_verified_at, $2), updated_at = $2
+             WHERE id = $1",
+        )
+        .bind(user_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn reset_password(
+        &self,
+        token_hash: &[u8],
+        now: OffsetDateTime,
+        password_hash: &str,
+        mails: &[OutboundMail],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let Some((user_id, _)) = consume_token(&mut tx, token_hash, "reset", now).await? else {
+            return Ok(false);
+        };
+        // Following the link proves the address, too.
+        sqlx::query(
+            "UPDATE users SET password_hash = $2, updated_at = $3,
+                 email_verified_at = COALESCE(email_verified_at, $3)
+             WHERE id = $1",
+        )
+        .bind(user_id)
+        .bind(password_hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE sessions SET revoked_at = $2, revoked_reason = 'password reset'
+             WHERE user_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        // Other reset links of this user die with the one used.
+        sqlx::query(
+            "UPDATE email_tokens SET used_at = $2
+             WHERE user_id = $1 AND purpose = 'reset' AND used_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        insert_mails(&mut tx, mails, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn change_email(
+        &self,
+        token_hash: &[u8],
+        now: OffsetDateTime,
+        mails: &[OutboundMail],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let Some((user_id, Some(new_email))) =
+            consume_token(&mut tx, token_hash, "change", now).await?
+        else {
+            return Ok(false);
+        };
+        sqlx::query(
+            "UPDATE users SET email = $2, email_verified_at = $3, updated_at = $3 WHERE id = $1",
+        )
+        .bind(user_id)
+        .bind(&new_email)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        insert_mails(&mut tx, mails, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn enqueue_mail(
+        &self,
+        mail: &OutboundMail,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        insert_mails(&mut conn, std::slice::from_ref(mail), now).await?;
+        Ok(())
+    }
+
+    async fn claim_mail(
+        &self,
+        now: OffsetDateTime,
+        lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<QueuedMail>, StoreError> {
+        let lease_until = now + time::Duration::try_from(lease).unwrap_or(time::Duration::MINUTE);
+        let rows = sqlx::query(
+            "UPDATE mail_outbox SET lease_until = $2
+             WHERE id IN (
+                 SELECT id FROM mail_outbox
+                 WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $1
+                   AND (lease_until IS NULL OR lease_until <= $1)
+                 ORDER BY next_attempt_at
+                 LIMIT $3
+                 FOR UPDATE SKIP LOCKED
+             )
+             RETURNING id, attempts, to_address, subject, text_body, html_body",
+        )
+        .bind(now)
+        .bind(lease_until)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| QueuedMail {
+                id: r.get("id"),
+                attempts: r.get("attempts"),
+                mail: OutboundMail {
+                    to: r.get("to_address"),
+                    subject: r.get("subject"),
+                    text: r.get("text_body"),
+                    html: r.get("html_body"),
+                },
+            })
+            .collect())
+    }
+
+    async fn mail_sent(&self, id: Uuid, now: OffsetDateTime) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE mail_outbox SET sent_at = $2, attempts = attempts + 1, lease_until = NULL WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn mail_failed(
+        &self,
+        id: Uuid,
+        now: OffsetDateTime,
+        error: &str,
+        retry_at: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE mail_outbox
+             SET attempts = attempts + 1, last_error = left($3, 500), lease_until = NULL,
+                 next_attempt_at = COALESCE($4, next_attempt_at),
+                 failed_at = CASE WHEN $4::timestamptz IS NULL THEN $2 END
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(error)
+        .bind(retry_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn outbox_depth(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM mail_outbox WHERE sent_at IS NULL AND failed_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     async fn begin_sign_in(
@@ -208,7 +520,8 @@ impl Store for PgStore {
                     (SELECT failures FROM acct) AS counted,
                     (SELECT blocked_until FROM sign_in_throttle
                       WHERE scope = 'account' AND key = $1) AS account_blocked_until,
-                    u.id, u.email, u.password_hash, u.disabled_at IS NOT NULL AS disabled
+                    u.id, u.email, u.password_hash, u.disabled_at IS NOT NULL AS disabled,
+                    u.email_verified_at IS NOT NULL AS verified
              FROM (SELECT 1) AS one
              LEFT JOIN users u ON u.email = $8",
         )
@@ -240,6 +553,7 @@ impl Store for PgStore {
                 email: row.try_get("email")?,
                 password_hash: row.try_get("password_hash")?,
                 disabled: row.try_get("disabled")?,
+                verified: row.try_get("verified")?,
             }),
             None => None,
         };

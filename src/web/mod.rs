@@ -2,6 +2,7 @@
 
 pub mod edge;
 pub mod extract;
+pub mod mail_pages;
 pub mod ops;
 pub mod pages;
 
@@ -23,6 +24,30 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(web::resource("/logout").route(web::post().to(pages::logout)))
         .service(web::resource("/account").route(web::get().to(pages::account)))
+        .service(web::resource("/verify-email").route(web::get().to(mail_pages::verify_email)))
+        .service(
+            web::resource("/verify-email/resend")
+                .route(web::post().to(mail_pages::resend_verification)),
+        )
+        .service(
+            web::resource("/password/forgot")
+                .route(web::get().to(mail_pages::forgot_page))
+                .route(web::post().to(mail_pages::forgot_submit)),
+        )
+        .service(
+            web::resource("/password/reset")
+                .route(web::get().to(mail_pages::reset_page))
+                .route(web::post().to(mail_pages::reset_submit)),
+        )
+        .service(
+            web::resource("/account/email")
+                .route(web::get().to(mail_pages::change_email_page))
+                .route(web::post().to(mail_pages::change_email_submit)),
+        )
+        .service(
+            web::resource("/account/email/confirm")
+                .route(web::get().to(mail_pages::change_email_confirm)),
+        )
         .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
         .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
         .service(web::resource("/metrics").route(web::get().to(ops::metrics)))

@@ -22,7 +22,12 @@ pub struct PageCtx {
 }
 
 impl PageCtx {
-    fn new(state: &AppState, nonce: &CspNonce, csrf: &Csrf, user_email: Option<String>) -> Self {
+    pub fn new(
+        state: &AppState,
+        nonce: &CspNonce,
+        csrf: &Csrf,
+        user_email: Option<String>,
+    ) -> Self {
         Self {
             dev: state.settings.dev,
             nonce: nonce.0.clone(),
@@ -107,6 +112,23 @@ impl<'a> ErrorTemplate<'a> {
             status: status.as_u16(),
         }
     }
+}
+
+#[derive(Template)]
+#[template(path = "pages/notice.html")]
+pub struct NoticeTemplate<'a> {
+    pub ctx: PageCtx,
+    pub title: &'a str,
+    pub paragraphs: Vec<String>,
+    pub link: Option<(&'a str, &'a str)>,
+}
+
+pub fn html_page(status: StatusCode, page: &impl Template) -> Result<HttpResponse, AppError> {
+    html(status, page)
+}
+
+pub fn see_other_to(location: &str) -> HttpResponse {
+    see_other(location)
 }
 
 pub async fn not_found() -> Result<HttpResponse, AppError> {
@@ -202,6 +224,13 @@ pub async fn login_submit(
             Some(retry_after_secs),
         ),
         SignInOutcome::Malformed(e) => (StatusCode::BAD_REQUEST, e.to_string(), None),
+        SignInOutcome::Unverified { email } => {
+            let page = UnverifiedTemplate {
+                ctx: PageCtx::new(&state, &nonce, &csrf, None),
+                email,
+            };
+            return html(StatusCode::FORBIDDEN, &page);
+        }
     };
     let page = LoginTemplate {
         ctx: PageCtx::new(&state, &nonce, &csrf, None),
@@ -218,6 +247,13 @@ pub async fn login_submit(
     }
     res.extensions_mut().insert(AllowAnyFormAction);
     Ok(res)
+}
+
+#[derive(Template)]
+#[template(path = "pages/unverified.html")]
+struct UnverifiedTemplate {
+    ctx: PageCtx,
+    email: String,
 }
 
 #[derive(Template)]
@@ -287,6 +323,18 @@ pub async fn register_submit(
         RegisterOutcome::BadPassword(e) => {
             page.password_error = Some(e.to_string());
             StatusCode::BAD_REQUEST
+        }
+        RegisterOutcome::CheckInbox => {
+            let page = NoticeTemplate {
+                ctx: PageCtx::new(&state, &nonce, &csrf, None),
+                title: "Check your inbox",
+                paragraphs: vec![
+                    format!("We sent a message to {}. Open the link in it to confirm the address and finish creating your account.", page.email),
+                    "The link works for 24 hours. Nothing arrived? Check your spam folder, or try signing in to get a new link.".into(),
+                ],
+                link: Some(("Go to sign in", "/login")),
+            };
+            return html(StatusCode::OK, &page);
         }
         RegisterOutcome::Throttled { retry_after_secs } => {
             return Err(AppError::RateLimited { retry_after_secs });

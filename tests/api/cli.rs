@@ -100,6 +100,8 @@ async fn migrate_user_create_and_serve_work_end_to_end() {
         c.env("GATEHOUSE_DATABASE_URL", &url)
             .env("GATEHOUSE_SECRET_KEY", &key)
             .env("GATEHOUSE_PUBLIC_URL", "https://gatehouse.test")
+            .env("GATEHOUSE_SMTP_URL", "smtp://127.0.0.1:25")
+            .env("GATEHOUSE_REQUIRE_VERIFIED_EMAIL", "false")
             .env("GATEHOUSE_LOG_FORMAT", "json");
     };
     let mut migrate = gatehouse();

@@ -53,6 +53,9 @@ pub struct Options {
     pub db_proxy: bool,
     pub extra: Vec<(&'static str, String)>,
     pub registrations_per_ip_hour: u32,
+    /// Off by default so that tests of other capabilities sign in right after
+    /// registering; the mail tests turn it on (the product default).
+    pub require_verified_email: bool,
 }
 
 impl Default for Options {
@@ -65,6 +68,7 @@ impl Default for Options {
             db_proxy: false,
             extra: Vec::new(),
             registrations_per_ip_hour: 100,
+            require_verified_email: false,
         }
     }
 }
@@ -77,6 +81,7 @@ pub struct TestApp {
     pub db: PgPool,
     pub db_name: String,
     pub proxy: Option<DbProxy>,
+    pub mail: MailSink,
     pub settings: Settings,
     handle: actix_web::dev::ServerHandle,
 }
@@ -121,7 +126,16 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     };
     let app_db_url = proxy.as_ref().map_or(db_url.clone(), |p| p.url.clone());
 
+    let mail = MailSink::start().await;
     let mut raw = RawSettings::default();
+    raw.set(
+        "GATEHOUSE_SMTP_URL",
+        &format!("smtp://127.0.0.1:{}", mail.port),
+    );
+    raw.set(
+        "GATEHOUSE_REQUIRE_VERIFIED_EMAIL",
+        &options.require_verified_email.to_string(),
+    );
     raw.set("GATEHOUSE_DATABASE_URL", &app_db_url);
     raw.set("GATEHOUSE_BIND", "127.0.0.1:0");
     raw.set("GATEHOUSE_SECRET_KEY", &random_key());
@@ -155,6 +169,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     settings.http_workers = 2;
     settings.database_acquire_timeout = Duration::from_secs(2);
     settings.registrations_per_ip_hour = options.registrations_per_ip_hour;
+    settings.outbox_poll = Duration::from_millis(100);
 
     let clock = Clock::system();
     let app = Application::build(settings.clone(), clock.clone(), true)
@@ -173,6 +188,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         db,
         db_name,
         proxy,
+        mail,
         settings,
         handle,
     }
@@ -232,6 +248,15 @@ impl Resp {
             .find(|v| v.starts_with(&format!("{name}=")))
             .map(str::to_string)
     }
+    /// The CSRF field's value, or "" on a page without a form.
+    pub fn csrf_or_empty(&self) -> String {
+        if self.body.contains(r#"name="csrf_token""#) {
+            self.csrf()
+        } else {
+            String::new()
+        }
+    }
+
     /// The hidden CSRF field of the (first) form on the page.
     pub fn csrf(&self) -> String {
         let marker = r#"name="csrf_token" value=""#;
@@ -479,5 +504,165 @@ impl DbProxy {
 
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// One message as the SMTP server received it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub to: Vec<String>,
+    pub data: String,
+}
+
+impl Received {
+    /// The message with quoted-printable soft line breaks and `=3D` undone.
+    pub fn text(&self) -> String {
+        self.data.replace("=\r\n", "").replace("=3D", "=")
+    }
+
+    /// The token of the first `{PUBLIC_URL}{path}?token=` link in the message.
+    pub fn token(&self, path: &str) -> String {
+        let text = self.text();
+        let marker = format!("{PUBLIC_URL}{path}?token=");
+        let start = text
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no {marker} link in {text}"))
+            + marker.len();
+        text[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect()
+    }
+
+    pub fn subject(&self) -> String {
+        self.data
+            .lines()
+            .find_map(|l| l.strip_prefix("Subject: "))
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// A real SMTP server in the test process (just enough of RFC 5321 for a client
+/// like lettre), which a test can take down (`421`) and bring back.
+pub struct MailSink {
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    messages: Arc<Mutex<Vec<Received>>>,
+}
+
+impl MailSink {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let messages: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let (up2, messages2) = (up.clone(), messages.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve_smtp(stream, up2.clone(), messages2.clone()));
+            }
+        });
+        Self { port, up, messages }
+    }
+
+    /// New sessions and new messages are refused with 421 (try again later).
+    pub fn stop(&self) {
+        self.up.store(false, Ordering::SeqCst);
+    }
+
+    pub fn resume(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+
+    pub fn messages(&self) -> Vec<Received> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    pub fn to(&self, address: &str) -> Vec<Received> {
+        self.messages()
+            .into_iter()
+            .filter(|m| m.to.iter().any(|t| t == address))
+            .collect()
+    }
+
+    /// Waits (up to 10 s) until `address` has received `count` messages.
+    pub async fn wait_for(&self, address: &str, count: usize) -> Vec<Received> {
+        for _ in 0..100 {
+            let got = self.to(address);
+            if got.len() >= count {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "{address} did not receive {count} messages: {:?}",
+            self.to(address)
+        );
+    }
+}
+
+async fn serve_smtp(stream: TcpStream, up: Arc<AtomicBool>, messages: Arc<Mutex<Vec<Received>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let down = |up: &AtomicBool| !up.load(Ordering::SeqCst);
+    if down(&up) {
+        let _ = write.write_all(b"421 sink down, try later\r\n").await;
+        return;
+    }
+    if write.write_all(b"220 sink ESMTP\r\n").await.is_err() {
+        return;
+    }
+    let mut to = Vec::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let upper = line.to_ascii_uppercase();
+        let reply: &[u8] = if upper.starts_with("EHLO") {
+            b"250-sink\r\n250 8BITMIME\r\n"
+        } else if upper.starts_with("MAIL FROM") {
+            if down(&up) {
+                let _ = write.write_all(b"421 sink down, try later\r\n").await;
+                return;
+            }
+            to.clear();
+            b"250 ok\r\n"
+        } else if upper.starts_with("RCPT TO:") {
+            let addr = line[8..]
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string();
+            to.push(addr);
+            b"250 ok\r\n"
+        } else if upper.starts_with("DATA") {
+            if write.write_all(b"354 go ahead\r\n").await.is_err() {
+                return;
+            }
+            let mut data = String::new();
+            while let Ok(Some(l)) = lines.next_line().await {
+                if l == "." {
+                    break;
+                }
+                data.push_str(
+                    l.strip_prefix('.')
+                        .filter(|_| l.starts_with(".."))
+                        .unwrap_or(&l),
+                );
+                data.push_str("\r\n");
+            }
+            messages.lock().unwrap().push(Received {
+                to: std::mem::take(&mut to),
+                data,
+            });
+            b"250 queued\r\n"
+        } else if upper.starts_with("QUIT") {
+            let _ = write.write_all(b"221 bye\r\n").await;
+            return;
+        } else {
+            b"250 ok\r\n"
+        };
+        if write.write_all(reply).await.is_err() {
+            return;
+        }
     }
 }

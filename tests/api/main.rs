@@ -9,6 +9,7 @@ mod cli;
 mod csrf;
 mod headers;
 mod input;
+mod mail;
 mod operations;
 mod sessions;
 mod throttle;

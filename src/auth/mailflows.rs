@@ -1,0 +1,325 @@
+//! Flows that go through the mailbox: address verification, password reset and
+//! change of address. Every link is single use, stored only as a SHA-256, and built
+//! from `GATEHOUSE_PUBLIC_URL`.
+
+use time::Duration;
+
+use crate::auth::RequestContext;
+use crate::crypto;
+use crate::domain::{Email, Password, PasswordError, UserId};
+use crate::error::AppError;
+use crate::mail::{OutboundMail, messages};
+use crate::startup::AppState;
+use crate::store::{Attempt, NewEmailToken, StoreError};
+
+pub const VERIFY_TTL: Duration = Duration::hours(24);
+pub const RESET_TTL: Duration = Duration::minutes(30);
+pub const CHANGE_TTL: Duration = Duration::hours(24);
+/// Mails a person can make Gatehouse send to one address per hour, and per client
+/// address (resends, resets, "you already have an account" notices).
+pub const MAILS_PER_ADDRESS_HOUR: i32 = 3;
+pub const MAILS_PER_IP_HOUR: i32 = 20;
+
+fn new_token(
+    state: &AppState,
+    purpose: &'static str,
+    user_id: UserId,
+    new_email: Option<String>,
+    ttl: Duration,
+) -> (String, NewEmailToken) {
+    let token = crypto::random_token();
+    let now = state.clock.now();
+    let record = NewEmailToken {
+        token_hash: crypto::token_hash(&token),
+        purpose,
+        user_id,
+        new_email,
+        now,
+        expires_at: now + ttl,
+    };
+    (token, record)
+}
+
+/// A verification link for a new account, and its mail.
+pub fn verification(
+    state: &AppState,
+    user_id: UserId,
+    email: &str,
+) -> (NewEmailToken, OutboundMail) {
+    let (token, record) = new_token(state, "verify", user_id, None, VERIFY_TTL);
+    (
+        record,
+        messages::verify_email(&state.settings, email, &token),
+    )
+}
+
+/// Counts a mail that a person asked for, per address and per client address.
+/// Counted the same for addresses with and without an account.
+async fn mail_allowance(
+    state: &AppState,
+    email: &Email,
+    ctx: &RequestContext,
+) -> Result<Attempt, AppError> {
+    let now = state.clock.now();
+    let by_ip = state
+        .keys
+        .mac("throttle/mail-ip", ctx.ip.to_string().as_bytes());
+    if let blocked @ Attempt::Blocked { .. } = state
+        .store
+        .count_in_window("mail-ip", &by_ip, now, MAILS_PER_IP_HOUR, 3600)
+        .await?
+    {
+        return Ok(blocked);
+    }
+    let by_address = state
+        .keys
+        .mac("throttle/mail-address", email.as_str().as_bytes());
+    Ok(state
+        .store
+        .count_in_window(
+            "mail-address",
+            &by_address,
+            now,
+            MAILS_PER_ADDRESS_HOUR,
+            3600,
+        )
+        .await?)
+}
+
+/// Someone registered an address that has an account: tell its owner (within the
+/// mail allowance), and nobody else.
+pub async fn notify_existing_account(
+    state: &AppState,
+    email: &Email,
+    ctx: &RequestContext,
+) -> Result<(), AppError> {
+    if mail_allowance(state, email, ctx).await? == Attempt::Allowed {
+        let mail = messages::account_exists(&state.settings, email.as_str());
+        state.store.enqueue_mail(&mail, state.clock.now()).await?;
+    }
+    Ok(())
+}
+
+/// Why a request for mail was refused.
+pub enum MailRequest {
+    /// Done (or nothing to do): the same answer either way.
+    Accepted,
+    Throttled {
+        retry_after_secs: u64,
+    },
+    BadEmail(String),
+}
+
+/// "Send me a new confirmation link."
+pub async fn resend_verification(
+    state: &AppState,
+    email: &str,
+    ctx: &RequestContext,
+) -> Result<MailRequest, AppError> {
+    let Ok(email) = Email::parse(email) else {
+        return Ok(MailRequest::BadEmail(
+            "Enter an e-mail address like name@example.com.".into(),
+        ));
+    };
+    if let Attempt::Blocked { retry_after_secs } = mail_allowance(state, &email, ctx).await? {
+        return Ok(MailRequest::Throttled { retry_after_secs });
+    }
+    if let Some(user) = state.store.user_by_email(&email).await?
+        && !user.verified
+        && !user.disabled
+    {
+        let (record, mail) = verification(state, user.id, &user.email);
+        state.store.issue_email_token(record, &[mail]).await?;
+    }
+    Ok(MailRequest::Accepted)
+}
+
+/// "I forgot my password." The answer does not depend on whether the address has an
+/// account; the work that does happens after the answer, so timing does not either.
+pub async fn forgot_password(
+    state: &AppState,
+    email: &str,
+    ctx: &RequestContext,
+) -> Result<MailRequest, AppError> {
+    let Ok(email) = Email::parse(email) else {
+        return Ok(MailRequest::BadEmail(
+            "Enter an e-mail address like name@example.com.".into(),
+        ));
+    };
+    if let Attempt::Blocked { retry_after_secs } = mail_allowance(state, &email, ctx).await? {
+        return Ok(MailRequest::Throttled { retry_after_secs });
+    }
+    let store = state.store.clone();
+    let settings = state.settings.clone();
+    let clock = state.clock.clone();
+    tokio::spawn(async move {
+        let result: Result<(), StoreError> = async {
+            if let Some(user) = store.user_by_email(&email).await?
+                && !user.disabled
+            {
+                let token = crypto::random_token();
+                let now = clock.now();
+                let record = NewEmailToken {
+                    token_hash: crypto::token_hash(&token),
+                    purpose: "reset",
+                    user_id: user.id,
+                    new_email: None,
+                    now,
+                    expires_at: now + RESET_TTL,
+                };
+                let mail = messages::password_reset(&settings, &user.email, &token);
+                store.issue_email_token(record, &[mail]).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not queue a password reset mail");
+        }
+    });
+    Ok(MailRequest::Accepted)
+}
+
+/// Whether a reset link is live (for showing the form).
+pub async fn reset_link_is_live(state: &AppState, token: &str) -> Result<bool, AppError> {
+    Ok(state
+        .store
+        .email_token(&crypto::token_hash(token), "reset", state.clock.now())
+        .await?
+        .is_some())
+}
+
+pub enum ResetOutcome {
+    Done,
+    BadPassword(PasswordError),
+    DeadLink,
+}
+
+/// Sets a new password from a reset link: the link is used up, every session of the
+/// user is revoked and a notice is mailed, in one transaction. Second factors are not
+/// touched: a reset never lowers what signing in demands.
+pub async fn reset_password(
+    state: &AppState,
+    token: &str,
+    password: &str,
+) -> Result<ResetOutcome, AppError> {
+    let password = match Password::new_password(password) {
+        Ok(p) => p,
+        Err(e) => return Ok(ResetOutcome::BadPassword(e)),
+    };
+    let hash = crypto::token_hash(token);
+    let now = state.clock.now();
+    let Some(link) = state.store.email_token(&hash, "reset", now).await? else {
+        return Ok(ResetOutcome::DeadLink);
+    };
+    let phc = state
+        .hasher
+        .hash(&password)
+        .await
+        .map_err(AppError::Unexpected)?;
+    let notice = messages::password_changed(&state.settings, &link.email);
+    if state
+        .store
+        .reset_password(&hash, state.clock.now(), &phc, &[notice])
+        .await?
+    {
+        tracing::info!(user_id = %link.user_id, "password reset; every session revoked");
+        Ok(ResetOutcome::Done)
+    } else {
+        Ok(ResetOutcome::DeadLink)
+    }
+}
+
+/// Verifies an address from its link.
+pub async fn verify_email(state: &AppState, token: &str) -> Result<bool, AppError> {
+    Ok(state
+        .store
+        .verify_email(&crypto::token_hash(token), state.clock.now())
+        .await?)
+}
+
+pub enum ChangeRequest {
+    Sent { to: String },
+    WrongPassword,
+    BadEmail(String),
+    SameAddress,
+}
+
+/// A signed-in person asks to move the account to another address: a link goes to
+/// the new address, a notice to the current one; nothing changes until the link is used.
+pub async fn request_email_change(
+    state: &AppState,
+    user_id: UserId,
+    current_email: &str,
+    current_password: &str,
+    new_email: &str,
+) -> Result<ChangeRequest, AppError> {
+    let new_email = match Email::parse(new_email) {
+        Ok(e) => e,
+        Err(e) => return Ok(ChangeRequest::BadEmail(e.to_string())),
+    };
+    if new_email.as_str() == current_email {
+        return Ok(ChangeRequest::SameAddress);
+    }
+    let current = Email::parse(current_email)
+        .map_err(|e| AppError::Unexpected(anyhow::anyhow!("stored e-mail invalid: {e}")))?;
+    let user = state.store.user_by_email(&current).await?;
+    let password = Password::for_verification(current_password);
+    let ok = match (&user, password) {
+        (Some(u), Some(pw)) if u.id == user_id => state
+            .hasher
+            .verify(&pw, Some(&u.password_hash))
+            .await
+            .map_err(AppError::Unexpected)?,
+        _ => false,
+    };
+    if !ok {
+        return Ok(ChangeRequest::WrongPassword);
+    }
+    let (token, record) = new_token(
+        state,
+        "change",
+        user_id,
+        Some(new_email.as_str().to_string()),
+        CHANGE_TTL,
+    );
+    let mails = [
+        messages::confirm_new_email(&state.settings, new_email.as_str(), &token),
+        messages::email_change_requested(&state.settings, current_email, new_email.as_str()),
+    ];
+    state.store.issue_email_token(record, &mails).await?;
+    Ok(ChangeRequest::Sent {
+        to: new_email.as_str().to_string(),
+    })
+}
+
+pub enum ChangeOutcome {
+    Changed { to: String },
+    DeadLink,
+    Taken,
+}
+
+/// Applies an address change from the link sent to the new address.
+pub async fn confirm_email_change(
+    state: &AppState,
+    token: &str,
+) -> Result<ChangeOutcome, AppError> {
+    let hash = crypto::token_hash(token);
+    let now = state.clock.now();
+    let Some(link) = state.store.email_token(&hash, "change", now).await? else {
+        return Ok(ChangeOutcome::DeadLink);
+    };
+    let Some(new_email) = link.new_email.clone() else {
+        return Ok(ChangeOutcome::DeadLink);
+    };
+    let notice = messages::email_changed(&state.settings, &link.email, &new_email);
+    match state.store.change_email(&hash, now, &[notice]).await {
+        Ok(true) => {
+            tracing::info!(user_id = %link.user_id, "e-mail address changed");
+            Ok(ChangeOutcome::Changed { to: new_email })
+        }
+        Ok(false) => Ok(ChangeOutcome::DeadLink),
+        Err(StoreError::Conflict) => Ok(ChangeOutcome::Taken),
+        Err(e) => Err(e.into()),
+    }
+}

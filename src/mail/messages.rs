@@ -1,0 +1,152 @@
+//! The messages Gatehouse sends, rendered as text and HTML from one pair of
+//! templates. Links are built from `GATEHOUSE_PUBLIC_URL` only, never from the
+//! request's `Host` or `X-Forwarded-Host` (ZITADEL CVE-2023-49097).
+
+use askama::Template;
+
+use super::OutboundMail;
+use crate::settings::Settings;
+
+#[derive(Template)]
+#[template(path = "email/message.txt")]
+struct Text<'a> {
+    greeting: &'a str,
+    paragraphs: &'a [String],
+    action: Option<(&'a str, &'a str)>,
+    after: &'a [String],
+    site: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "email/message.html")]
+struct Html<'a> {
+    subject: &'a str,
+    greeting: &'a str,
+    paragraphs: &'a [String],
+    action: Option<(&'a str, &'a str)>,
+    after: &'a [String],
+    site: &'a str,
+}
+
+struct Draft {
+    subject: String,
+    paragraphs: Vec<String>,
+    action: Option<(String, String)>,
+    after: Vec<String>,
+}
+
+fn render(settings: &Settings, to: &str, d: Draft) -> OutboundMail {
+    let site = settings.issuer();
+    let action = d.action.as_ref().map(|(l, u)| (l.as_str(), u.as_str()));
+    let greeting = "Hello,";
+    let text = Text {
+        greeting,
+        paragraphs: &d.paragraphs,
+        action,
+        after: &d.after,
+        site: &site,
+    }
+    .render()
+    .unwrap_or_default();
+    let html = Html {
+        subject: &d.subject,
+        greeting,
+        paragraphs: &d.paragraphs,
+        action,
+        after: &d.after,
+        site: &site,
+    }
+    .render()
+    .unwrap_or_default();
+    OutboundMail {
+        to: to.to_string(),
+        subject: d.subject,
+        text,
+        html,
+    }
+}
+
+/// `{public_url}{path}?token=…`
+pub fn link(settings: &Settings, path: &str, token: &str) -> String {
+    format!("{}{path}?token={token}", settings.issuer())
+}
+
+const NOT_YOU: &str =
+    "If this wasn't you, you can ignore this message; nothing changes unless the link is used.";
+
+pub fn verify_email(settings: &Settings, to: &str, token: &str) -> OutboundMail {
+    render(settings, to, Draft {
+        subject: "Confirm your e-mail address".into(),
+        paragraphs: vec!["Someone (hopefully you) created a Gatehouse account with this address. Confirm it to finish signing up. The link works once, for 24 hours.".into()],
+        action: Some(("Confirm my address".into(), link(settings, "/verify-email", token))),
+        after: vec![NOT_YOU.into()],
+    })
+}
+
+pub fn account_exists(settings: &Settings, to: &str) -> OutboundMail {
+    render(settings, to, Draft {
+        subject: "Someone tried to sign up with your address".into(),
+        paragraphs: vec!["Someone tried to create a Gatehouse account with this address, but you already have one. No new account was created.".into()],
+        action: Some(("Forgot your password? Reset it".into(), format!("{}/password/forgot", settings.issuer()))),
+        after: vec!["If this wasn't you, no action is needed: your account is unchanged.".into()],
+    })
+}
+
+pub fn password_reset(settings: &Settings, to: &str, token: &str) -> OutboundMail {
+    render(settings, to, Draft {
+        subject: "Reset your password".into(),
+        paragraphs: vec!["Someone asked to reset the password of your Gatehouse account. The link works once, for 30 minutes. Setting a new password signs you out everywhere.".into()],
+        action: Some(("Choose a new password".into(), link(settings, "/password/reset", token))),
+        after: vec![NOT_YOU.into()],
+    })
+}
+
+pub fn password_changed(settings: &Settings, to: &str) -> OutboundMail {
+    render(settings, to, Draft {
+        subject: "Your password was changed".into(),
+        paragraphs: vec!["The password of your Gatehouse account was just changed, and every session was signed out.".into()],
+        action: None,
+        after: vec!["If this wasn't you, reset your password at once and check your signed-in devices.".into()],
+    })
+}
+
+pub fn confirm_new_email(settings: &Settings, to: &str, token: &str) -> OutboundMail {
+    render(settings, to, Draft {
+        subject: "Confirm your new e-mail address".into(),
+        paragraphs: vec!["Confirm that this address should become the e-mail address of your Gatehouse account. The change happens only when you use the link, which works once, for 24 hours.".into()],
+        action: Some(("Use this address".into(), link(settings, "/account/email/confirm", token))),
+        after: vec![NOT_YOU.into()],
+    })
+}
+
+pub fn email_change_requested(settings: &Settings, to: &str, new_address: &str) -> OutboundMail {
+    render(
+        settings,
+        to,
+        Draft {
+            subject: "A change of your e-mail address was requested".into(),
+            paragraphs: vec![format!(
+                "Someone signed in to your Gatehouse account asked to change its e-mail address to {new_address}. It changes only if that address confirms."
+            )],
+            action: None,
+            after: vec![
+                "If this wasn't you, change your password and sign out your other devices.".into(),
+            ],
+        },
+    )
+}
+
+pub fn email_changed(settings: &Settings, to: &str, new_address: &str) -> OutboundMail {
+    render(
+        settings,
+        to,
+        Draft {
+            subject: "Your e-mail address was changed".into(),
+            paragraphs: vec![format!(
+                "The e-mail address of your Gatehouse account is now {new_address}. Mail about the account goes there from now on."
+            )],
+            action: None,
+            after: vec!["If this wasn't you, contact your administrator at once.".into()],
+        },
+    )
+}

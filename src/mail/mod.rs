@@ -1,0 +1,89 @@
+//! Mail: every message is first a row in the outbox, written in the same transaction
+//! as the change that caused it; `worker` delivers it with retries. SMTP being down
+//! loses nothing.
+
+pub mod messages;
+pub mod worker;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use lettre::message::{Mailbox, MultiPart};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use secrecy::ExposeSecret;
+
+use crate::settings::Settings;
+
+/// A message to put in the outbox.
+#[derive(Clone, Debug)]
+pub struct OutboundMail {
+    pub to: String,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+/// A message taken from the outbox for delivery.
+#[derive(Clone, Debug)]
+pub struct QueuedMail {
+    pub id: uuid::Uuid,
+    pub attempts: i32,
+    pub mail: OutboundMail,
+}
+
+/// Where mail goes: an SMTP relay, or (dev mode without one) the log and optionally
+/// a folder of `.eml` files.
+pub enum Transport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Log { dir: Option<PathBuf> },
+}
+
+impl Transport {
+    /// Must be called inside the runtime (lettre's pool spawns tasks).
+    pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
+        match &settings.smtp_url {
+            Some(url) => Ok(Transport::Smtp(
+                AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose_secret())
+                    .context("GATEHOUSE_SMTP_URL")?
+                    .build(),
+            )),
+            None => Ok(Transport::Log {
+                dir: settings.mail_dir.clone(),
+            }),
+        }
+    }
+
+    /// Delivers one message; an error means "try again later".
+    pub async fn send(&self, from: &Mailbox, queued: &QueuedMail) -> anyhow::Result<()> {
+        let mail = &queued.mail;
+        let message = Message::builder()
+            .from(from.clone())
+            .to(mail.to.parse().context("recipient address")?)
+            .subject(mail.subject.clone())
+            .message_id(Some(format!("<{}@gatehouse>", queued.id)))
+            .multipart(MultiPart::alternative_plain_html(
+                mail.text.clone(),
+                mail.html.clone(),
+            ))
+            .context("building the message")?;
+        match self {
+            Transport::Smtp(smtp) => {
+                smtp.send(message).await.context("SMTP delivery")?;
+            }
+            Transport::Log { dir } => {
+                // Dev mode only: the content is shown so links can be followed.
+                tracing::info!(to = %mail.to, subject = %mail.subject, body = %mail.text, "mail (dev mode, not sent)");
+                if let Some(dir) = dir {
+                    tokio::fs::create_dir_all(dir)
+                        .await
+                        .context("GATEHOUSE_MAIL_DIR")?;
+                    let path = dir.join(format!("{}.eml", queued.id));
+                    tokio::fs::write(&path, message.formatted())
+                        .await
+                        .context("writing the mail file")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

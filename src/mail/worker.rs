@@ -1,0 +1,97 @@
+//! Delivers the outbox. Any number of nodes may run a worker on one database: a batch
+//! is claimed with `FOR UPDATE SKIP LOCKED` and a lease, so no two workers send the
+//! same row, and a row whose worker died is picked up again when its lease lapses.
+//! Delivery is at least once (a crash between sending and recording can repeat one).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lettre::message::Mailbox;
+
+use super::{QueuedMail, Transport};
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// How long a claimed row belongs to its worker.
+pub const LEASE: Duration = Duration::from_secs(120);
+/// Rows claimed at once.
+pub const BATCH: i64 = 10;
+/// After this many failed attempts a mail is marked failed for good (about a day of
+/// retries with the backoff below).
+pub const MAX_ATTEMPTS: i32 = 20;
+
+/// Wait before attempt `n + 1` after `n` failures: 2^n seconds, capped at an hour.
+pub fn backoff(failures: i32) -> Duration {
+    Duration::from_secs(1u64 << failures.clamp(0, 12)).min(Duration::from_secs(3600))
+}
+
+pub struct Worker {
+    pub store: Arc<dyn Store>,
+    pub transport: Transport,
+    pub from: Mailbox,
+    pub clock: Clock,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    /// Sends what is due now; returns how many rows it handled.
+    pub async fn deliver_due(&self) -> Result<usize, StoreError> {
+        let now = self.clock.now();
+        let batch = self.store.claim_mail(now, LEASE, BATCH).await?;
+        for queued in &batch {
+            self.deliver(queued).await?;
+        }
+        let depth = self.store.outbox_depth().await?;
+        self.metrics.mail_outbox_depth.set(depth);
+        Ok(batch.len())
+    }
+
+    async fn deliver(&self, queued: &QueuedMail) -> Result<(), StoreError> {
+        match self.transport.send(&self.from, queued).await {
+            Ok(()) => {
+                self.store.mail_sent(queued.id, self.clock.now()).await?;
+                self.metrics.mail_deliveries.inc();
+            }
+            Err(e) => {
+                let failures = queued.attempts + 1;
+                let now = self.clock.now();
+                let retry_at = (failures < MAX_ATTEMPTS).then(|| {
+                    now + time::Duration::try_from(backoff(failures))
+                        .unwrap_or(time::Duration::HOUR)
+                });
+                // The error names the relay's answer, never the message content.
+                tracing::warn!(mail_id = %queued.id, attempt = failures, error = format!("{e:#}"), "mail delivery failed");
+                self.store
+                    .mail_failed(queued.id, now, &format!("{e:#}"), retry_at)
+                    .await?;
+                self.metrics.mail_failures.inc();
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs until the process ends: drains what is due, then sleeps `poll`.
+    pub async fn run(self, poll: Duration) {
+        loop {
+            match self.deliver_due().await {
+                Ok(n) if n as i64 == BATCH => continue,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "outbox worker: database unavailable"),
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_secs(2));
+        assert_eq!(backoff(2), Duration::from_secs(4));
+        assert_eq!(backoff(30), Duration::from_secs(3600));
+    }
+}
