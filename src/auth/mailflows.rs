@@ -5,6 +5,7 @@
 use time::Duration;
 
 use crate::auth::RequestContext;
+use crate::clock::Clock;
 use crate::crypto;
 use crate::domain::{Email, Password, PasswordError, UserId};
 use crate::error::AppError;
@@ -21,14 +22,14 @@ pub const MAILS_PER_ADDRESS_HOUR: i32 = 3;
 pub const MAILS_PER_IP_HOUR: i32 = 20;
 
 fn new_token(
-    state: &AppState,
+    clock: &Clock,
     purpose: &'static str,
     user_id: UserId,
     new_email: Option<String>,
     ttl: Duration,
 ) -> (String, NewEmailToken) {
     let token = crypto::random_token();
-    let now = state.clock.now();
+    let now = clock.now();
     let record = NewEmailToken {
         token_hash: crypto::token_hash(&token),
         purpose,
@@ -46,7 +47,7 @@ pub fn verification(
     user_id: UserId,
     email: &str,
 ) -> (NewEmailToken, OutboundMail) {
-    let (token, record) = new_token(state, "verify", user_id, None, VERIFY_TTL);
+    let (token, record) = new_token(&state.clock, "verify", user_id, None, VERIFY_TTL);
     (
         record,
         messages::verify_email(&state.settings, email, &token),
@@ -157,16 +158,7 @@ pub async fn forgot_password(
             if let Some(user) = store.user_by_email(&email).await?
                 && !user.disabled
             {
-                let token = crypto::random_token();
-                let now = clock.now();
-                let record = NewEmailToken {
-                    token_hash: crypto::token_hash(&token),
-                    purpose: "reset",
-                    user_id: user.id,
-                    new_email: None,
-                    now,
-                    expires_at: now + RESET_TTL,
-                };
+                let (token, record) = new_token(&clock, "reset", user.id, None, RESET_TTL);
                 let mail = messages::password_reset(&settings, &user.email, &token);
                 store.issue_email_token(record, &[mail]).await?;
             }
@@ -174,7 +166,7 @@ pub async fn forgot_password(
         }
         .await;
         if let Err(e) = result {
-            tracing::warn!(error = %e, "could not queue a password reset mail");
+            tracing::warn!(error = %e, "could not queue a password reset mail"); // log-ok: no secret
         }
     });
     Ok(MailRequest::Accepted)
@@ -223,7 +215,7 @@ pub async fn reset_password(
         .reset_password(&hash, state.clock.now(), &phc, &[notice])
         .await?
     {
-        tracing::info!(user_id = %link.user_id, "password reset; every session revoked");
+        tracing::info!(user_id = %link.user_id, "password reset; every session revoked"); // log-ok
         Ok(ResetOutcome::Done)
     } else {
         Ok(ResetOutcome::DeadLink)
@@ -277,7 +269,7 @@ pub async fn request_email_change(
         return Ok(ChangeRequest::WrongPassword);
     }
     let (token, record) = new_token(
-        state,
+        &state.clock,
         "change",
         user_id,
         Some(new_email.as_str().to_string()),

@@ -96,27 +96,38 @@ impl PgStore {
     }
 }
 
-async fn insert_session(conn: &mut sqlx::PgConnection, s: &NewSession) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// The session INSERT, parameters $1–$12 as bound by `bind_session`. A macro so that
+/// `sign_in_succeeded` can put a CTE in front of it and keep a `&'static str`.
+macro_rules! insert_session_sql {
+    () => {
         "INSERT INTO sessions (id, token_hash, user_id, created_at, last_seen_at,
              idle_timeout_secs, idle_expires_at, absolute_expires_at, remember_me,
              auth_time, aal, aal_reached_at, amr, ip_enc, user_agent_enc)
-         VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $4, $9, $4, $10, $11, $12)",
-    )
-    .bind(s.id.0)
-    .bind(&s.token_hash)
-    .bind(s.user_id.0)
-    .bind(s.now)
-    .bind(s.idle_timeout_secs)
-    .bind(s.idle_expires_at)
-    .bind(s.absolute_expires_at)
-    .bind(s.remember_me)
-    .bind(s.aal)
-    .bind(&s.amr)
-    .bind(&s.ip_enc)
-    .bind(&s.user_agent_enc)
-    .execute(conn)
-    .await?;
+         VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $4, $9, $4, $10, $11, $12)"
+    };
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+fn bind_session<'q>(q: PgQuery<'q>, s: &'q NewSession) -> PgQuery<'q> {
+    q.bind(s.id.0)
+        .bind(&s.token_hash)
+        .bind(s.user_id.0)
+        .bind(s.now)
+        .bind(s.idle_timeout_secs)
+        .bind(s.idle_expires_at)
+        .bind(s.absolute_expires_at)
+        .bind(s.remember_me)
+        .bind(s.aal)
+        .bind(&s.amr)
+        .bind(&s.ip_enc)
+        .bind(&s.user_agent_enc)
+}
+
+async fn insert_session(conn: &mut sqlx::PgConnection, s: &NewSession) -> Result<(), sqlx::Error> {
+    bind_session(sqlx::query(insert_session_sql!()), s)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -562,31 +573,17 @@ impl Store for PgStore {
 
     async fn sign_in_succeeded(&self, account_key: &[u8], s: NewSession) -> Result<(), StoreError> {
         // The reset and the new session in one statement (one round trip, atomic).
-        sqlx::query(
+        let sql = concat!(
             "WITH reset AS (
                  UPDATE sign_in_throttle SET failures = 0, blocked_until = NULL, updated_at = $4
                  WHERE scope = 'account' AND key = $13
-             )
-             INSERT INTO sessions (id, token_hash, user_id, created_at, last_seen_at,
-                 idle_timeout_secs, idle_expires_at, absolute_expires_at, remember_me,
-                 auth_time, aal, aal_reached_at, amr, ip_enc, user_agent_enc)
-             VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $4, $9, $4, $10, $11, $12)",
-        )
-        .bind(s.id.0)
-        .bind(&s.token_hash)
-        .bind(s.user_id.0)
-        .bind(s.now)
-        .bind(s.idle_timeout_secs)
-        .bind(s.idle_expires_at)
-        .bind(s.absolute_expires_at)
-        .bind(s.remember_me)
-        .bind(s.aal)
-        .bind(&s.amr)
-        .bind(&s.ip_enc)
-        .bind(&s.user_agent_enc)
-        .bind(account_key)
-        .execute(&self.pool)
-        .await?;
+             ) ",
+            insert_session_sql!()
+        );
+        bind_session(sqlx::query(sql), &s)
+            .bind(account_key)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
