@@ -6,8 +6,10 @@ CREATE TABLE mail_outbox (
     id               uuid PRIMARY KEY,
     to_address       text NOT NULL,
     subject          text NOT NULL,
-    text_body        text NOT NULL,
-    html_body        text NOT NULL,
+    -- Bodies carry single-use links: sealed (XChaCha20-Poly1305), and cleared once
+    -- the mail is sent or given up.
+    text_body        bytea,
+    html_body        bytea,
     created_at       timestamptz NOT NULL,
     attempts         integer NOT NULL DEFAULT 0,
     next_attempt_at  timestamptz NOT NULL,

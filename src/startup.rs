@@ -18,7 +18,7 @@ use crate::mail::Transport;
 use crate::mail::worker::Worker;
 use crate::metrics::Metrics;
 use crate::settings::{SecretKey, Settings};
-use crate::store::{PgStore, Store, connect_pool, is_unavailable, run_migrations};
+use crate::store::{PgStore, Store, connect_pool, dev_secret_key, is_unavailable, run_migrations};
 use crate::web::{edge::edge, routes};
 
 /// Shared by every request handler.
@@ -64,12 +64,10 @@ impl AppState {
         if migrate {
             migrate_when_reachable(&pool).await?;
         }
-        let store: Arc<dyn Store> = Arc::new(PgStore::new(pool));
         let secret = match &settings.secret_key {
             Some(key) => key.clone(),
             None => {
-                let key = store
-                    .dev_secret_key(crypto::random_bytes::<32>())
+                let key = dev_secret_key(&pool, crypto::random_bytes::<32>())
                     .await
                     .context("dev mode: reading the generated secret key from the database")?;
                 tracing::warn!(
@@ -80,6 +78,7 @@ impl AppState {
             }
         };
         let keys = Arc::new(Keys::new(&secret, &settings.old_secret_keys));
+        let store: Arc<dyn Store> = Arc::new(PgStore::new(pool, keys.clone()));
         let metrics = Arc::new(Metrics::new().context("registering metrics")?);
         let hasher = Arc::new(PasswordHasher::new(
             settings.argon2,

@@ -8,8 +8,9 @@ use crate::auth::sessions::{self, lifetimes};
 use crate::auth::{RequestContext, mailflows};
 use crate::domain::{Email, EmailError, Password, PasswordError, SessionToken, UserId};
 use crate::error::AppError;
+use crate::mail::messages;
 use crate::startup::AppState;
-use crate::store::{Attempt, NewUser, StoreError, ThrottleLimits};
+use crate::store::{Attempt, NewUser, StoreError, ThrottleLimits, UserRecord};
 
 /// The per-IP window of DESIGN.md "Precise rules": N failures in 5 minutes.
 pub const IP_WINDOW_SECS: i32 = 300;
@@ -65,25 +66,112 @@ pub async fn sign_in(
         Ok(e) => e,
         Err(e) => return Ok(SignInOutcome::Malformed(e)),
     };
+    let checked = match check_password(state, &email, password, ctx).await? {
+        PasswordCheck::Throttled { retry_after_secs } => {
+            state
+                .metrics
+                .sign_ins
+                .with_label_values(&["throttled"])
+                .inc();
+            return Ok(SignInOutcome::Throttled { retry_after_secs });
+        }
+        PasswordCheck::Wrong => {
+            state.metrics.sign_ins.with_label_values(&["failure"]).inc();
+            return Ok(SignInOutcome::Failed);
+        }
+        PasswordCheck::Right(checked) => checked,
+    };
+    let user = &checked.user;
+    if state.settings.require_verified_email && !user.verified {
+        // The right password: not a guess, so it does not count.
+        checked.refund(state).await?;
+        state
+            .metrics
+            .sign_ins
+            .with_label_values(&["unverified"])
+            .inc();
+        return Ok(SignInOutcome::Unverified {
+            email: user.email.clone(),
+        });
+    }
+    let (token, session) = sessions::new_session(state, user.id, remember_me, ctx);
+    let created = state
+        .store
+        .sign_in_succeeded(
+            &checked.account_key,
+            &checked.ip_key,
+            &user.password_hash,
+            session,
+        )
+        .await?;
+    if !created {
+        // The password was reset or the user disabled while argon2 ran.
+        state.metrics.sign_ins.with_label_values(&["failure"]).inc();
+        return Ok(SignInOutcome::Failed);
+    }
+    state.metrics.sign_ins.with_label_values(&["success"]).inc();
+    tracing::info!(user_id = %user.id, "signed in");
+    Ok(SignInOutcome::SignedIn(browser_session(
+        state,
+        token,
+        remember_me,
+    )))
+}
+
+/// A password that was checked and found right, with the throttle counts it holds.
+pub struct CheckedPassword {
+    pub user: UserRecord,
+    account_key: Vec<u8>,
+    ip_key: Vec<u8>,
+}
+
+impl CheckedPassword {
+    /// Takes back what the check counted, when no session follows.
+    pub async fn refund(&self, state: &AppState) -> Result<(), AppError> {
+        Ok(state
+            .store
+            .sign_in_refund(&self.account_key, &self.ip_key)
+            .await?)
+    }
+}
+
+pub enum PasswordCheck {
+    Right(CheckedPassword),
+    /// Wrong password, unknown or disabled account: one answer. Counted.
+    Wrong,
+    Throttled {
+        retry_after_secs: u64,
+    },
+}
+
+/// Checks an account's password under the sign-in throttle: wherever a password is
+/// checked (sign-in, re-entering it to change the address), guesses count the same.
+pub async fn check_password(
+    state: &AppState,
+    email: &Email,
+    password: &str,
+    ctx: &RequestContext,
+) -> Result<PasswordCheck, AppError> {
     // Keyed hashes: the throttle table holds neither addresses nor IPs in the clear,
     // and an unknown address gets a counter exactly like a real one.
     let account_key = state
         .keys
         .mac("throttle/account", email.as_str().as_bytes());
-    let ip_key = state.keys.mac("throttle/ip", ctx.ip.to_string().as_bytes());
-    let now = state.clock.now();
-
+    let ip_key = state
+        .keys
+        .mac("throttle/ip", ctx.throttle_address().as_bytes());
     let (attempt, user) = state
         .store
-        .begin_sign_in(&email, &account_key, &ip_key, now, limits(state))
+        .begin_sign_in(
+            email,
+            &account_key,
+            &ip_key,
+            state.clock.now(),
+            limits(state),
+        )
         .await?;
     if let Attempt::Blocked { retry_after_secs } = attempt {
-        state
-            .metrics
-            .sign_ins
-            .with_label_values(&["throttled"])
-            .inc();
-        return Ok(SignInOutcome::Throttled { retry_after_secs });
+        return Ok(PasswordCheck::Throttled { retry_after_secs });
     }
     let matched = match Password::for_verification(password) {
         Some(pw) => state
@@ -93,37 +181,14 @@ pub async fn sign_in(
             .map_err(AppError::Unexpected)?,
         None => false,
     };
-    let user = match user {
-        Some(u) if matched && !u.disabled => u,
-        _ => {
-            state
-                .store
-                .sign_in_failed(&ip_key, now, limits(state))
-                .await?;
-            state.metrics.sign_ins.with_label_values(&["failure"]).inc();
-            return Ok(SignInOutcome::Failed);
-        }
-    };
-
-    if state.settings.require_verified_email && !user.verified {
-        // The right password: not a guess, so it does not count against the account.
-        state.store.clear_account_failures(&account_key).await?;
-        state
-            .metrics
-            .sign_ins
-            .with_label_values(&["unverified"])
-            .inc();
-        return Ok(SignInOutcome::Unverified { email: user.email });
-    }
-    let (token, session) = sessions::new_session(state, user.id, remember_me, ctx);
-    state.store.sign_in_succeeded(&account_key, session).await?;
-    state.metrics.sign_ins.with_label_values(&["success"]).inc();
-    tracing::info!(user_id = %user.id, "signed in");
-    Ok(SignInOutcome::SignedIn(browser_session(
-        state,
-        token,
-        remember_me,
-    )))
+    Ok(match user {
+        Some(user) if matched && !user.disabled => PasswordCheck::Right(CheckedPassword {
+            user,
+            account_key,
+            ip_key,
+        }),
+        _ => PasswordCheck::Wrong,
+    })
 }
 
 pub enum RegisterOutcome {
@@ -190,17 +255,24 @@ pub async fn register(
     if state.settings.require_verified_email {
         // The same answer whether the address is new or taken (no enumeration, L2);
         // only the mail differs: a link for a new account, a notice for an existing one.
+        // Both count against the address's mail allowance, so the allowance (seen
+        // through forgot-password's 429) cannot tell them apart either. A new account
+        // gets its link regardless; a notice to an existing one only within it.
+        let notice_allowed =
+            mailflows::mail_allowance(state, &email, ctx).await? == Attempt::Allowed;
         let (token, mail) = mailflows::verification(state, user_id, email.as_str());
         return match state
             .store
             .create_user(user, None, Some(token), &[mail])
             .await
         {
+            // One metric label for both outcomes: public metrics must not tell which
+            // addresses have accounts.
             Ok(()) => {
                 state
                     .metrics
                     .registrations
-                    .with_label_values(&["created"])
+                    .with_label_values(&["accepted"])
                     .inc();
                 tracing::info!(user_id = %user_id, "account registered, awaiting confirmation");
                 Ok(RegisterOutcome::CheckInbox)
@@ -209,9 +281,12 @@ pub async fn register(
                 state
                     .metrics
                     .registrations
-                    .with_label_values(&["taken"])
+                    .with_label_values(&["accepted"])
                     .inc();
-                mailflows::notify_existing_account(state, &email, ctx).await?;
+                if notice_allowed {
+                    let mail = messages::account_exists(&state.settings, email.as_str());
+                    state.store.enqueue_mail(&mail, state.clock.now()).await?;
+                }
                 Ok(RegisterOutcome::CheckInbox)
             }
             Err(e) => Err(e.into()),

@@ -5,6 +5,7 @@
 use time::Duration;
 
 use crate::auth::RequestContext;
+use crate::auth::login::{self, PasswordCheck};
 use crate::clock::Clock;
 use crate::crypto;
 use crate::domain::{Email, Password, PasswordError, UserId};
@@ -56,7 +57,7 @@ pub fn verification(
 
 /// Counts a mail that a person asked for, per address and per client address.
 /// Counted the same for addresses with and without an account.
-async fn mail_allowance(
+pub async fn mail_allowance(
     state: &AppState,
     email: &Email,
     ctx: &RequestContext,
@@ -85,20 +86,6 @@ async fn mail_allowance(
             3600,
         )
         .await?)
-}
-
-/// Someone registered an address that has an account: tell its owner (within the
-/// mail allowance), and nobody else.
-pub async fn notify_existing_account(
-    state: &AppState,
-    email: &Email,
-    ctx: &RequestContext,
-) -> Result<(), AppError> {
-    if mail_allowance(state, email, ctx).await? == Attempt::Allowed {
-        let mail = messages::account_exists(&state.settings, email.as_str());
-        state.store.enqueue_mail(&mail, state.clock.now()).await?;
-    }
-    Ok(())
 }
 
 /// Why a request for mail was refused.
@@ -232,6 +219,7 @@ pub async fn verify_email(state: &AppState, token: &str) -> Result<bool, AppErro
 
 pub enum ChangeRequest {
     Sent { to: String },
+    Throttled { retry_after_secs: u64 },
     WrongPassword,
     BadEmail(String),
     SameAddress,
@@ -245,6 +233,7 @@ pub async fn request_email_change(
     current_email: &str,
     current_password: &str,
     new_email: &str,
+    ctx: &RequestContext,
 ) -> Result<ChangeRequest, AppError> {
     let new_email = match Email::parse(new_email) {
         Ok(e) => e,
@@ -255,18 +244,20 @@ pub async fn request_email_change(
     }
     let current = Email::parse(current_email)
         .map_err(|e| AppError::Unexpected(anyhow::anyhow!("stored e-mail invalid: {e}")))?;
-    let user = state.store.user_by_email(&current).await?;
-    let password = Password::for_verification(current_password);
-    let ok = match (&user, password) {
-        (Some(u), Some(pw)) if u.id == user_id => state
-            .hasher
-            .verify(&pw, Some(&u.password_hash))
-            .await
-            .map_err(AppError::Unexpected)?,
-        _ => false,
-    };
-    if !ok {
-        return Ok(ChangeRequest::WrongPassword);
+    // The password is checked under the sign-in throttle: a stolen session cookie
+    // must not become an unlimited password oracle.
+    match login::check_password(state, &current, current_password, ctx).await? {
+        PasswordCheck::Throttled { retry_after_secs } => {
+            return Ok(ChangeRequest::Throttled { retry_after_secs });
+        }
+        PasswordCheck::Wrong => return Ok(ChangeRequest::WrongPassword),
+        PasswordCheck::Right(checked) if checked.user.id == user_id => {
+            checked.refund(state).await?
+        }
+        PasswordCheck::Right(_) => return Ok(ChangeRequest::WrongPassword),
+    }
+    if let Attempt::Blocked { retry_after_secs } = mail_allowance(state, &new_email, ctx).await? {
+        return Ok(ChangeRequest::Throttled { retry_after_secs });
     }
     let (token, record) = new_token(
         &state.clock,

@@ -45,6 +45,7 @@ impl Transport {
             Some(url) => Ok(Transport::Smtp(
                 AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose_secret())
                     .context("GATEHOUSE_SMTP_URL")?
+                    .timeout(Some(std::time::Duration::from_secs(30)))
                     .build(),
             )),
             None => Ok(Transport::Log {

@@ -13,10 +13,12 @@ use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
-/// How long a claimed row belongs to its worker.
-pub const LEASE: Duration = Duration::from_secs(120);
-/// Rows claimed at once.
-pub const BATCH: i64 = 10;
+/// How long a claimed row belongs to its worker: far longer than one delivery can
+/// take (the SMTP transport times out each command after 30 s), so a slow relay
+/// never lets a second worker claim a row that is still being sent.
+pub const LEASE: Duration = Duration::from_secs(600);
+/// Rows claimed at once: one, so a lease covers exactly one delivery.
+pub const BATCH: i64 = 1;
 /// After this many failed attempts a mail is marked failed for good (about a day of
 /// retries with the backoff below).
 pub const MAX_ATTEMPTS: i32 = 20;

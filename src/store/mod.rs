@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use crate::domain::{Email, SessionId, UserId};
 use crate::mail::{OutboundMail, QueuedMail};
 
-pub use postgres::{PgStore, connect_pool, is_unavailable, run_migrations};
+pub use postgres::{PgStore, connect_pool, dev_secret_key, is_unavailable, run_migrations};
 
 /// Storage failures, split by what the caller should tell the person.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +126,9 @@ pub trait Store: Send + Sync {
         mails: &[OutboundMail],
     ) -> Result<(), StoreError>;
     async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError>;
-    async fn clear_account_failures(&self, account_key: &[u8]) -> Result<(), StoreError>;
+    /// The password was right but no session follows (e.g. unconfirmed address, or a
+    /// re-check of the password): takes back what `begin_sign_in` counted.
+    async fn sign_in_refund(&self, account_key: &[u8], ip_key: &[u8]) -> Result<(), StoreError>;
 
     /// Stores a mailed link and its mail together.
     async fn issue_email_token(
@@ -193,9 +195,9 @@ pub trait Store: Send + Sync {
     async fn outbox_depth(&self) -> Result<i64, StoreError>;
 
     /// Starts a sign-in attempt: decides whether it may be evaluated and, if so,
-    /// counts it against the account *before* the password is checked, so parallel
-    /// attempts cannot all slip under the limit (ZITADEL CVE-2023-47111);
-    /// `sign_in_succeeded` takes it back. The client address's window is only read.
+    /// counts it as a failure, against the account and the client address, *before*
+    /// the password is checked, so parallel attempts cannot slip under either limit
+    /// (ZITADEL CVE-2023-47111); `sign_in_succeeded` / `sign_in_refund` take it back.
     /// Nothing is counted when blocked. Also returns the account, if there is one.
     async fn begin_sign_in(
         &self,
@@ -205,19 +207,16 @@ pub trait Store: Send + Sync {
         now: OffsetDateTime,
         limits: ThrottleLimits,
     ) -> Result<(Attempt, Option<UserRecord>), StoreError>;
-    /// Resets the account's failures and creates the session, atomically.
+    /// Takes back the attempt's counts and creates the session, atomically, provided
+    /// the user's password hash is still `password_hash` and the user is enabled (a
+    /// reset or disabling that landed meanwhile wins). Returns whether it did.
     async fn sign_in_succeeded(
         &self,
         account_key: &[u8],
-        session: NewSession,
-    ) -> Result<(), StoreError>;
-    /// Counts a failed attempt against the client address.
-    async fn sign_in_failed(
-        &self,
         ip_key: &[u8],
-        now: OffsetDateTime,
-        limits: ThrottleLimits,
-    ) -> Result<(), StoreError>;
+        password_hash: &str,
+        session: NewSession,
+    ) -> Result<bool, StoreError>;
 
     /// Counts one event for `key` in a fixed window of `window_secs` that starts at the
     /// first event; blocked (and not counted) once the window holds `max` events.
@@ -246,7 +245,4 @@ pub trait Store: Send + Sync {
         now: OffsetDateTime,
         reason: &str,
     ) -> Result<bool, StoreError>;
-
-    /// Dev mode: the stored secret key, or `candidate` stored as the key if none exists.
-    async fn dev_secret_key(&self, candidate: [u8; 32]) -> Result<[u8; 32], StoreError>;
 }

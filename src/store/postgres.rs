@@ -1,6 +1,7 @@
 //! PostgreSQL implementation of `Store`.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,6 +15,7 @@ use super::{
     Attempt, EmailTokenRecord, NewEmailToken, NewSession, NewUser, SessionRecord, Store,
     StoreError, ThrottleLimits, UserRecord,
 };
+use crate::crypto::Keys;
 use crate::domain::{Email, SessionId, UserId};
 use crate::mail::{OutboundMail, QueuedMail};
 
@@ -84,11 +86,14 @@ impl From<sqlx::Error> for StoreError {
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Seals mail bodies in the outbox: they carry single-use links, which must not
+    /// sit in the clear at rest (DESIGN.md principle 2).
+    keys: Arc<Keys>,
 }
 
 impl PgStore {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, keys: Arc<Keys>) -> Self {
+        Self { pool, keys }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -104,6 +109,16 @@ macro_rules! insert_session_sql {
              idle_timeout_secs, idle_expires_at, absolute_expires_at, remember_me,
              auth_time, aal, aal_reached_at, amr, ip_enc, user_agent_enc)
          VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $4, $9, $4, $10, $11, $12)"
+    };
+}
+
+/// The same INSERT fed by a SELECT, so a WHERE clause can make it conditional.
+macro_rules! insert_session_select_sql {
+    () => {
+        "INSERT INTO sessions (id, token_hash, user_id, created_at, last_seen_at,
+             idle_timeout_secs, idle_expires_at, absolute_expires_at, remember_me,
+             auth_time, aal, aal_reached_at, amr, ip_enc, user_agent_enc)
+         SELECT $1, $2, $3, $4, $4, $5, $6, $7, $8, $4, $9, $4, $10, $11, $12"
     };
 }
 
@@ -133,6 +148,7 @@ async fn insert_session(conn: &mut sqlx::PgConnection, s: &NewSession) -> Result
 
 async fn insert_mails(
     conn: &mut sqlx::PgConnection,
+    keys: &Keys,
     mails: &[OutboundMail],
     now: OffsetDateTime,
 ) -> Result<(), sqlx::Error> {
@@ -144,14 +160,17 @@ async fn insert_mails(
         .bind(Uuid::new_v4())
         .bind(&m.to)
         .bind(&m.subject)
-        .bind(&m.text)
-        .bind(&m.html)
+        .bind(keys.seal(MAIL_TEXT, m.text.as_bytes()))
+        .bind(keys.seal(MAIL_HTML, m.html.as_bytes()))
         .bind(now)
         .execute(&mut *conn)
         .await?;
     }
     Ok(())
 }
+
+const MAIL_TEXT: &str = "mail_outbox.text_body";
+const MAIL_HTML: &str = "mail_outbox.html_body";
 
 async fn insert_token(conn: &mut sqlx::PgConnection, t: &NewEmailToken) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -164,6 +183,26 @@ async fn insert_token(conn: &mut sqlx::PgConnection, t: &NewEmailToken) -> Resul
     .bind(&t.new_email)
     .bind(t.now)
     .bind(t.expires_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks every live link of these purposes for the user as used.
+async fn void_tokens(
+    conn: &mut sqlx::PgConnection,
+    user_id: Uuid,
+    purposes: &[&str],
+    now: OffsetDateTime,
+) -> Result<(), sqlx::Error> {
+    let purposes: Vec<String> = purposes.iter().map(|p| p.to_string()).collect();
+    sqlx::query(
+        "UPDATE email_tokens SET used_at = $3
+         WHERE user_id = $1 AND purpose = ANY($2) AND used_at IS NULL",
+    )
+    .bind(user_id)
+    .bind(&purposes)
+    .bind(now)
     .execute(conn)
     .await?;
     Ok(())
@@ -237,7 +276,7 @@ impl Store for PgStore {
         if let Some(token) = &token {
             insert_token(&mut tx, token).await?;
         }
-        insert_mails(&mut tx, mails, user.now).await?;
+        insert_mails(&mut tx, &self.keys, mails, user.now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -260,12 +299,15 @@ impl Store for PgStore {
         }))
     }
 
-    async fn clear_account_failures(&self, account_key: &[u8]) -> Result<(), StoreError> {
+    async fn sign_in_refund(&self, account_key: &[u8], ip_key: &[u8]) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE sign_in_throttle SET failures = 0, blocked_until = NULL
-             WHERE scope = 'account' AND key = $1",
+            "UPDATE sign_in_throttle
+             SET failures = CASE WHEN scope = 'account' THEN 0 ELSE GREATEST(failures - 1, 0) END,
+                 blocked_until = NULL
+             WHERE (scope = 'account' AND key = $1) OR (scope = 'ip' AND key = $2)",
         )
         .bind(account_key)
+        .bind(ip_key)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -277,8 +319,11 @@ impl Store for PgStore {
         mails: &[OutboundMail],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // A new link replaces earlier ones of its kind (a mistyped address for a
+        // change, an older reset mail): only the newest works.
+        void_tokens(&mut tx, token.user_id.0, &[token.purpose], token.now).await?;
         insert_token(&mut tx, &token).await?;
-        insert_mails(&mut tx, mails, token.now).await?;
+        insert_mails(&mut tx, &self.keys, mails, token.now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -358,16 +403,11 @@ impl Store for PgStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        // Other reset links of this user die with the one used.
-        sqlx::query(
-            "UPDATE email_tokens SET used_at = $2
-             WHERE user_id = $1 AND purpose = 'reset' AND used_at IS NULL",
-        )
-        .bind(user_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        insert_mails(&mut tx, mails, now).await?;
+        // Every other pending reset or address change dies with it: a reset is what a
+        // person does when someone else got in, and that someone may have asked to
+        // move the account to their own address.
+        void_tokens(&mut tx, user_id, &["reset", "change"], now).await?;
+        insert_mails(&mut tx, &self.keys, mails, now).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -392,7 +432,9 @@ impl Store for PgStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        insert_mails(&mut tx, mails, now).await?;
+        // Links mailed to the old address (resets, other changes) stop working.
+        void_tokens(&mut tx, user_id, &["reset", "change", "verify"], now).await?;
+        insert_mails(&mut tx, &self.keys, mails, now).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -403,7 +445,7 @@ impl Store for PgStore {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await?;
-        insert_mails(&mut conn, std::slice::from_ref(mail), now).await?;
+        insert_mails(&mut conn, &self.keys, std::slice::from_ref(mail), now).await?;
         Ok(())
     }
 
@@ -431,24 +473,36 @@ impl Store for PgStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| QueuedMail {
-                id: r.get("id"),
-                attempts: r.get("attempts"),
-                mail: OutboundMail {
-                    to: r.get("to_address"),
-                    subject: r.get("subject"),
-                    text: r.get("text_body"),
-                    html: r.get("html_body"),
-                },
+        let open = |context: &str, sealed: Option<Vec<u8>>| -> Result<String, StoreError> {
+            let bytes = sealed
+                .and_then(|b| self.keys.open(context, &b).ok())
+                .ok_or_else(|| {
+                    StoreError::Other(sqlx::Error::Protocol("a mail body cannot be opened".into()))
+                })?;
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        };
+        rows.into_iter()
+            .map(|r| {
+                Ok(QueuedMail {
+                    id: r.get("id"),
+                    attempts: r.get("attempts"),
+                    mail: OutboundMail {
+                        to: r.get("to_address"),
+                        subject: r.get("subject"),
+                        text: open(MAIL_TEXT, r.get("text_body"))?,
+                        html: open(MAIL_HTML, r.get("html_body"))?,
+                    },
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn mail_sent(&self, id: Uuid, now: OffsetDateTime) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE mail_outbox SET sent_at = $2, attempts = attempts + 1, lease_until = NULL WHERE id = $1",
+            "UPDATE mail_outbox
+             SET sent_at = $2, attempts = attempts + 1, lease_until = NULL,
+                 text_body = NULL, html_body = NULL
+             WHERE id = $1",
         )
         .bind(id)
         .bind(now)
@@ -468,7 +522,9 @@ impl Store for PgStore {
             "UPDATE mail_outbox
              SET attempts = attempts + 1, last_error = left($3, 500), lease_until = NULL,
                  next_attempt_at = COALESCE($4, next_attempt_at),
-                 failed_at = CASE WHEN $4::timestamptz IS NULL THEN $2 END
+                 failed_at = CASE WHEN $4::timestamptz IS NULL THEN $2 END,
+                 text_body = CASE WHEN $4::timestamptz IS NULL THEN NULL ELSE text_body END,
+                 html_body = CASE WHEN $4::timestamptz IS NULL THEN NULL ELSE html_body END
              WHERE id = $1",
         )
         .bind(id)
@@ -496,28 +552,37 @@ impl Store for PgStore {
         now: OffsetDateTime,
         limits: ThrottleLimits,
     ) -> Result<(Attempt, Option<UserRecord>), StoreError> {
-        // One statement, one round trip, atomic:
-        // - ip_block: the client address has used up its failures in the current window
-        //   (read only: failures are added afterwards by `sign_in_failed`, so people
-        //   signing in at once behind one NAT are not mistaken for an attack);
-        // - acct: unless blocked by address, count this attempt against the account
-        //   *before* the password is checked, unless the account is in its backoff;
-        //   from the limit on, each further failure doubles the wait (1 s, 2 s, … cap);
-        // - the final SELECT sees the table as it was before the insert, i.e. the
-        //   backoff that refused this attempt, and the user row.
+        // One statement, one round trip, atomic. Both counts are conditional upserts:
+        // the row lock serialises concurrent attempts and the condition is re-checked
+        // on the latest row, so no number of parallel requests gets past a limit.
+        // - ip: count the attempt against the client address (a fixed window that
+        //   starts at the first failure), unless the window is full;
+        // - acct: if the address allowed it, count it against the account *before*
+        //   the password is checked, unless the account is in its backoff; from the
+        //   limit on, each further failure doubles the wait (1 s, 2 s, … capped);
+        // - the final SELECT sees the table as it was before this statement: the
+        //   window or backoff that refused the attempt, and the user row.
+        // Success or a right password takes both counts back (`sign_in_succeeded`,
+        // `sign_in_refund`). An attempt refused by the account's backoff still counts
+        // against the address: hammering a locked account is itself suspicious.
         let row = sqlx::query(
-            "WITH ip_block AS (
-                 SELECT window_started_at + make_interval(secs => $5) AS ends
-                 FROM sign_in_throttle
-                 WHERE scope = 'ip' AND key = $2
-                   AND window_started_at + make_interval(secs => $5) > $3
-                   AND failures >= $6
+            "WITH ip AS (
+                 INSERT INTO sign_in_throttle AS t (scope, key, failures, window_started_at, updated_at)
+                 VALUES ('ip', $2, 1, $3, $3)
+                 ON CONFLICT (scope, key) DO UPDATE SET
+                     failures = CASE WHEN t.window_started_at + make_interval(secs => $5) <= $3
+                                     THEN 1 ELSE t.failures + 1 END,
+                     window_started_at = CASE WHEN t.window_started_at + make_interval(secs => $5) <= $3
+                                     THEN $3 ELSE t.window_started_at END,
+                     updated_at = $3
+                 WHERE t.window_started_at + make_interval(secs => $5) <= $3 OR t.failures < $6
+                 RETURNING failures
              ), acct AS (
                  INSERT INTO sign_in_throttle AS t
                      (scope, key, failures, window_started_at, blocked_until, updated_at)
                  SELECT 'account', $1, 1, $3,
                         CASE WHEN 1 >= $4 THEN $3 + interval '1 second' END, $3
-                 WHERE NOT EXISTS (SELECT 1 FROM ip_block)
+                 WHERE EXISTS (SELECT 1 FROM ip)
                  ON CONFLICT (scope, key) DO UPDATE SET
                      failures = t.failures + 1,
                      blocked_until = CASE WHEN t.failures + 1 >= $4
@@ -527,7 +592,10 @@ impl Store for PgStore {
                  WHERE t.blocked_until IS NULL OR t.blocked_until <= $3
                  RETURNING failures
              )
-             SELECT (SELECT ends FROM ip_block) AS ip_blocked_until,
+             SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM ip) THEN
+                        (SELECT window_started_at + make_interval(secs => $5) FROM sign_in_throttle
+                          WHERE scope = 'ip' AND key = $2)
+                    END AS ip_blocked_until,
                     (SELECT failures FROM acct) AS counted,
                     (SELECT blocked_until FROM sign_in_throttle
                       WHERE scope = 'account' AND key = $1) AS account_blocked_until,
@@ -571,45 +639,34 @@ impl Store for PgStore {
         Ok((attempt, user))
     }
 
-    async fn sign_in_succeeded(&self, account_key: &[u8], s: NewSession) -> Result<(), StoreError> {
-        // The reset and the new session in one statement (one round trip, atomic).
+    async fn sign_in_succeeded(
+        &self,
+        account_key: &[u8],
+        ip_key: &[u8],
+        password_hash: &str,
+        s: NewSession,
+    ) -> Result<bool, StoreError> {
+        // One statement (one round trip, atomic): take back the attempt's counts and
+        // insert the session only if the password it was checked against is still the
+        // user's and the user is enabled, so a reset or a disabling that committed
+        // while argon2 ran is not undone by a session created after it.
         let sql = concat!(
-            "WITH reset AS (
-                 UPDATE sign_in_throttle SET failures = 0, blocked_until = NULL, updated_at = $4
-                 WHERE scope = 'account' AND key = $13
+            "WITH refund AS (
+                 UPDATE sign_in_throttle
+                 SET failures = CASE WHEN scope = 'account' THEN 0 ELSE GREATEST(failures - 1, 0) END,
+                     blocked_until = NULL, updated_at = $4
+                 WHERE (scope = 'account' AND key = $13) OR (scope = 'ip' AND key = $14)
              ) ",
-            insert_session_sql!()
+            insert_session_select_sql!(),
+            " FROM users WHERE id = $3 AND password_hash = $15 AND disabled_at IS NULL"
         );
-        bind_session(sqlx::query(sql), &s)
+        let done = bind_session(sqlx::query(sql), &s)
             .bind(account_key)
+            .bind(ip_key)
+            .bind(password_hash)
             .execute(&self.pool)
             .await?;
-        Ok(())
-    }
-
-    async fn sign_in_failed(
-        &self,
-        ip_key: &[u8],
-        now: OffsetDateTime,
-        limits: ThrottleLimits,
-    ) -> Result<(), StoreError> {
-        // A fixed window that starts at the first failure.
-        sqlx::query(
-            "INSERT INTO sign_in_throttle AS t (scope, key, failures, window_started_at, updated_at)
-             VALUES ('ip', $1, 1, $2, $2)
-             ON CONFLICT (scope, key) DO UPDATE SET
-                 failures = CASE WHEN t.window_started_at + make_interval(secs => $3) <= $2
-                                 THEN 1 ELSE t.failures + 1 END,
-                 window_started_at = CASE WHEN t.window_started_at + make_interval(secs => $3) <= $2
-                                 THEN $2 ELSE t.window_started_at END,
-                 updated_at = $2",
-        )
-        .bind(ip_key)
-        .bind(now)
-        .bind(f64::from(limits.ip_window_secs))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     async fn count_in_window(
@@ -722,24 +779,25 @@ impl Store for PgStore {
         .await?;
         Ok(done.rows_affected() == 1)
     }
+}
 
-    async fn dev_secret_key(&self, candidate: [u8; 32]) -> Result<[u8; 32], StoreError> {
-        sqlx::query(
-            "INSERT INTO dev_secret_key (key, created_at) VALUES ($1, now())
-             ON CONFLICT (singleton) DO NOTHING",
-        )
-        .bind(candidate.as_slice())
-        .execute(&self.pool)
+/// Dev mode: the stored secret key, or `candidate` stored as the key if none exists.
+pub async fn dev_secret_key(pool: &PgPool, candidate: [u8; 32]) -> Result<[u8; 32], StoreError> {
+    sqlx::query(
+        "INSERT INTO dev_secret_key (key, created_at) VALUES ($1, now())
+         ON CONFLICT (singleton) DO NOTHING",
+    )
+    .bind(candidate.as_slice())
+    .execute(pool)
+    .await?;
+    let key: Vec<u8> = sqlx::query_scalar("SELECT key FROM dev_secret_key")
+        .fetch_one(pool)
         .await?;
-        let key: Vec<u8> = sqlx::query_scalar("SELECT key FROM dev_secret_key")
-            .fetch_one(&self.pool)
-            .await?;
-        key.try_into().map_err(|_| {
-            StoreError::Other(sqlx::Error::Protocol(
-                "stored dev key is not 32 bytes".into(),
-            ))
-        })
-    }
+    key.try_into().map_err(|_| {
+        StoreError::Other(sqlx::Error::Protocol(
+            "stored dev key is not 32 bytes".into(),
+        ))
+    })
 }
 
 fn seconds_until(now: OffsetDateTime, then: OffsetDateTime) -> u64 {

@@ -295,6 +295,7 @@ pub async fn change_email_submit(
     CurrentSession(session): CurrentSession,
     csrf: Csrf,
     nonce: CspNonce,
+    ctx: RequestContext,
     StrictForm(form): StrictForm<ChangeEmailForm>,
 ) -> Result<HttpResponse, AppError> {
     csrf.verify(&form.csrf_token)?;
@@ -304,6 +305,7 @@ pub async fn change_email_submit(
         &session.email,
         &form.current_password,
         &form.new_email,
+        &ctx,
     )
     .await?;
     let error = match outcome {
@@ -318,6 +320,9 @@ pub async fn change_email_submit(
                 link: Some(("Back to your account", "/account")),
             };
             return html_page(StatusCode::OK, &page);
+        }
+        ChangeRequest::Throttled { retry_after_secs } => {
+            return Err(AppError::RateLimited { retry_after_secs });
         }
         ChangeRequest::WrongPassword => "Your current password is not right.".to_string(),
         ChangeRequest::BadEmail(m) => m,

@@ -56,19 +56,22 @@ fn see_other(location: &str) -> HttpResponse {
 /// (RFC 9700 §4.11, checklist W6).
 pub fn safe_return_to(raw: Option<&str>) -> Option<String> {
     let raw = raw?;
-    if !raw.starts_with('/')
-        || raw.starts_with("//")
-        || raw.contains('\\')
-        || raw.chars().any(char::is_control)
-    {
+    if !raw.starts_with('/') || raw.contains('\\') || raw.chars().any(char::is_control) {
         return None;
     }
     let base = url::Url::parse("https://gatehouse.invalid/").ok()?;
     let joined = base.join(raw).ok()?;
-    if joined.origin() != base.origin() {
+    let local = joined[url::Position::BeforePath..].to_string();
+    // Judge the normalised result, not the input: dot-segments can turn `/.//evil`
+    // into `//evil`, which a browser reads as another host. The result must also
+    // resolve to this site when read again.
+    if joined.origin() != base.origin()
+        || local.starts_with("//")
+        || base.join(&local).ok()?.origin() != base.origin()
+    {
         return None;
     }
-    Some(joined[url::Position::BeforePath..].to_string())
+    Some(local)
 }
 
 fn signed_in(state: &AppState, new: NewBrowserSession, return_to: Option<&str>) -> HttpResponse {
@@ -439,6 +442,10 @@ mod tests {
             "/\tevil",
             "",
             "\\\\evil.test",
+            "/.//evil.test",
+            "/x/..//evil.test",
+            "/%2e//evil.test",
+            "/..//evil.test",
         ] {
             assert_eq!(safe_return_to(Some(bad)), None, "{bad:?}");
         }

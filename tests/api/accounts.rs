@@ -199,12 +199,21 @@ async fn after_sign_in_only_local_return_paths_are_followed() {
     // W6
     let app = spawn_app().await;
     app.user("ret@example.com").await;
+    // Already signed in: the login page sends the person on at once.
+    let signed = app.browser();
+    app.login(&signed, "ret@example.com", PASSWORD).await;
+    for evil in ["/.//evil.test", "/x/..//evil.test", "/%2e//evil.test"] {
+        let r = signed.get(&format!("/login?return_to={evil}")).await;
+        assert_eq!(r.location(), "/account", "{evil}");
+    }
     for evil in [
         "https://evil.test",
         "//evil.test",
         "/\\evil.test",
         "javascript:alert(1)",
         "/\r\nSet-Cookie: x=1",
+        "/.//evil.test",
+        "/x/..//evil.test",
     ] {
         let b = app.browser();
         let r = app

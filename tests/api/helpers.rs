@@ -439,6 +439,10 @@ impl TestApp {
             .expect(sql)
     }
 
+    pub async fn metrics_text(&self) -> String {
+        self.browser().get("/metrics").await.body
+    }
+
     pub async fn metric(&self, needle: &str) -> f64 {
         let text = self.browser().get("/metrics").await.body;
         text.lines()

@@ -117,12 +117,15 @@ async fn a_verification_link_expires_after_a_day_and_a_new_one_can_be_asked_for(
 #[tokio::test]
 async fn resending_is_rate_limited_per_address() {
     let app = app().await;
+    // One address waits for confirmation, the other is confirmed: each was registered
+    // once, and the limit treats them alike.
     app.register(&app.browser(), "spam@example.com", PASSWORD)
         .await;
+    verified_user(&app, "done@example.com").await;
     let b = app.browser();
     let csrf = b.get("/login").await.csrf();
     let mut statuses = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..3 {
         statuses.push(
             b.post_form(
                 "/verify-email/resend",
@@ -132,20 +135,24 @@ async fn resending_is_rate_limited_per_address() {
             .status,
         );
     }
-    assert_eq!(statuses, vec![200, 200, 200, 429]);
-    // An address without an account is limited exactly the same.
-    let mut ghost = Vec::new();
-    for _ in 0..4 {
-        ghost.push(
+    assert_eq!(
+        statuses,
+        vec![200, 200, 429],
+        "3 mails an hour per address, registration included"
+    );
+    let mut other = Vec::new();
+    for _ in 0..3 {
+        other.push(
             b.post_form(
                 "/verify-email/resend",
-                &[("csrf_token", &csrf), ("email", "ghost@example.com")],
+                &[("csrf_token", &csrf), ("email", "done@example.com")],
             )
             .await
             .status,
         );
     }
-    assert_eq!(ghost, statuses);
+    assert_eq!(other, statuses);
+    assert_eq!(app.mail.wait_for("spam@example.com", 3).await.len(), 3);
 }
 
 #[tokio::test]
@@ -517,6 +524,18 @@ async fn mail_queued_while_smtp_is_down_is_delivered_exactly_once_when_it_return
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(tried, "three failed attempts recorded");
+    // The queued bodies carry reset links: sealed at rest, never in the clear.
+    let bodies: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT text_body FROM mail_outbox WHERE sent_at IS NULL")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(bodies.len(), 3);
+    assert!(
+        bodies
+            .iter()
+            .all(|b| !String::from_utf8_lossy(b).contains("token="))
+    );
     assert!(app.metric("gatehouse_mail_failures_total").await >= 3.0);
     assert_eq!(
         app.count("SELECT count(*) FROM mail_outbox WHERE failed_at IS NOT NULL")
@@ -548,7 +567,9 @@ async fn mail_queued_while_smtp_is_down_is_delivered_exactly_once_when_it_return
 #[tokio::test]
 async fn two_workers_on_one_database_never_send_a_mail_twice() {
     let app = app().await;
-    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(PgStore::new(app.db.clone()));
+    let keys = gatehouse::crypto::Keys::new(app.settings.secret_key.as_ref().unwrap(), &[]);
+    let store: std::sync::Arc<dyn Store> =
+        std::sync::Arc::new(PgStore::new(app.db.clone(), std::sync::Arc::new(keys)));
     let now = app.clock.now();
     for i in 0..40 {
         let mail = OutboundMail {
@@ -622,4 +643,160 @@ async fn dev_mode_without_smtp_writes_mail_to_files() {
     assert!(eml.contains("/verify-email?token="));
     assert!(app.mail.messages().is_empty());
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn a_password_reset_kills_a_pending_change_of_address() {
+    // An intruder who knew the password asks to move the account to their address;
+    // the owner resets the password; the intruder's confirmation link must be dead.
+    let app = app().await;
+    let intruder = signed_in(&app, "victim@example.com").await;
+    let page = intruder.get("/account/email").await;
+    let r = intruder
+        .post_form(
+            "/account/email",
+            &[
+                ("csrf_token", &page.csrf()),
+                ("new_email", "intruder@example.com"),
+                ("current_password", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let link =
+        app.mail.wait_for("intruder@example.com", 1).await[0].token("/account/email/confirm");
+
+    let owner = app.browser();
+    let csrf = owner.get("/password/forgot").await.csrf();
+    owner
+        .post_form(
+            "/password/forgot",
+            &[("csrf_token", &csrf), ("email", "victim@example.com")],
+        )
+        .await;
+    let mails = app.mail.wait_for("victim@example.com", 3).await;
+    let reset = mails
+        .iter()
+        .find(|m| m.subject() == "Reset your password")
+        .unwrap()
+        .token("/password/reset");
+    let form = owner.get(&format!("/password/reset?token={reset}")).await;
+    let r = owner
+        .post_form(
+            "/password/reset",
+            &[
+                ("csrf_token", &form.csrf()),
+                ("token", &reset),
+                ("password", "the owner's new passphrase"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+
+    let r = app
+        .browser()
+        .get(&format!("/account/email/confirm?token={link}"))
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        app.count("SELECT count(*) FROM users WHERE email = 'victim@example.com'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_newer_change_request_replaces_an_older_one() {
+    let app = app().await;
+    let b = signed_in(&app, "typo@example.com").await;
+    for to in ["typo@gmial.com", "right@example.com"] {
+        let page = b.get("/account/email").await;
+        let r = b
+            .post_form(
+                "/account/email",
+                &[
+                    ("csrf_token", &page.csrf()),
+                    ("new_email", to),
+                    ("current_password", PASSWORD),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let mistyped = app.mail.wait_for("typo@gmial.com", 1).await[0].token("/account/email/confirm");
+    assert_eq!(
+        app.browser()
+            .get(&format!("/account/email/confirm?token={mistyped}"))
+            .await
+            .status,
+        400
+    );
+    let right = app.mail.wait_for("right@example.com", 1).await[0].token("/account/email/confirm");
+    assert_eq!(
+        app.browser()
+            .get(&format!("/account/email/confirm?token={right}"))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn the_change_of_address_form_is_not_a_password_oracle() {
+    let app = app().await;
+    let b = signed_in(&app, "oracle@example.com").await;
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        let page = b.get("/account/email").await;
+        let r = b
+            .post_form(
+                "/account/email",
+                &[
+                    ("csrf_token", &page.csrf()),
+                    ("new_email", "x@example.com"),
+                    ("current_password", "guess guess guess"),
+                ],
+            )
+            .await;
+        statuses.push(r.status);
+    }
+    assert_eq!(&statuses[..5], &[400, 400, 400, 400, 400]);
+    assert_eq!(
+        statuses[5], 429,
+        "the sign-in throttle applies: {statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn public_metrics_do_not_tell_which_addresses_have_accounts() {
+    // L2 (metrics side)
+    let app = app().await;
+    verified_user(&app, "exists@example.com").await;
+    let before = app.metrics_text().await;
+    app.register(&app.browser(), "exists@example.com", PASSWORD)
+        .await;
+    let after_taken = app.metrics_text().await;
+    app.register(&app.browser(), "fresh@example.com", PASSWORD)
+        .await;
+    let after_fresh = app.metrics_text().await;
+    let registrations = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| l.starts_with("gatehouse_registrations_total"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(
+        registrations(&before)
+            .iter()
+            .all(|l| !l.contains("taken") && !l.contains("created"))
+    );
+    assert!(
+        registrations(&after_taken)
+            .iter()
+            .all(|l| l.contains("accepted"))
+    );
+    assert_eq!(
+        registrations(&after_taken).len(),
+        registrations(&after_fresh).len()
+    );
 }

@@ -209,3 +209,44 @@ async fn forwarded_headers_from_untrusted_peers_are_ignored() {
         }
     }
 }
+
+#[tokio::test]
+async fn parallel_guesses_across_many_accounts_cannot_outrun_the_per_address_limit() {
+    // L4 under concurrency: attempts count before the password is checked.
+    let app = spawn_app_with(Options {
+        trusted_proxies: Some("127.0.0.1/32".into()),
+        ..Default::default()
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..80 {
+        let mut b = app.browser();
+        b.extra_headers
+            .push(("x-forwarded-for".into(), "203.0.113.77".into()));
+        let csrf = b.get("/login").await.csrf();
+        tasks.push(tokio::spawn(async move {
+            b.post_form(
+                "/login",
+                &[
+                    ("csrf_token", &csrf),
+                    ("email", &format!("p{i}@example.com")),
+                    ("password", "guess guess guess"),
+                ],
+            )
+            .await
+            .status
+        }));
+    }
+    let mut evaluated = 0;
+    for t in tasks {
+        if t.await.unwrap() == 401 {
+            evaluated += 1;
+        }
+    }
+    assert!(evaluated <= 30, "{evaluated} guesses were evaluated");
+    assert!(
+        app.metric(r#"gatehouse_sign_ins_total{outcome="failure"}"#)
+            .await
+            <= 30.0
+    );
+}
