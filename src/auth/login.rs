@@ -6,7 +6,7 @@
 
 use crate::auth::sessions::{self, lifetimes};
 use crate::auth::{RequestContext, mailflows};
-use crate::domain::{Email, EmailError, Password, PasswordError, SessionToken, UserId};
+use crate::domain::{Email, EmailError, Password, PasswordError, SessionId, SessionToken, UserId};
 use crate::error::AppError;
 use crate::mail::messages;
 use crate::startup::AppState;
@@ -48,11 +48,24 @@ fn limits(state: &AppState) -> ThrottleLimits {
     }
 }
 
-fn browser_session(state: &AppState, token: SessionToken, remember_me: bool) -> NewBrowserSession {
-    NewBrowserSession {
+/// Hands the new session to the browser. A session the browser already had is
+/// revoked, not kept beside the new one (one browser, one live session).
+async fn browser_session(
+    state: &AppState,
+    token: SessionToken,
+    remember_me: bool,
+    replaces: Option<SessionId>,
+) -> Result<NewBrowserSession, AppError> {
+    if let Some(old) = replaces {
+        state
+            .store
+            .revoke_session(old, state.clock.now(), "replaced by a new sign-in")
+            .await?;
+    }
+    Ok(NewBrowserSession {
         token,
         persist_for: remember_me.then(|| lifetimes(&state.settings, true).1),
-    }
+    })
 }
 
 pub async fn sign_in(
@@ -61,6 +74,7 @@ pub async fn sign_in(
     password: &str,
     remember_me: bool,
     ctx: &RequestContext,
+    replaces: Option<SessionId>,
 ) -> Result<SignInOutcome, AppError> {
     let email = match Email::parse(email) {
         Ok(e) => e,
@@ -111,11 +125,9 @@ pub async fn sign_in(
     }
     state.metrics.sign_ins.with_label_values(&["success"]).inc();
     tracing::info!(user_id = %user.id, "signed in");
-    Ok(SignInOutcome::SignedIn(browser_session(
-        state,
-        token,
-        remember_me,
-    )))
+    Ok(SignInOutcome::SignedIn(
+        browser_session(state, token, remember_me, replaces).await?,
+    ))
 }
 
 /// A password that was checked and found right, with the throttle counts it holds.
@@ -211,6 +223,7 @@ pub async fn register(
     email: &str,
     password: &str,
     ctx: &RequestContext,
+    replaces: Option<SessionId>,
 ) -> Result<RegisterOutcome, AppError> {
     let email = match Email::parse(email) {
         Ok(e) => e,
@@ -305,9 +318,9 @@ pub async fn register(
                 .with_label_values(&["created"])
                 .inc();
             tracing::info!(user_id = %user_id, "account registered");
-            Ok(RegisterOutcome::SignedIn(browser_session(
-                state, token, false,
-            )))
+            Ok(RegisterOutcome::SignedIn(
+                browser_session(state, token, false, replaces).await?,
+            ))
         }
         Err(StoreError::Conflict) => {
             state

@@ -98,20 +98,33 @@ pub enum MailRequest {
     BadEmail(String),
 }
 
+/// The address a person asks mail for, parsed and counted against the mail allowance
+/// (alike for addresses with and without an account); `Err` is the refusal to show.
+async fn requested_address(
+    state: &AppState,
+    email: &str,
+    ctx: &RequestContext,
+) -> Result<Result<Email, MailRequest>, AppError> {
+    let email = match Email::parse(email) {
+        Ok(email) => email,
+        Err(e) => return Ok(Err(MailRequest::BadEmail(e.to_string()))),
+    };
+    Ok(match mail_allowance(state, &email, ctx).await? {
+        Attempt::Allowed => Ok(email),
+        Attempt::Blocked { retry_after_secs } => Err(MailRequest::Throttled { retry_after_secs }),
+    })
+}
+
 /// "Send me a new confirmation link."
 pub async fn resend_verification(
     state: &AppState,
     email: &str,
     ctx: &RequestContext,
 ) -> Result<MailRequest, AppError> {
-    let Ok(email) = Email::parse(email) else {
-        return Ok(MailRequest::BadEmail(
-            "Enter an e-mail address like name@example.com.".into(),
-        ));
+    let email = match requested_address(state, email, ctx).await? {
+        Ok(email) => email,
+        Err(refused) => return Ok(refused),
     };
-    if let Attempt::Blocked { retry_after_secs } = mail_allowance(state, &email, ctx).await? {
-        return Ok(MailRequest::Throttled { retry_after_secs });
-    }
     if let Some(user) = state.store.user_by_email(&email).await?
         && !user.verified
         && !user.disabled
@@ -129,14 +142,10 @@ pub async fn forgot_password(
     email: &str,
     ctx: &RequestContext,
 ) -> Result<MailRequest, AppError> {
-    let Ok(email) = Email::parse(email) else {
-        return Ok(MailRequest::BadEmail(
-            "Enter an e-mail address like name@example.com.".into(),
-        ));
+    let email = match requested_address(state, email, ctx).await? {
+        Ok(email) => email,
+        Err(refused) => return Ok(refused),
     };
-    if let Attempt::Blocked { retry_after_secs } = mail_allowance(state, &email, ctx).await? {
-        return Ok(MailRequest::Throttled { retry_after_secs });
-    }
     let store = state.store.clone();
     let settings = state.settings.clone();
     let clock = state.clock.clone();

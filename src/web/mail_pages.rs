@@ -11,7 +11,7 @@ use crate::error::AppError;
 use crate::startup::AppState;
 use crate::web::edge::CspNonce;
 use crate::web::extract::{Csrf, CurrentSession, StrictForm, StrictQuery};
-use crate::web::pages::{NoticeTemplate, PageCtx, html_page};
+use crate::web::pages::{NoticeTemplate, PageCtx, html};
 
 #[derive(Deserialize)]
 pub struct TokenQuery {
@@ -34,7 +34,7 @@ fn notice(
         paragraphs,
         link,
     };
-    html_page(status, &page)
+    html(status, &page)
 }
 
 fn dead_link(
@@ -149,7 +149,7 @@ pub async fn forgot_page(
     csrf: Csrf,
     nonce: CspNonce,
 ) -> Result<HttpResponse, AppError> {
-    html_page(
+    html(
         StatusCode::OK,
         &ForgotTemplate {
             ctx: PageCtx::new(&state, &nonce, &csrf, None),
@@ -174,7 +174,7 @@ pub async fn forgot_submit(
                 email: form.email.trim(),
                 error: Some(message),
             };
-            html_page(StatusCode::BAD_REQUEST, &page)
+            html(StatusCode::BAD_REQUEST, &page)
         }
         outcome => mail_request_answer(
             &state,
@@ -209,7 +209,7 @@ pub async fn reset_page(
             ("Ask for a new link", "/password/forgot"),
         );
     }
-    html_page(
+    html(
         StatusCode::OK,
         &ResetTemplate {
             ctx: PageCtx::new(&state, &nonce, &csrf, None),
@@ -246,7 +246,7 @@ pub async fn reset_submit(
                 token: &form.token,
                 error: Some(e.to_string()),
             };
-            html_page(StatusCode::BAD_REQUEST, &page)
+            html(StatusCode::BAD_REQUEST, &page)
         }
         ResetOutcome::DeadLink => dead_link(
             &state,
@@ -279,7 +279,7 @@ pub async fn change_email_page(
         new_email: "",
         error: None,
     };
-    html_page(StatusCode::OK, &page)
+    html(StatusCode::OK, &page)
 }
 
 #[derive(Deserialize)]
@@ -319,7 +319,7 @@ pub async fn change_email_submit(
                 )],
                 link: Some(("Back to your account", "/account")),
             };
-            return html_page(StatusCode::OK, &page);
+            return html(StatusCode::OK, &page);
         }
         ChangeRequest::Throttled { retry_after_secs } => {
             return Err(AppError::RateLimited { retry_after_secs });
@@ -334,7 +334,7 @@ pub async fn change_email_submit(
         new_email: form.new_email.trim(),
         error: Some(error),
     };
-    html_page(StatusCode::BAD_REQUEST, &page)
+    html(StatusCode::BAD_REQUEST, &page)
 }
 
 pub async fn change_email_confirm(

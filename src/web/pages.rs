@@ -37,7 +37,7 @@ impl PageCtx {
     }
 }
 
-fn html(status: StatusCode, page: &impl Template) -> Result<HttpResponse, AppError> {
+pub fn html(status: StatusCode, page: &impl Template) -> Result<HttpResponse, AppError> {
     let body = page.render().map_err(|e| AppError::Unexpected(e.into()))?;
     Ok(HttpResponse::build(status)
         .content_type("text/html; charset=utf-8")
@@ -126,14 +126,6 @@ pub struct NoticeTemplate<'a> {
     pub link: Option<(&'a str, &'a str)>,
 }
 
-pub fn html_page(status: StatusCode, page: &impl Template) -> Result<HttpResponse, AppError> {
-    html(status, page)
-}
-
-pub fn see_other_to(location: &str) -> HttpResponse {
-    see_other(location)
-}
-
 pub async fn not_found() -> Result<HttpResponse, AppError> {
     Err(AppError::NotFound)
 }
@@ -204,13 +196,18 @@ pub async fn login_submit(
 ) -> Result<HttpResponse, AppError> {
     csrf.verify(&form.csrf_token)?;
     let remember = form.remember.is_some();
-    let outcome = login::sign_in(&state, &form.email, &form.password, remember, &ctx).await?;
+    let replaces = previous.0.map(|s| s.id);
+    let outcome = login::sign_in(
+        &state,
+        &form.email,
+        &form.password,
+        remember,
+        &ctx,
+        replaces,
+    )
+    .await?;
     let (status, error, retry_after) = match outcome {
         SignInOutcome::SignedIn(new) => {
-            // A session already in this browser is replaced, not kept beside the new one.
-            if let Some(old) = previous.0 {
-                sessions::sign_out(&state, old.id).await?;
-            }
             return Ok(signed_in(&state, new, form.return_to.as_deref()));
         }
         SignInOutcome::Failed => (
@@ -312,13 +309,9 @@ pub async fn register_submit(
         password_error: None,
         error: None,
     };
-    let status = match login::register(&state, &form.email, &form.password, &ctx).await? {
-        RegisterOutcome::SignedIn(new) => {
-            if let Some(old) = previous.0 {
-                sessions::sign_out(&state, old.id).await?;
-            }
-            return Ok(signed_in(&state, new, None));
-        }
+    let replaces = previous.0.map(|s| s.id);
+    let status = match login::register(&state, &form.email, &form.password, &ctx, replaces).await? {
+        RegisterOutcome::SignedIn(new) => return Ok(signed_in(&state, new, None)),
         RegisterOutcome::BadEmail(e) => {
             page.email_error = Some(e.to_string());
             StatusCode::BAD_REQUEST
