@@ -80,6 +80,16 @@ pub struct Keys {
 #[error("sealed value cannot be opened")]
 pub struct OpenError;
 
+/// Encryption failed. XChaCha20-Poly1305 fails only for messages beyond its length
+/// limit (256 GiB); the error exists so that a failure can never turn into a
+/// header-only "ciphertext" stored as if it were sealed data.
+#[derive(Debug, thiserror::Error)]
+#[error("value could not be sealed")]
+pub struct SealError;
+
+/// Length of a keyed HMAC value as stored: key id (4) ‖ HMAC-SHA256 (32).
+pub const MAC_LEN: usize = 4 + 32;
+
 impl Keys {
     pub fn new(current: &SecretKey, old: &[SecretKey]) -> Self {
         Self {
@@ -91,10 +101,9 @@ impl Keys {
     /// Seals `plaintext` for a column. `context` (e.g. `"sessions.ip"`) is bound as
     /// associated data, so a ciphertext moved to another column does not open.
     /// Layout: version (1) ‖ key id (4) ‖ nonce (24) ‖ ciphertext+tag.
-    pub fn seal(&self, context: &str, plaintext: &[u8]) -> Vec<u8> {
+    pub fn seal(&self, context: &str, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
         let nonce_bytes = random_bytes::<24>();
         let nonce = XNonce::from_slice(&nonce_bytes);
-        // Encryption with a valid key and nonce cannot fail for in-memory buffers.
         let ciphertext = self
             .current
             .aead
@@ -105,13 +114,19 @@ impl Keys {
                     aad: context.as_bytes(),
                 },
             )
-            .unwrap_or_default();
+            .map_err(|_| SealError)?;
         let mut out = Vec::with_capacity(1 + 4 + 24 + ciphertext.len());
         out.push(SEALED_V1);
         out.extend_from_slice(&self.current.id);
         out.extend_from_slice(&nonce_bytes);
         out.extend_from_slice(&ciphertext);
-        out
+        Ok(out)
+    }
+
+    /// The id of the key that seals and MACs now (the first 4 bytes after the version
+    /// byte of a sealed value, the first 4 bytes of a MAC).
+    pub fn current_key_id(&self) -> [u8; 4] {
+        self.current.id
     }
 
     pub fn open(&self, context: &str, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
@@ -134,15 +149,35 @@ impl Keys {
     }
 
     /// Keyed HMAC for equality look-ups and bindings; `purpose` separates uses.
+    /// The value starts with the id of the key that made it (`MAC_LEN` bytes in all),
+    /// so a column can hold values of several key generations and a look-up can ask
+    /// for every generation at once (`mac_candidates`) while `keys reencrypt` moves
+    /// rows to the current key.
     pub fn mac(&self, purpose: &str, data: &[u8]) -> Vec<u8> {
-        let Ok(mut mac) = <HmacSha256 as Mac>::new_from_slice(&self.current.hmac) else {
-            return Vec::new(); // HMAC accepts keys of any length; unreachable.
-        };
-        mac.update(purpose.as_bytes());
-        mac.update(&[0]);
-        mac.update(data);
-        mac.finalize().into_bytes().to_vec()
+        mac_with(&self.current, purpose, data)
     }
+
+    /// The MAC of `data` under the current key and under every old key still
+    /// accepted, current first: what an equality look-up must match after rotation.
+    pub fn mac_candidates(&self, purpose: &str, data: &[u8]) -> Vec<Vec<u8>> {
+        std::iter::once(&self.current)
+            .chain(self.old.iter())
+            .map(|k| mac_with(k, purpose, data))
+            .collect()
+    }
+}
+
+fn mac_with(key: &KeySet, purpose: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAC_LEN);
+    out.extend_from_slice(&key.id);
+    let Ok(mut mac) = <HmacSha256 as Mac>::new_from_slice(&key.hmac) else {
+        return out; // HMAC accepts keys of any length; unreachable.
+    };
+    mac.update(purpose.as_bytes());
+    mac.update(&[0]);
+    mac.update(data);
+    out.extend_from_slice(&mac.finalize().into_bytes());
+    out
 }
 
 #[cfg(test)]
@@ -157,7 +192,7 @@ mod tests {
     #[test]
     fn sealed_values_open_only_with_their_context_and_key() {
         let k = keys(1);
-        let sealed = k.seal("sessions.ip", b"203.0.113.9");
+        let sealed = k.seal("sessions.ip", b"203.0.113.9").unwrap();
         assert_eq!(k.open("sessions.ip", &sealed).unwrap(), b"203.0.113.9");
         assert!(k.open("sessions.user_agent", &sealed).is_err());
         assert!(keys(2).open("sessions.ip", &sealed).is_err());
@@ -165,13 +200,16 @@ mod tests {
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
         assert!(k.open("sessions.ip", &tampered).is_err());
-        assert_ne!(k.seal("sessions.ip", b"x"), k.seal("sessions.ip", b"x"));
+        assert_ne!(
+            k.seal("sessions.ip", b"x").unwrap(),
+            k.seal("sessions.ip", b"x").unwrap()
+        );
     }
 
     #[test]
     fn an_old_key_still_opens_what_it_sealed() {
         let old = SecretKey::from_bytes([1; 32]);
-        let sealed = Keys::new(&old, &[]).seal("c", b"data");
+        let sealed = Keys::new(&old, &[]).seal("c", b"data").unwrap();
         let rotated = Keys::new(&SecretKey::from_bytes([9; 32]), &[old]);
         assert_eq!(rotated.open("c", &sealed).unwrap(), b"data");
     }
@@ -197,5 +235,24 @@ mod tests {
         assert_eq!(k.mac("a", b"x"), k.mac("a", b"x"));
         assert_ne!(k.mac("a", b"x"), k.mac("b", b"x"));
         assert_ne!(k.mac("a", b"x"), keys(2).mac("a", b"x"));
+        assert_eq!(k.mac("a", b"x").len(), MAC_LEN);
+    }
+
+    #[test]
+    fn hmac_values_carry_their_key_id_and_stay_findable_after_rotation() {
+        // Defect 7: a value keyed under an old key is still matched by a look-up
+        // once that key is only an old key, and tells which generation made it.
+        let old = SecretKey::from_bytes([1; 32]);
+        let stored = Keys::new(&old, &[]).mac("devices/seen", b"203.0.113.9");
+        let rotated = Keys::new(&SecretKey::from_bytes([9; 32]), &[old]);
+        assert_ne!(rotated.mac("devices/seen", b"203.0.113.9"), stored);
+        let candidates = rotated.mac_candidates("devices/seen", b"203.0.113.9");
+        assert_eq!(candidates.len(), 2);
+        assert_eq!(candidates[0], rotated.mac("devices/seen", b"203.0.113.9"));
+        assert!(candidates.contains(&stored));
+        assert_eq!(
+            &stored[..4],
+            &Keys::new(&SecretKey::from_bytes([1; 32]), &[]).current_key_id()
+        );
     }
 }

@@ -2,8 +2,11 @@
 //! alone decides status codes. Bodies never carry the cause; the log does.
 //!
 //! The response made here is plain; the edge middleware (`web::edge`) turns any error
-//! response that carries an `ErrorPage` into the HTML page with the site's layout,
-//! because only it can see the request (CSP nonce, dev banner).
+//! response that carries an `ErrorPage` into what the caller reads — the HTML page
+//! with the site's layout for people, RFC 6749 §5.2 JSON on OAuth endpoints, RFC 9457
+//! problem details for other machine callers — because only it can see the request
+//! (route, `Accept`, CSP nonce, dev banner). `web::edge::representation` decides
+//! which, in one place.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -31,17 +34,28 @@ pub enum AppError {
     UnsupportedMediaType,
     #[error("rate limited")]
     RateLimited { retry_after_secs: u64 },
+    /// A signed-out visit to a signed-in page (a GET): sent to sign in, and back.
+    /// `return_to` is the page's path and query.
+    #[error("sign-in required")]
+    SignInRequired { return_to: String },
+    /// The password hash queue is full: try again in a moment (503).
+    #[error("overloaded")]
+    Overloaded,
     #[error("service unavailable")]
     Unavailable(#[source] anyhow::Error),
     #[error("unexpected error")]
     Unexpected(#[source] anyhow::Error),
 }
 
-/// What the HTML error page shows. Stored in the response's extensions.
+/// What an error response says, whatever its representation. Stored in the
+/// response's extensions for the edge middleware.
 #[derive(Clone, Debug)]
 pub struct ErrorPage {
     pub title: &'static str,
     pub message: String,
+    /// The RFC 6749 §5.2 `error` code, where a handler knows a more precise one than
+    /// the status gives (e.g. `invalid_grant`).
+    pub oauth_error: Option<&'static str>,
 }
 
 impl ErrorPage {
@@ -89,6 +103,21 @@ impl ErrorPage {
         Self {
             title,
             message: message.to_string(),
+            oauth_error: None,
+        }
+    }
+
+    /// The RFC 6749 §5.2 error code for this response.
+    pub fn oauth_code(&self, status: StatusCode) -> &'static str {
+        if let Some(code) = self.oauth_error {
+            return code;
+        }
+        match status.as_u16() {
+            401 => "invalid_client",
+            403 => "access_denied",
+            429 | 503 => "temporarily_unavailable",
+            s if s >= 500 => "server_error",
+            _ => "invalid_request",
         }
     }
 }
@@ -99,6 +128,7 @@ impl From<StoreError> for AppError {
             StoreError::Conflict => AppError::Conflict("That already exists.".into()),
             StoreError::Unavailable(e) => AppError::Unavailable(e.into()),
             StoreError::Other(e) => AppError::Unexpected(e.into()),
+            e @ StoreError::Seal(_) => AppError::Unexpected(e.into()),
         }
     }
 }
@@ -114,6 +144,8 @@ impl ResponseError for AppError {
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::SignInRequired { .. } => StatusCode::SEE_OTHER,
+            AppError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -121,9 +153,20 @@ impl ResponseError for AppError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
+        if let AppError::SignInRequired { return_to } = self {
+            let encoded: String =
+                url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect();
+            // 303: the browser comes back with a GET (RFC 9110 §15.4.4).
+            return HttpResponse::SeeOther()
+                .insert_header(("Location", format!("/login?return_to={encoded}")))
+                .finish();
+        }
         match self {
             AppError::Unavailable(cause) => {
                 tracing::warn!(error = format!("{cause:#}"), "database unavailable")
+            }
+            AppError::Overloaded => {
+                tracing::warn!("password hashing queue full; answered 503")
             }
             AppError::Unexpected(cause) => {
                 tracing::error!(error = format!("{cause:#}"), "unexpected error")
@@ -141,13 +184,19 @@ impl ResponseError for AppError {
                     human_wait(*retry_after_secs)
                 );
             }
+            AppError::Overloaded => {
+                page.message =
+                    "Gatehouse is very busy right now. Please try again in a moment.".into();
+            }
             _ => {}
         }
         let mut builder = HttpResponse::build(status);
         if let AppError::RateLimited { retry_after_secs } = self {
             builder.insert_header(("Retry-After", retry_after_secs.to_string()));
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let AppError::Overloaded = self {
+            builder.insert_header(("Retry-After", "1"));
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
             builder.insert_header(("Retry-After", "5"));
         }
         let mut response = builder
@@ -196,6 +245,39 @@ mod tests {
                 .message
                 .contains("our side")
         );
+    }
+
+    #[test]
+    fn signed_out_page_visits_redirect_to_sign_in_and_back() {
+        // Defect 11
+        let r = AppError::SignInRequired {
+            return_to: "/account/email?x=1&y=2".into(),
+        }
+        .error_response();
+        assert_eq!(r.status(), 303);
+        assert_eq!(
+            r.headers().get("location").unwrap(),
+            "/login?return_to=%2Faccount%2Femail%3Fx%3D1%26y%3D2"
+        );
+        let r = AppError::Overloaded.error_response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers().get("retry-after").unwrap(), "1");
+    }
+
+    #[test]
+    fn oauth_codes_follow_the_status_unless_a_handler_names_one() {
+        let page = ErrorPage::for_status(StatusCode::BAD_REQUEST);
+        assert_eq!(page.oauth_code(StatusCode::BAD_REQUEST), "invalid_request");
+        assert_eq!(page.oauth_code(StatusCode::UNAUTHORIZED), "invalid_client");
+        assert_eq!(
+            page.oauth_code(StatusCode::INTERNAL_SERVER_ERROR),
+            "server_error"
+        );
+        let named = ErrorPage {
+            oauth_error: Some("invalid_grant"),
+            ..page
+        };
+        assert_eq!(named.oauth_code(StatusCode::BAD_REQUEST), "invalid_grant");
     }
 
     #[test]

@@ -5,13 +5,16 @@
 pub mod auth;
 pub mod cli;
 pub mod clock;
+pub mod cookies;
 pub mod crypto;
 pub mod domain;
 pub mod error;
+pub mod hasher;
 pub mod mail;
 pub mod metrics;
 pub mod settings;
 pub mod startup;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod web;

@@ -5,8 +5,9 @@ use clap::Parser;
 use gatehouse::cli::{Cli, Command, UserCommand, read_password};
 use gatehouse::clock::Clock;
 use gatehouse::settings::{RawSettings, Settings};
-use gatehouse::startup::{AppState, Application, migrate_when_reachable};
-use gatehouse::store::connect_pool;
+use gatehouse::startup::Application;
+use gatehouse::state::AppState;
+use gatehouse::store::{connect_pool, migrate_when_reachable};
 use gatehouse::{auth, telemetry};
 
 fn load_settings(cli: &Cli) -> Result<Settings, String> {

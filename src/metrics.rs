@@ -1,5 +1,14 @@
 //! Prometheus metrics, one registry per application (not a global, so each test's
 //! server counts only its own requests).
+//!
+//! `/metrics` is public, so nothing here may move differently for an address that
+//! has an account and one that has not (checklist L2): mail is counted as requests
+//! per purpose, at the point where known and unknown addresses are still treated
+//! alike, and delivery health is a probe of the SMTP relay that runs on its own
+//! clock. Per-mail delivery counts and the outbox depth would move only for real
+//! accounts, so they are logged, not exported. Every label takes only known values
+//! (route patterns, a fixed list of methods, status codes), so no client can mint
+//! new series.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
@@ -13,9 +22,24 @@ pub struct Metrics {
     pub registrations: IntCounterVec,
     pub argon2_waiting: IntGauge,
     pub argon2_running: IntGauge,
-    pub mail_outbox_depth: IntGauge,
-    pub mail_deliveries: prometheus::IntCounter,
-    pub mail_failures: prometheus::IntCounter,
+    pub argon2_skipped: prometheus::IntCounter,
+    pub argon2_refused: prometheus::IntCounter,
+    pub mail_requests: IntCounterVec,
+    pub mail_transport_up: IntGauge,
+}
+
+/// The method label: one of the methods Gatehouse serves, or `other`.
+pub fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
 }
 
 impl Metrics {
@@ -50,14 +74,29 @@ impl Metrics {
         )?;
         let argon2_running =
             IntGauge::new("argon2_in_flight", "Password hash computations running")?;
-        let mail_outbox_depth = IntGauge::new("mail_outbox_depth", "Mails waiting for delivery")?;
-        let mail_deliveries =
-            prometheus::IntCounter::new("mail_deliveries_total", "Mails delivered")?;
-        let mail_failures =
-            prometheus::IntCounter::new("mail_failures_total", "Failed mail delivery attempts")?;
-        registry.register(Box::new(mail_outbox_depth.clone()))?;
-        registry.register(Box::new(mail_deliveries.clone()))?;
-        registry.register(Box::new(mail_failures.clone()))?;
+        let argon2_skipped = prometheus::IntCounter::new(
+            "argon2_skipped_total",
+            "Queued password hash computations skipped because the request was gone",
+        )?;
+        let argon2_refused = prometheus::IntCounter::new(
+            "argon2_refused_total",
+            "Requests answered 503 because the password hash queue was full",
+        )?;
+        let mail_requests = IntCounterVec::new(
+            Opts::new(
+                "mail_requests_total",
+                "Mail requests accepted, by purpose (counted alike for addresses with and without an account)",
+            ),
+            &["purpose"],
+        )?;
+        let mail_transport_up = IntGauge::new(
+            "mail_transport_up",
+            "1 when the last periodic check of the mail relay succeeded",
+        )?;
+        registry.register(Box::new(argon2_skipped.clone()))?;
+        registry.register(Box::new(argon2_refused.clone()))?;
+        registry.register(Box::new(mail_requests.clone()))?;
+        registry.register(Box::new(mail_transport_up.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(sign_ins.clone()))?;
@@ -72,9 +111,10 @@ impl Metrics {
             registrations,
             argon2_waiting,
             argon2_running,
-            mail_outbox_depth,
-            mail_deliveries,
-            mail_failures,
+            argon2_skipped,
+            argon2_refused,
+            mail_requests,
+            mail_transport_up,
         })
     }
 
@@ -89,5 +129,19 @@ impl Metrics {
             return String::new();
         }
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_are_a_closed_set() {
+        // Defect 1: any client could otherwise mint a series per made-up method.
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("POST"), "POST");
+        assert_eq!(method_label("FOO"), "other");
+        assert_eq!(method_label("get"), "other");
     }
 }

@@ -118,6 +118,10 @@ pub struct Settings {
     /// How many argon2 computations run at once (the rest queue). Defaults to the
     /// number of cores: more cannot go faster, only use more memory.
     pub argon2_concurrency: usize,
+    /// At most this many argon2 computations wait or run at once; beyond it a request
+    /// that needs one answers 503 with `Retry-After` (64 per core: about a second of
+    /// queue at production cost).
+    pub argon2_queue: usize,
     /// How long a request may wait for a database connection before it answers 503.
     pub database_acquire_timeout: Duration,
     /// HTTP worker threads (each runs its own event loop).
@@ -352,15 +356,7 @@ impl RawSettings {
         }
 
         let smtp_url = match self.get("GATEHOUSE_SMTP_URL") {
-            Some(url) => {
-                lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url).map_err(|_| {
-                    err(
-                        "GATEHOUSE_SMTP_URL",
-                        "must look like smtp://host:port, smtp://host:port?tls=required or smtps://user:pass@host:port",
-                    )
-                })?;
-                Some(SecretString::from(url.to_string()))
-            }
+            Some(url) => Some(SecretString::from(parse_smtp_url(url, dev)?)),
             None if dev => None,
             None => {
                 return Err(err(
@@ -406,9 +402,10 @@ impl RawSettings {
             login_max_failures: self.count("GATEHOUSE_LOGIN_MAX_FAILURES", 5, 100)?,
             ip_max_failures: self.count("GATEHOUSE_IP_MAX_FAILURES", 30, 100_000)?,
             argon2: Argon2Cost::PRODUCTION,
-            argon2_concurrency: num_cpus::get().max(1),
+            argon2_concurrency: cores(),
+            argon2_queue: 64 * cores(),
             database_acquire_timeout: Duration::from_secs(5),
-            http_workers: num_cpus::get().max(1),
+            http_workers: cores(),
             registrations_per_ip_hour: 20,
             smtp_url,
             mail_from,
@@ -417,6 +414,11 @@ impl RawSettings {
             outbox_poll: Duration::from_secs(1),
         })
     }
+}
+
+/// The cores this process may use.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 fn normalise_key(key: &str) -> String {
@@ -435,6 +437,64 @@ pub fn is_loopback_host(host: &url::Host<&str>) -> bool {
         url::Host::Ipv4(ip) => ip.is_loopback(),
         url::Host::Ipv6(ip) => ip.is_loopback(),
     }
+}
+
+/// Checks `GATEHOUSE_SMTP_URL` and returns the URL the mail transport is built from.
+/// Mail carries reset and sign-in links, so outside dev mode it must not cross a
+/// network in the clear without the operator saying so (DESIGN.md principle 1):
+/// `smtps://` (implicit TLS) and `smtp://…?tls=required` (STARTTLS) are accepted
+/// anywhere; plain `smtp://` and `?tls=opportunistic` (which an attacker on the path
+/// can strip) only to a loopback relay, or with an explicit `?tls=none`.
+fn parse_smtp_url(text: &str, dev: bool) -> Result<String, SettingsError> {
+    const KEY: &str = "GATEHOUSE_SMTP_URL";
+    let shape = || {
+        err(
+            KEY,
+            "must look like smtps://user:pass@host:port, smtp://host:port?tls=required, or smtp://host:port?tls=none",
+        )
+    };
+    let mut url = Url::parse(text).map_err(|_| shape())?;
+    let tls: Vec<String> = url
+        .query_pairs()
+        .filter(|(k, _)| k == "tls")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    let explicit_none = match (url.scheme(), tls.as_slice()) {
+        ("smtps", []) | ("smtp", [_]) | ("smtp", []) => tls.first().is_some_and(|t| t == "none"),
+        _ => return Err(shape()),
+    };
+    if explicit_none {
+        // lettre knows no `tls=none`: plain SMTP is what it does without the parameter.
+        let rest: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(k, _)| k != "tls")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if rest.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(rest);
+        }
+    }
+    let cleartext = url.scheme() == "smtp" && tls.first().is_none_or(|t| t != "required");
+    // `smtp:` is not a special scheme to the URL parser, so an IPv4 host comes back
+    // as a name: read it as an address here.
+    let loopback = url.host_str().is_some_and(|h| {
+        h.eq_ignore_ascii_case("localhost")
+            || h.trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    if cleartext && !dev && !loopback && !explicit_none {
+        return Err(err(
+            KEY,
+            "plain smtp:// would send mail (with its sign-in and reset links) unencrypted; \
+             use smtps:// or ?tls=required, or add ?tls=none to accept that knowingly",
+        ));
+    }
+    lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url.as_str())
+        .map_err(|_| shape())?;
+    Ok(url.to_string())
 }
 
 fn parse_public_url(text: &str, dev: bool) -> Result<Url, SettingsError> {
@@ -647,6 +707,56 @@ mod tests {
             raw.unknown_keys(),
             vec!["GATEHOUSE_SESION_IDLE".to_string()]
         );
+    }
+
+    #[test]
+    fn cleartext_smtp_is_refused_outside_dev_mode_unless_loopback_or_explicit() {
+        // Defect 6 (DESIGN.md principle 1).
+        let prod = |url: &str| {
+            raw(&[
+                ("GATEHOUSE_PUBLIC_URL", "https://id.example.com"),
+                ("GATEHOUSE_SECRET_KEY", KEY),
+                ("GATEHOUSE_SMTP_URL", url),
+            ])
+            .into_settings()
+        };
+        for refused in [
+            "smtp://smtp.example.com:25",
+            "smtp://user:pass@smtp.example.com:587",
+            "smtp://smtp.example.com:587?tls=opportunistic",
+            "smtp://10.0.0.5:25",
+        ] {
+            let e = prod(refused).map(|_| ()).unwrap_err();
+            assert_eq!(e.key, "GATEHOUSE_SMTP_URL", "{refused}");
+            assert!(e.to_string().contains("tls=none"), "{e}");
+            assert!(!e.to_string().contains("pass"), "{e}");
+        }
+        for accepted in [
+            "smtps://user:pass@smtp.example.com:465",
+            "smtp://smtp.example.com:587?tls=required",
+            "smtp://127.0.0.1:25",
+            "smtp://localhost:1025",
+            "smtp://[::1]:25",
+            "smtp://relay.internal:25?tls=none",
+        ] {
+            assert!(prod(accepted).is_ok(), "{accepted}");
+        }
+        let s = prod("smtp://relay.internal:25?tls=none").unwrap();
+        use secrecy::ExposeSecret;
+        assert_eq!(
+            s.smtp_url.unwrap().expose_secret(),
+            "smtp://relay.internal:25",
+            "the opt-in is ours; the transport gets plain SMTP"
+        );
+        assert!(prod("smtp://x.example.com?tls=bogus").is_err());
+        assert!(prod("smtp://x.example.com?tls=required&tls=none").is_err());
+        // Dev mode may use any relay.
+        let dev = raw(&[
+            ("GATEHOUSE_DEV", "true"),
+            ("GATEHOUSE_SMTP_URL", "smtp://mailpit:1025"),
+        ])
+        .into_settings();
+        assert!(dev.is_ok());
     }
 
     #[test]

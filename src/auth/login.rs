@@ -4,13 +4,15 @@
 //! password is checked, and the same work is done whether or not the account exists,
 //! so neither parallelism nor timing tells an attacker more than one try in sequence.
 
+use crate::auth::events::event;
 use crate::auth::sessions::{self, lifetimes};
 use crate::auth::{RequestContext, mailflows};
 use crate::domain::{Email, EmailError, Password, PasswordError, SessionId, SessionToken, UserId};
 use crate::error::AppError;
+use crate::hasher::Slot;
 use crate::mail::messages;
-use crate::startup::AppState;
-use crate::store::{Attempt, NewUser, StoreError, ThrottleLimits, UserRecord};
+use crate::state::AppState;
+use crate::store::{Attempt, NewAccount, NewUser, StoreError, ThrottleLimits, UserRecord};
 
 /// The per-IP window of DESIGN.md "Precise rules": N failures in 5 minutes.
 pub const IP_WINDOW_SECS: i32 = 300;
@@ -48,23 +50,22 @@ fn limits(state: &AppState) -> ThrottleLimits {
     }
 }
 
-/// Hands the new session to the browser. A session the browser already had is
-/// revoked, not kept beside the new one (one browser, one live session).
-async fn browser_session(
-    state: &AppState,
-    token: SessionToken,
-    remember_me: bool,
-    replaces: Option<SessionId>,
-) -> Result<NewBrowserSession, AppError> {
-    if let Some(old) = replaces {
-        state
-            .store
-            .revoke_session(old, state.clock.now(), "replaced by a new sign-in")
-            .await?;
-    }
-    Ok(NewBrowserSession {
+/// Hands the new session to the browser. The session the browser already had (if
+/// any) was revoked in the same transaction that created this one: one browser, one
+/// live session, and never a moment with neither or both.
+fn browser_session(state: &AppState, token: SessionToken, remember_me: bool) -> NewBrowserSession {
+    NewBrowserSession {
         token,
         persist_for: remember_me.then(|| lifetimes(&state.settings, true).1),
+    }
+}
+
+/// A place in the argon2 queue, or 503 when it is full (nothing has been counted or
+/// written yet).
+pub fn hash_slot(state: &AppState) -> Result<Slot, AppError> {
+    state.hasher.reserve().ok_or_else(|| {
+        state.metrics.argon2_refused.inc();
+        AppError::Overloaded
     })
 }
 
@@ -108,7 +109,8 @@ pub async fn sign_in(
             email: user.email.clone(),
         });
     }
-    let (token, session) = sessions::new_session(state, user.id, remember_me, ctx);
+    let (token, session) = sessions::new_session(state, user.id, remember_me, ctx)?;
+    let signed_in = event(state, "signed_in", Some(ctx))?;
     let created = state
         .store
         .sign_in_succeeded(
@@ -116,6 +118,8 @@ pub async fn sign_in(
             &checked.ip_key,
             &user.password_hash,
             session,
+            replaces,
+            &signed_in,
         )
         .await?;
     if !created {
@@ -125,9 +129,11 @@ pub async fn sign_in(
     }
     state.metrics.sign_ins.with_label_values(&["success"]).inc();
     tracing::info!(user_id = %user.id, "signed in");
-    Ok(SignInOutcome::SignedIn(
-        browser_session(state, token, remember_me, replaces).await?,
-    ))
+    Ok(SignInOutcome::SignedIn(browser_session(
+        state,
+        token,
+        remember_me,
+    )))
 }
 
 /// A password that was checked and found right, with the throttle counts it holds.
@@ -172,6 +178,9 @@ pub async fn check_password(
     let ip_key = state
         .keys
         .mac("throttle/ip", ctx.throttle_address().as_bytes());
+    // Reserved before anything is counted: a full queue answers 503 and costs the
+    // account nothing.
+    let slot = hash_slot(state)?;
     let (attempt, user) = state
         .store
         .begin_sign_in(
@@ -188,7 +197,7 @@ pub async fn check_password(
     let matched = match Password::for_verification(password) {
         Some(pw) => state
             .hasher
-            .verify(&pw, user.as_ref().map(|u| u.password_hash.as_str()))
+            .verify(slot, &pw, user.as_ref().map(|u| u.password_hash.as_str()))
             .await
             .map_err(AppError::Unexpected)?,
         None => false,
@@ -199,7 +208,14 @@ pub async fn check_password(
             account_key,
             ip_key,
         }),
-        _ => PasswordCheck::Wrong,
+        Some(user) => {
+            // The account's history shows the failure, with time and place (the
+            // risk checks count these).
+            let failed = event(state, "sign_in_failed", Some(ctx))?;
+            state.store.record_event(user.id, None, &failed).await?;
+            PasswordCheck::Wrong
+        }
+        None => PasswordCheck::Wrong,
     })
 }
 
@@ -236,7 +252,8 @@ pub async fn register(
     // Each registration costs an argon2 hash and a row: bounded per client address.
     let ip_key = state
         .keys
-        .mac("throttle/register", ctx.ip.to_string().as_bytes());
+        .mac("throttle/register", ctx.throttle_address().as_bytes());
+    let slot = hash_slot(state)?;
     let max = i32::try_from(state.settings.registrations_per_ip_hour).unwrap_or(i32::MAX);
     if let Attempt::Blocked { retry_after_secs } = state
         .store
@@ -252,10 +269,11 @@ pub async fn register(
     }
     let password_hash = state
         .hasher
-        .hash(&password)
+        .hash(slot, &password)
         .await
         .map_err(AppError::Unexpected)?;
     let user_id = UserId::new();
+    let registered = event(state, "registered", Some(ctx))?;
     let now = state.clock.now();
     let user = NewUser {
         id: user_id,
@@ -274,11 +292,14 @@ pub async fn register(
         let notice_allowed =
             mailflows::mail_allowance(state, &email, ctx).await? == Attempt::Allowed;
         let (token, mail) = mailflows::verification(state, user_id, email.as_str());
-        return match state
-            .store
-            .create_user(user, None, Some(token), &[mail])
-            .await
-        {
+        let account = NewAccount {
+            user,
+            session: None,
+            token: Some(token),
+            mails: &[mail],
+            event: registered,
+        };
+        return match state.store.create_user(account).await {
             // One metric label for both outcomes: public metrics must not tell which
             // addresses have accounts.
             Ok(()) => {
@@ -305,12 +326,15 @@ pub async fn register(
             Err(e) => Err(e.into()),
         };
     }
-    let (token, session) = sessions::new_session(state, user_id, false, ctx);
-    match state
-        .store
-        .create_user(user, Some(session), None, &[])
-        .await
-    {
+    let (token, session) = sessions::new_session(state, user_id, false, ctx)?;
+    let account = NewAccount {
+        user,
+        session: Some((session, replaces)),
+        token: None,
+        mails: &[],
+        event: registered,
+    };
+    match state.store.create_user(account).await {
         Ok(()) => {
             state
                 .metrics
@@ -318,9 +342,9 @@ pub async fn register(
                 .with_label_values(&["created"])
                 .inc();
             tracing::info!(user_id = %user_id, "account registered");
-            Ok(RegisterOutcome::SignedIn(
-                browser_session(state, token, false, replaces).await?,
-            ))
+            Ok(RegisterOutcome::SignedIn(browser_session(
+                state, token, false,
+            )))
         }
         Err(StoreError::Conflict) => {
             state
@@ -345,7 +369,11 @@ pub async fn create_user(
     let email = Email::parse(email).map_err(|e| anyhow::anyhow!("--email: {e}"))?;
     let password =
         Password::new_password(password).map_err(|e| anyhow::anyhow!("password: {e}"))?;
-    let password_hash = state.hasher.hash(&password).await?;
+    let slot = state
+        .hasher
+        .reserve()
+        .ok_or_else(|| anyhow::anyhow!("password hashing is busy"))?;
+    let password_hash = state.hasher.hash(slot, &password).await?;
     let id = UserId::new();
     let user = NewUser {
         id,
@@ -355,7 +383,14 @@ pub async fn create_user(
         verified,
         now: state.clock.now(),
     };
-    match state.store.create_user(user, None, None, &[]).await {
+    let account = NewAccount {
+        user,
+        session: None,
+        token: None,
+        mails: &[],
+        event: event(state, "registered", None)?,
+    };
+    match state.store.create_user(account).await {
         Ok(()) => Ok(id),
         Err(StoreError::Conflict) => Err(anyhow::anyhow!(
             "an account with that e-mail address already exists"

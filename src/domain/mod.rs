@@ -2,10 +2,14 @@
 
 mod email;
 mod ids;
+pub mod mail;
+pub mod net;
 mod password;
 mod token;
 
 pub use email::{Email, EmailError};
 pub use ids::{SessionId, UserId};
+pub use mail::{OutboundMail, QueuedMail};
+pub use net::throttle_network;
 pub use password::{Password, PasswordError};
 pub use token::SessionToken;

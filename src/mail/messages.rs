@@ -4,7 +4,7 @@
 
 use askama::Template;
 
-use super::OutboundMail;
+use crate::domain::OutboundMail;
 use crate::settings::Settings;
 
 #[derive(Template)]

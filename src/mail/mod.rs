@@ -12,24 +12,8 @@ use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 
+use crate::domain::OutboundMail;
 use crate::settings::Settings;
-
-/// A message to put in the outbox.
-#[derive(Clone, Debug)]
-pub struct OutboundMail {
-    pub to: String,
-    pub subject: String,
-    pub text: String,
-    pub html: String,
-}
-
-/// A message taken from the outbox for delivery.
-#[derive(Clone, Debug)]
-pub struct QueuedMail {
-    pub id: uuid::Uuid,
-    pub attempts: i32,
-    pub mail: OutboundMail,
-}
 
 /// Where mail goes: an SMTP relay, or (dev mode without one) the log and optionally
 /// a folder of `.eml` files.
@@ -54,14 +38,27 @@ impl Transport {
         }
     }
 
+    /// Whether the relay answers (a connection and `NOOP`), for the health gauge; the
+    /// log transport is always up.
+    pub async fn check(&self) -> bool {
+        match self {
+            Transport::Smtp(smtp) => matches!(smtp.test_connection().await, Ok(true)),
+            Transport::Log { .. } => true,
+        }
+    }
+
     /// Delivers one message; an error means "try again later".
-    pub async fn send(&self, from: &Mailbox, queued: &QueuedMail) -> anyhow::Result<()> {
-        let mail = &queued.mail;
+    pub async fn send(
+        &self,
+        from: &Mailbox,
+        id: uuid::Uuid,
+        mail: &OutboundMail,
+    ) -> anyhow::Result<()> {
         let message = Message::builder()
             .from(from.clone())
             .to(mail.to.parse().context("recipient address")?)
             .subject(mail.subject.clone())
-            .message_id(Some(format!("<{}@gatehouse>", queued.id)))
+            .message_id(Some(format!("<{id}@gatehouse>")))
             .multipart(MultiPart::alternative_plain_html(
                 mail.text.clone(),
                 mail.html.clone(),
@@ -78,7 +75,7 @@ impl Transport {
                     tokio::fs::create_dir_all(dir)
                         .await
                         .context("GATEHOUSE_MAIL_DIR")?;
-                    let path = dir.join(format!("{}.eml", queued.id));
+                    let path = dir.join(format!("{id}.eml"));
                     tokio::fs::write(&path, message.formatted())
                         .await
                         .context("writing the mail file")?;

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use lettre::message::Mailbox;
 
-use super::{QueuedMail, Transport};
+use super::Transport;
 use crate::clock::Clock;
+use crate::domain::QueuedMail;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
@@ -22,6 +23,14 @@ pub const BATCH: i64 = 1;
 /// After this many failed attempts a mail is marked failed for good (about a day of
 /// retries with the backoff below).
 pub const MAX_ATTEMPTS: i32 = 20;
+
+/// How often the relay is checked for the `mail_transport_up` gauge. On its own clock,
+/// never because of a mail, so the gauge cannot tell which requests caused mail.
+pub const PROBE_EVERY: Duration = Duration::from_secs(60);
+
+/// Why a row that can never be delivered was given up (stored in `last_error`).
+pub const UNOPENABLE: &str =
+    "body cannot be opened: sealed under a key that is no longer configured";
 
 /// Wait before attempt `n + 1` after `n` failures: 2^n seconds, capped at an hour.
 pub fn backoff(failures: i32) -> Duration {
@@ -44,16 +53,26 @@ impl Worker {
         for queued in &batch {
             self.deliver(queued).await?;
         }
-        let depth = self.store.outbox_depth().await?;
-        self.metrics.mail_outbox_depth.set(depth);
         Ok(batch.len())
     }
 
     async fn deliver(&self, queued: &QueuedMail) -> Result<(), StoreError> {
-        match self.transport.send(&self.from, queued).await {
+        let Some(mail) = &queued.mail else {
+            // Retrying cannot help: give it up for good, and say why once.
+            tracing::error!(
+                mail_id = %queued.id,
+                "mail given up: its body was sealed under a secret key that is no longer \
+                 configured (add it to GATEHOUSE_OLD_SECRET_KEYS to deliver such mail)"
+            );
+            return self
+                .store
+                .mail_failed(queued.id, self.clock.now(), UNOPENABLE, None)
+                .await;
+        };
+        match self.transport.send(&self.from, queued.id, mail).await {
             Ok(()) => {
                 self.store.mail_sent(queued.id, self.clock.now()).await?;
-                self.metrics.mail_deliveries.inc();
+                tracing::info!(mail_id = %queued.id, "mail delivered");
             }
             Err(e) => {
                 let failures = queued.attempts + 1;
@@ -67,19 +86,28 @@ impl Worker {
                 self.store
                     .mail_failed(queued.id, now, &format!("{e:#}"), retry_at)
                     .await?;
-                self.metrics.mail_failures.inc();
             }
         }
         Ok(())
     }
 
-    /// Runs until the process ends: drains what is due, then sleeps `poll`.
+    /// Runs until the process ends: drains what is due, then sleeps `poll`; checks
+    /// the relay every `PROBE_EVERY`.
     pub async fn run(self, poll: Duration) {
+        let mut next_probe = tokio::time::Instant::now();
         loop {
+            if tokio::time::Instant::now() >= next_probe {
+                let up = self.transport.check().await;
+                self.metrics.mail_transport_up.set(i64::from(up));
+                next_probe = tokio::time::Instant::now() + PROBE_EVERY;
+            }
             match self.deliver_due().await {
                 Ok(n) if n as i64 == BATCH => continue,
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "outbox worker: database unavailable"),
+                Err(StoreError::Unavailable(e)) => {
+                    tracing::warn!(error = %e, "outbox worker: database unavailable")
+                }
+                Err(e) => tracing::error!(error = ?e, "outbox worker failed"),
             }
             tokio::time::sleep(poll).await;
         }

@@ -15,7 +15,8 @@ use askama::Template;
 
 use crate::crypto;
 use crate::error::ErrorPage;
-use crate::startup::AppState;
+use crate::metrics::method_label;
+use crate::state::AppState;
 use crate::web::extract::{check_urlencoded, decode_strict};
 use crate::web::pages::ErrorTemplate;
 
@@ -76,6 +77,7 @@ pub async fn edge(
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let nonce = CspNonce(crypto::random_token());
     let method = req.method().to_string();
+    let label = method_label(&method);
 
     let response = match early_rejection(&req) {
         Some(status) => {
@@ -104,16 +106,16 @@ pub async fn edge(
     state
         .metrics
         .http_requests
-        .with_label_values(&[route.as_str(), method.as_str(), status.as_str()])
+        .with_label_values(&[route.as_str(), label, status.as_str()])
         .inc();
     state
         .metrics
         .http_duration
-        .with_label_values(&[route.as_str(), method.as_str()])
+        .with_label_values(&[route.as_str(), label])
         .observe(elapsed.as_secs_f64());
     // Route pattern, never the raw path or query: those can carry tokens.
     tracing::info!(
-        method = %method,
+        method = label,
         route = %route,
         status = status.as_u16(),
         ms = elapsed.as_secs_f64() * 1000.0,
@@ -122,8 +124,67 @@ pub async fn edge(
     Ok(response)
 }
 
-/// Error responses become the site's error page, unless a handler already rendered
-/// a page (or JSON) itself.
+/// How an error is told to the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Representation {
+    /// The site's error page, for a person.
+    Html,
+    /// `{"error": …, "error_description": …}` (RFC 6749 §5.2), on the OAuth
+    /// endpoints that machines call.
+    OAuth,
+    /// `application/problem+json` (RFC 9457), for other machine callers.
+    Problem,
+}
+
+/// The OAuth endpoints a person's browser visits (pages, not JSON).
+const OAUTH_PAGES: &[&str] = &["/oauth2/authorize", "/oauth2/consent", "/oauth2/logout"];
+
+/// Decides, in one place, who is asking: OAuth endpoints called by machines get
+/// RFC 6749 errors; discovery documents and any caller that prefers JSON over HTML
+/// (`Accept`) get problem details; everyone else gets a page.
+pub fn representation(req: &HttpRequest) -> Representation {
+    let path = req.path();
+    if path.starts_with("/oauth2/") && !OAUTH_PAGES.contains(&path) {
+        return Representation::OAuth;
+    }
+    if path.starts_with("/.well-known/") || path == "/jwks.json" {
+        return Representation::Problem;
+    }
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if prefers_json(accept) {
+        Representation::Problem
+    } else {
+        Representation::Html
+    }
+}
+
+/// Whether an `Accept` header ranks a JSON type above HTML (RFC 9110 §12.5.1),
+/// quality values included; `*/*` and absent headers mean a page.
+fn prefers_json(accept: &str) -> bool {
+    let mut json = 0.0f32;
+    let mut html = 0.0f32;
+    for item in accept.split(',') {
+        let mut parts = item.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        match media.as_str() {
+            "application/json" | "application/problem+json" => json = json.max(q),
+            "text/html" | "application/xhtml+xml" => html = html.max(q),
+            _ => {}
+        }
+    }
+    json > 0.0 && json > html
+}
+
+/// Error responses become the site's error page (or JSON, see `representation`),
+/// unless a handler already rendered a body itself.
 fn render_error_page(
     res: ServiceResponse<BoxBody>,
     state: &AppState,
@@ -139,9 +200,34 @@ fn render_error_page(
         None if !res.headers().contains_key(header::CONTENT_TYPE) => ErrorPage::for_status(status),
         None => return res,
     };
-    let html = ErrorTemplate::new(state, nonce, page.title, &page.message, status).render();
-    let Ok(html) = html else {
-        return res;
+    let kind = representation(res.request());
+    let (content_type, body) = match kind {
+        Representation::Html => {
+            let Ok(html) =
+                ErrorTemplate::new(state, nonce, page.title, &page.message, status).render()
+            else {
+                return res;
+            };
+            ("text/html; charset=utf-8", html)
+        }
+        Representation::OAuth => (
+            "application/json",
+            serde_json::json!({
+                "error": page.oauth_code(status),
+                "error_description": page.message,
+            })
+            .to_string(),
+        ),
+        Representation::Problem => (
+            "application/problem+json",
+            serde_json::json!({
+                "type": "about:blank",
+                "title": page.title,
+                "status": status.as_u16(),
+                "detail": page.message,
+            })
+            .to_string(),
+        ),
     };
     let (req, old) = res.into_parts();
     let mut new = HttpResponse::build(status);
@@ -150,7 +236,15 @@ fn render_error_page(
             new.append_header((name.clone(), value.clone()));
         }
     }
-    let new = new.content_type("text/html; charset=utf-8").body(html);
+    // RFC 6749 §5.2: a 401 from an endpoint that authenticates clients names the
+    // scheme it expects.
+    if kind == Representation::OAuth
+        && status == StatusCode::UNAUTHORIZED
+        && !old.headers().contains_key(header::WWW_AUTHENTICATE)
+    {
+        new.insert_header((header::WWW_AUTHENTICATE, "Basic realm=\"gatehouse\""));
+    }
+    let new = new.content_type(content_type).body(body);
     ServiceResponse::new(req, new)
 }
 
@@ -234,6 +328,50 @@ fn set_security_headers(res: &mut ServiceResponse<BoxBody>, state: &AppState, no
         h.insert(
             header::CACHE_CONTROL,
             header::HeaderValue::from_static("no-store"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn machines_get_json_and_people_get_pages() {
+        let rep = |path: &str, accept: Option<&str>| {
+            let mut r = TestRequest::get().uri(path);
+            if let Some(a) = accept {
+                r = r.insert_header(("accept", a));
+            }
+            representation(&r.to_http_request())
+        };
+        assert_eq!(rep("/oauth2/token", None), Representation::OAuth);
+        assert_eq!(
+            rep("/oauth2/introspect", Some("text/html")),
+            Representation::OAuth
+        );
+        assert_eq!(rep("/oauth2/authorize", None), Representation::Html);
+        assert_eq!(
+            rep("/.well-known/openid-configuration", None),
+            Representation::Problem
+        );
+        assert_eq!(rep("/account", None), Representation::Html);
+        assert_eq!(rep("/account", Some("*/*")), Representation::Html);
+        assert_eq!(
+            rep("/account", Some("application/json")),
+            Representation::Problem
+        );
+        assert_eq!(
+            rep(
+                "/account",
+                Some("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")
+            ),
+            Representation::Html
+        );
+        assert_eq!(
+            rep("/account", Some("text/html;q=0.5, application/json")),
+            Representation::Problem
         );
     }
 }

@@ -16,9 +16,9 @@ use crate::auth::sessions;
 use crate::crypto;
 use crate::domain::SessionToken;
 use crate::error::AppError;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store::SessionRecord;
-use crate::web::edge::{CspNonce, queue_cookie};
+use crate::web::edge::{CspNonce, Representation, queue_cookie, representation};
 
 /// Form and JSON bodies larger than this are refused with 413 (DESIGN.md "Limits").
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -29,11 +29,23 @@ fn state(req: &HttpRequest) -> Result<web::Data<AppState>, AppError> {
         .ok_or_else(|| AppError::Unexpected(anyhow::anyhow!("application state missing")))
 }
 
-/// The client's address. `X-Forwarded-For` / `Forwarded` are believed only when the
-/// direct peer is in `GATEHOUSE_TRUSTED_PROXIES`, and then the right-most address that
-/// is not itself a trusted proxy wins: the left part is whatever the client wrote
-/// (checklist M8, Apereo CAS CVE-2023-4612).
+/// The client's address (checklist M8, Apereo CAS CVE-2023-4612). `X-Forwarded-For`
+/// and `Forwarded` are believed only when the direct peer is in
+/// `GATEHOUSE_TRUSTED_PROXIES`, and then read right to left, hop by hop: each trusted
+/// proxy vouches for the entry to its left, so the first address that is not a
+/// trusted proxy is the client. An entry that does not parse (garbage, `unknown`, an
+/// obfuscated name) ends the walk, and the client is the last address that did parse
+/// (the socket peer if none): an entry further left is whatever the client wrote.
+/// Entries may carry ports (`203.0.113.9:4711`, `"[2001:db8::1]:4711"`).
+///
+/// One rule decides between the two headers: `X-Forwarded-For` when the request
+/// has it, `Forwarded` (RFC 7239) only when it does not. Most proxies write
+/// `X-Forwarded-For` and pass a client's own `Forwarded` header through untouched,
+/// so preferring `Forwarded` would let any client choose its address behind them; a
+/// proxy that writes `Forwarded` must drop a client-sent `X-Forwarded-For` (README).
 pub fn client_ip(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> IpAddr {
+    use forwarded_header_value::{ForwardedStanza, Identifier};
+
     let peer = req
         .peer_addr()
         .map(|a| a.ip())
@@ -42,46 +54,42 @@ pub fn client_ip(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> IpAddr {
     if !is_trusted(&peer) {
         return peer;
     }
-    let mut chain: Vec<IpAddr> = Vec::new();
-    for value in req.headers().get_all("x-forwarded-for") {
-        if let Ok(text) = value.to_str() {
-            chain.extend(
-                text.split(',')
-                    .filter_map(|p| p.trim().parse::<IpAddr>().ok()),
-            );
+    let joined = |name: header::HeaderName| -> Option<String> {
+        let values: Vec<&str> = req
+            .headers()
+            .get_all(name)
+            .map(|v| v.to_str().unwrap_or("\u{0}"))
+            .collect();
+        (!values.is_empty()).then(|| values.join(","))
+    };
+    // Each hop as the walk sees it: an address, or `None` for an entry that does not
+    // parse as one.
+    let hops: Vec<Option<IpAddr>> =
+        if let Some(xff) = joined(header::HeaderName::from_static("x-forwarded-for")) {
+            xff.split(',')
+                .map(|entry| entry.parse::<Identifier>().ok().and_then(|id| id.ip()))
+                .collect()
+        } else if let Some(fwd) = joined(header::FORWARDED) {
+            fwd.split(',')
+                .map(|element| {
+                    element
+                        .parse::<ForwardedStanza>()
+                        .ok()
+                        .and_then(|s| s.forwarded_for_ip())
+                })
+                .collect()
+        } else {
+            return peer;
+        };
+    let mut client = peer;
+    for hop in hops.into_iter().rev() {
+        match hop {
+            None => return client,
+            Some(ip) if !is_trusted(&ip) => return ip,
+            Some(ip) => client = ip,
         }
     }
-    if chain.is_empty() {
-        for value in req.headers().get_all(header::FORWARDED) {
-            if let Ok(text) = value.to_str() {
-                for element in text.split(',') {
-                    for pair in element.split(';') {
-                        if let Some((k, v)) = pair.trim().split_once('=')
-                            && k.trim().eq_ignore_ascii_case("for")
-                        {
-                            let v = v.trim().trim_matches('"');
-                            let v = v
-                                .strip_prefix('[')
-                                .map_or(v, |r| r.split(']').next().unwrap_or(r));
-                            let v = if v.matches(':').count() == 1 {
-                                v.split(':').next().unwrap_or(v)
-                            } else {
-                                v
-                            };
-                            if let Ok(ip) = v.parse() {
-                                chain.push(ip);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    chain
-        .into_iter()
-        .rev()
-        .find(|ip| !is_trusted(ip))
-        .unwrap_or(peer)
+    client
 }
 
 impl FromRequest for RequestContext {
@@ -163,7 +171,9 @@ impl FromRequest for MaybeSession {
     }
 }
 
-/// A signed-in session, or 401.
+/// A signed-in session. Without one, a person's page visit (GET) is sent to sign in
+/// and back (303 to `/login?return_to=…`); anything else — a form POST, a JSON
+/// caller — gets 401, since a POST is never replayed after signing in.
 pub struct CurrentSession(pub SessionRecord);
 
 impl FromRequest for CurrentSession {
@@ -173,11 +183,21 @@ impl FromRequest for CurrentSession {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let req = req.clone();
         Box::pin(async move {
-            lookup(&req)
-                .await?
-                .session
-                .map(CurrentSession)
-                .ok_or(AppError::Unauthorized)
+            if let Some(session) = lookup(&req).await?.session {
+                return Ok(CurrentSession(session));
+            }
+            let page_visit = matches!(
+                *req.method(),
+                actix_web::http::Method::GET | actix_web::http::Method::HEAD
+            ) && representation(&req) == Representation::Html;
+            if page_visit {
+                let return_to = match req.query_string() {
+                    "" => req.path().to_string(),
+                    q => format!("{}?{q}", req.path()),
+                };
+                return Err(AppError::SignInRequired { return_to });
+            }
+            Err(AppError::Unauthorized)
         })
     }
 }
@@ -286,10 +306,6 @@ impl FromRequest for CspNonce {
     }
 }
 
-/// Checks that `bytes` is well-formed `application/x-www-form-urlencoded`: every `%`
-/// starts a two-digit hex escape, every decoded name and value is UTF-8 without NUL or
-/// other control characters (tab and newlines aside), and no name repeats. Malformed
-/// input fails closed instead of being decoded leniently (checklist H2, H3).
 /// Decodes one percent-encoded component strictly: every `%` starts a two-digit hex
 /// escape, the result is UTF-8, and it holds no NUL or other control characters (tab
 /// and newlines aside). Malformed input fails closed instead of being decoded
@@ -456,5 +472,79 @@ mod tests {
             .insert_header(("forwarded", "for=\"[2001:db8::1]:4711\";proto=https"))
             .to_http_request();
         assert_eq!(client_ip(&forwarded, &proxies).to_string(), "2001:db8::1");
+    }
+
+    fn via_proxy(headers: &[(&str, &str)]) -> String {
+        let proxies: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut r = TestRequest::default().peer_addr("10.0.0.2:5000".parse().unwrap());
+        for (k, v) in headers {
+            r = r.append_header((*k, *v));
+        }
+        client_ip(&r.to_http_request(), &proxies).to_string()
+    }
+
+    #[test]
+    fn unparsable_forwarded_entries_end_the_walk_and_never_let_a_left_entry_win() {
+        // Defect 3: `ip:port`, `[v6]:port` and garbage no longer fail open.
+        assert_eq!(
+            via_proxy(&[("x-forwarded-for", "1.2.3.4, 198.51.100.1:4711")]),
+            "198.51.100.1"
+        );
+        assert_eq!(
+            via_proxy(&[("x-forwarded-for", "1.2.3.4, [2001:db8::7]:4711, 10.0.0.9")]),
+            "2001:db8::7"
+        );
+        // Garbage written by the client between its spoof and the proxy's entry: the
+        // walk stops at the last address that parsed (a trusted proxy here), never
+        // reaching the spoof on the left.
+        assert_eq!(
+            via_proxy(&[("x-forwarded-for", "1.2.3.4, garbage, 10.0.0.9")]),
+            "10.0.0.9"
+        );
+        assert_eq!(
+            via_proxy(&[("x-forwarded-for", "1.2.3.4, unknown")]),
+            "10.0.0.2"
+        );
+        assert_eq!(via_proxy(&[("x-forwarded-for", "1.2.3.4, ")]), "10.0.0.2");
+        // Every hop trusted: the left-most one is the client.
+        assert_eq!(
+            via_proxy(&[("x-forwarded-for", "10.1.1.1, 10.0.0.9")]),
+            "10.1.1.1"
+        );
+        // Two header lines are one list, in order.
+        assert_eq!(
+            via_proxy(&[
+                ("x-forwarded-for", "1.2.3.4"),
+                ("x-forwarded-for", "198.51.100.3")
+            ]),
+            "198.51.100.3"
+        );
+    }
+
+    #[test]
+    fn forwarded_is_walked_the_same_way_and_x_forwarded_for_wins_when_both_come() {
+        assert_eq!(
+            via_proxy(&[(
+                "forwarded",
+                "for=1.2.3.4, for=198.51.100.2;proto=https, for=10.0.0.9"
+            )]),
+            "198.51.100.2"
+        );
+        assert_eq!(
+            via_proxy(&[("forwarded", "for=1.2.3.4, for=_hidden, for=10.0.0.9")]),
+            "10.0.0.9"
+        );
+        assert_eq!(
+            via_proxy(&[("forwarded", "for=1.2.3.4, nonsense")]),
+            "10.0.0.2"
+        );
+        assert_eq!(
+            via_proxy(&[
+                ("forwarded", "for=1.2.3.4"),
+                ("x-forwarded-for", "198.51.100.5"),
+            ]),
+            "198.51.100.5",
+            "one documented rule: X-Forwarded-For wins"
+        );
     }
 }

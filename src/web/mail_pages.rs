@@ -8,7 +8,7 @@ use serde::Deserialize;
 use crate::auth::RequestContext;
 use crate::auth::mailflows::{self, ChangeOutcome, ChangeRequest, MailRequest, ResetOutcome};
 use crate::error::AppError;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::web::edge::CspNonce;
 use crate::web::extract::{Csrf, CurrentSession, StrictForm, StrictQuery};
 use crate::web::pages::{NoticeTemplate, PageCtx, html};
@@ -57,13 +57,63 @@ fn dead_link(
     )
 }
 
-pub async fn verify_email(
+/// The page a mailed link opens: it only shows a button. Mail-security scanners
+/// fetch links before the person does (GET, never a form POST), so a link is used
+/// only by the POST that button sends; a dead link says so at once (400).
+#[derive(Template)]
+#[template(path = "pages/use_link.html")]
+struct UseLinkTemplate<'a> {
+    ctx: PageCtx,
+    title: &'a str,
+    explanation: &'a str,
+    action: &'a str,
+    token: &'a str,
+    button: &'a str,
+}
+
+#[derive(Deserialize)]
+pub struct LinkForm {
+    #[serde(default)]
+    csrf_token: String,
+    #[serde(default)]
+    token: String,
+}
+
+pub async fn verify_email_page(
     state: web::Data<AppState>,
     csrf: Csrf,
     nonce: CspNonce,
     StrictQuery(q): StrictQuery<TokenQuery>,
 ) -> Result<HttpResponse, AppError> {
-    if mailflows::verify_email(&state, &q.token).await? {
+    if !mailflows::verify_link_is_live(&state, &q.token).await? {
+        return dead_link(
+            &state,
+            &nonce,
+            &csrf,
+            "confirmation",
+            ("Sign in to get a new link", "/login"),
+        );
+    }
+    let page = UseLinkTemplate {
+        ctx: PageCtx::new(&state, &nonce, &csrf, None),
+        title: "Confirm your e-mail address",
+        explanation: "Press the button to confirm this address and finish creating your account.",
+        action: "/verify-email",
+        token: &q.token,
+        button: "Confirm my address",
+    };
+    html(StatusCode::OK, &page)
+}
+
+pub async fn verify_email(
+    state: web::Data<AppState>,
+    csrf: Csrf,
+    nonce: CspNonce,
+    ctx: RequestContext,
+    StrictForm(form): StrictForm<LinkForm>,
+) -> Result<HttpResponse, AppError> {
+    csrf.verify(&form.csrf_token)?;
+    if mailflows::verify_email(&state, &form.token, &ctx).await? {
         notice(
             &state,
             &nonce,
@@ -231,10 +281,11 @@ pub async fn reset_submit(
     state: web::Data<AppState>,
     csrf: Csrf,
     nonce: CspNonce,
+    ctx: RequestContext,
     StrictForm(form): StrictForm<ResetForm>,
 ) -> Result<HttpResponse, AppError> {
     csrf.verify(&form.csrf_token)?;
-    match mailflows::reset_password(&state, &form.token, &form.password).await? {
+    match mailflows::reset_password(&state, &form.token, &form.password, &ctx).await? {
         ResetOutcome::Done => {
             let mut res = notice(&state, &nonce, &csrf, StatusCode::OK, "Password changed", vec!["Your password was changed and every session was signed out. Sign in with the new password.".into()], Some(("Sign in", "/login")))?;
             let _ = res.add_cookie(&state.cookies.clear_session());
@@ -337,13 +388,41 @@ pub async fn change_email_submit(
     html(StatusCode::BAD_REQUEST, &page)
 }
 
-pub async fn change_email_confirm(
+pub async fn change_email_confirm_page(
     state: web::Data<AppState>,
     csrf: Csrf,
     nonce: CspNonce,
     StrictQuery(q): StrictQuery<TokenQuery>,
 ) -> Result<HttpResponse, AppError> {
-    match mailflows::confirm_email_change(&state, &q.token).await? {
+    if !mailflows::change_link_is_live(&state, &q.token).await? {
+        return dead_link(
+            &state,
+            &nonce,
+            &csrf,
+            "address change",
+            ("Go to your account", "/account"),
+        );
+    }
+    let page = UseLinkTemplate {
+        ctx: PageCtx::new(&state, &nonce, &csrf, None),
+        title: "Change your e-mail address",
+        explanation: "Press the button to make this the address of your account. Your old address will be told.",
+        action: "/account/email/confirm",
+        token: &q.token,
+        button: "Use this address",
+    };
+    html(StatusCode::OK, &page)
+}
+
+pub async fn change_email_confirm(
+    state: web::Data<AppState>,
+    csrf: Csrf,
+    nonce: CspNonce,
+    ctx: RequestContext,
+    StrictForm(form): StrictForm<LinkForm>,
+) -> Result<HttpResponse, AppError> {
+    csrf.verify(&form.csrf_token)?;
+    match mailflows::confirm_email_change(&state, &form.token, &ctx).await? {
         ChangeOutcome::Changed { to } => notice(
             &state,
             &nonce,

@@ -24,7 +24,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(web::resource("/logout").route(web::post().to(pages::logout)))
         .service(web::resource("/account").route(web::get().to(pages::account)))
-        .service(web::resource("/verify-email").route(web::get().to(mail_pages::verify_email)))
+        .service(
+            web::resource("/verify-email")
+                .route(web::get().to(mail_pages::verify_email_page))
+                .route(web::post().to(mail_pages::verify_email)),
+        )
         .service(
             web::resource("/verify-email/resend")
                 .route(web::post().to(mail_pages::resend_verification)),
@@ -46,7 +50,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(
             web::resource("/account/email/confirm")
-                .route(web::get().to(mail_pages::change_email_confirm)),
+                .route(web::get().to(mail_pages::change_email_confirm_page))
+                .route(web::post().to(mail_pages::change_email_confirm)),
         )
         .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
         .service(web::resource("/readyz").route(web::get().to(ops::readyz)))

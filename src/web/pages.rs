@@ -9,7 +9,7 @@ use crate::auth::RequestContext;
 use crate::auth::login::{self, NewBrowserSession, RegisterOutcome, SignInOutcome};
 use crate::auth::sessions;
 use crate::error::{AppError, human_wait};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::web::edge::{AllowAnyFormAction, CspNonce};
 use crate::web::extract::{Csrf, CurrentSession, MaybeSession, StrictForm, StrictQuery};
 
@@ -354,12 +354,13 @@ pub async fn logout(
     state: web::Data<AppState>,
     session: MaybeSession,
     csrf: Csrf,
+    ctx: RequestContext,
     StrictForm(form): StrictForm<CsrfOnlyForm>,
 ) -> Result<HttpResponse, AppError> {
     let mut res = see_other("/login");
     if let Some(current) = session.0 {
         csrf.verify(&form.csrf_token)?;
-        sessions::sign_out(&state, current.id).await?;
+        sessions::sign_out(&state, current.id, &ctx).await?;
         tracing::info!(session_id = %current.id, "signed out");
     }
     let _ = res.add_cookie(&state.cookies.clear_session());

@@ -37,9 +37,12 @@ fn assert_baseline(r: &Resp, what: &str) {
     );
     assert!(r.header("server").is_none(), "{what}: no Server header");
     let ct = r.header("content-type").unwrap_or_default();
-    // JSON is UTF-8 by definition (RFC 8259 §8.1); text types must say so.
+    // JSON is UTF-8 by definition (RFC 8259 §8.1); text types must say so. A bare
+    // redirect has no body to label.
     assert!(
-        ct.contains("charset=utf-8") || ct == "application/json",
+        ct.contains("charset=utf-8")
+            || ct == "application/json"
+            || (r.status == 303 && r.body.is_empty()),
         "{what}: content type {ct}"
     );
 }
@@ -54,7 +57,8 @@ async fn every_page_and_error_carries_the_baseline_headers() {
         ("login 200", anon.get("/login").await),
         ("account 200", b.get("/account").await),
         ("404", anon.get("/no/such/page").await),
-        ("401", anon.get("/account").await),
+        ("401", anon.post_form("/account/email", &[]).await),
+        ("303 to sign in", anon.get("/account").await),
         ("405", anon.get("/logout").await),
         ("403", b.post_form("/logout", &[("csrf_token", "x")]).await),
         ("400", anon.get("/login?a=%zz").await),

@@ -248,6 +248,11 @@ impl Resp {
             .find(|v| v.starts_with(&format!("{name}=")))
             .map(str::to_string)
     }
+    /// A signed-out page visit: 303 to the sign-in page, with the way back.
+    pub fn is_sign_in_redirect(&self) -> bool {
+        self.status == 303 && self.location().starts_with("/login?return_to=%2F")
+    }
+
     /// The CSRF field's value, or "" on a page without a form.
     pub fn csrf_or_empty(&self) -> String {
         if self.body.contains(r#"name="csrf_token""#) {
@@ -349,6 +354,20 @@ impl Browser {
         self.send(self.request(reqwest::Method::GET, path)).await
     }
 
+    /// Follows a mailed link as a person does: the GET shows a page with one button
+    /// (or says the link is dead), and pressing it POSTs the token. Returns the POST's
+    /// answer, or the GET's when there was no button.
+    pub async fn open_link(&self, url: &str) -> Resp {
+        let page = self.get(url).await;
+        if page.status != 200 {
+            return page;
+        }
+        let path = url.split('?').next().unwrap_or(url);
+        let token = url.split("token=").nth(1).unwrap_or_default();
+        self.post_form(path, &[("csrf_token", &page.csrf()), ("token", token)])
+            .await
+    }
+
     pub async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> Resp {
         self.send(self.request(reqwest::Method::POST, path).form(form))
             .await
@@ -437,6 +456,19 @@ impl TestApp {
             .fetch_one(&self.db)
             .await
             .expect(sql)
+    }
+
+    /// Waits (up to 10 s) until `sql` counts `expected`; panics with the last count.
+    pub async fn wait_until(&self, sql: &str, expected: i64) {
+        let mut last = -1;
+        for _ in 0..200 {
+            last = self.count(sql).await;
+            if last == expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{sql}: still {last}, not {expected}, after 10 s");
     }
 
     pub async fn metrics_text(&self) -> String {

@@ -103,7 +103,7 @@ async fn sign_in_issues_a_new_cookie_and_a_planted_one_never_authenticates() {
     assert_ne!(issued, planted);
     let attacker = app.browser();
     attacker.set_cookie(app.session_cookie_name(), planted);
-    assert_eq!(attacker.get("/account").await.status, 401);
+    assert_eq!(attacker.get("/account").await.status, 303);
     assert_eq!(b.get("/account").await.status, 200);
 
     // Signing in again from a signed-in browser replaces the session: the old cookie dies.
@@ -123,7 +123,7 @@ async fn sign_in_issues_a_new_cookie_and_a_planted_one_never_authenticates() {
     assert_ne!(newer, old);
     let replay = app.browser();
     replay.set_cookie(app.session_cookie_name(), &old);
-    assert_eq!(replay.get("/account").await.status, 401);
+    assert_eq!(replay.get("/account").await.status, 303);
 }
 
 #[tokio::test]
@@ -137,7 +137,7 @@ async fn only_the_cookie_carries_a_session() {
     let random = app.browser();
     random.set_cookie(name, "x9Yq2lqjLrL1m4XbY8W0f4N0dYQn3c2Z0oF9a7K1s5E");
     let r = random.get("/account").await;
-    assert_eq!(r.status, 401);
+    assert!(r.is_sign_in_redirect(), "{r:?}");
     assert!(
         r.raw_set_cookie(name)
             .is_some_and(|c| c.contains("Max-Age=0")),
@@ -152,7 +152,7 @@ async fn only_the_cookie_carries_a_session() {
     let anon = app.browser();
     assert_eq!(
         anon.get(&format!("/account?session={token}")).await.status,
-        401
+        303
     );
     let r = anon
         .send(
@@ -160,17 +160,16 @@ async fn only_the_cookie_carries_a_session() {
                 .header("authorization", format!("Bearer {token}")),
         )
         .await;
-    assert_eq!(r.status, 401);
+    assert!(r.is_sign_in_redirect(), "{r:?}");
     let r = anon
         .send(
             anon.request(reqwest::Method::GET, "/account")
                 .header("x-session", token.as_str()),
         )
         .await;
-    assert_eq!(r.status, 401);
     assert!(
-        r.body.contains("Sign in"),
-        "a person is offered the way back in"
+        r.is_sign_in_redirect(),
+        "a person is offered the way back in: {r:?}"
     );
 }
 
@@ -254,7 +253,7 @@ async fn sign_out_revokes_the_row_and_an_old_cookie_is_refused() {
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
     let replay = app.browser();
     replay.set_cookie(app.session_cookie_name(), &copy);
-    assert_eq!(replay.get("/account").await.status, 401);
+    assert_eq!(replay.get("/account").await.status, 303);
     let reason: Option<String> = sqlx::query_scalar("SELECT revoked_reason FROM sessions")
         .fetch_one(&app.db)
         .await
@@ -277,7 +276,7 @@ async fn an_idle_session_ends_after_thirty_minutes() {
     assert_eq!(b.get("/account").await.status, 200);
     app.clock.advance(Duration::from_secs(31 * 60));
     let r = b.get("/account").await;
-    assert_eq!(r.status, 401);
+    assert!(r.is_sign_in_redirect(), "{r:?}");
     assert!(
         r.raw_set_cookie(app.session_cookie_name())
             .unwrap()
@@ -297,7 +296,7 @@ async fn an_active_session_still_ends_at_the_absolute_cap() {
     app.clock.advance(Duration::from_secs(21 * 60));
     assert_eq!(
         b.get("/account").await.status,
-        401,
+        303,
         "12 hours after sign-in, however busy"
     );
 }
@@ -334,7 +333,7 @@ async fn a_disabled_user_is_signed_out_on_the_next_request() {
         .execute(&app.db)
         .await
         .unwrap();
-    assert_eq!(b.get("/account").await.status, 401);
+    assert_eq!(b.get("/account").await.status, 303);
 }
 
 #[tokio::test]

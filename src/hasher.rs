@@ -2,6 +2,11 @@
 //! of sign-ins waits in line instead of allocating 19 MiB per request until memory
 //! runs out, and async workers never block.
 //!
+//! The queue is bounded: a caller first reserves a `Slot` (a place in line or on a
+//! core); when every slot is taken it gets none and answers 503 with `Retry-After`
+//! instead of queueing work it would wait seconds for. A queued job whose requester
+//! has gone (the client hung up and its request was dropped) is skipped, not computed.
+//!
 //! Memory: each argon2 thread keeps one 19 MiB work area and reuses it for every
 //! hash (argon2's `hash_password_into_with_memory`), so the process holds exactly
 //! `threads × m` for hashing however many requests arrive. Letting the crate allocate
@@ -15,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, anyhow};
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::crypto;
 
@@ -29,6 +34,8 @@ pub struct PasswordHasher {
     params: Params,
     /// Jobs for the argon2 threads; they exit when this (the only sender) is dropped.
     queue: Mutex<mpsc::Sender<Job>>,
+    /// One permit per job waiting or running: the bound on the queue.
+    room: Arc<Semaphore>,
     /// A real hash of a random password, verified against when the account does not
     /// exist, so a missing user costs the same time as a wrong password.
     dummy_hash: String,
@@ -36,9 +43,11 @@ pub struct PasswordHasher {
 }
 
 impl PasswordHasher {
+    /// `concurrency` threads compute; at most `queue_limit` jobs wait or run at once.
     pub fn new(
         cost: Argon2Cost,
         concurrency: usize,
+        queue_limit: usize,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
@@ -74,39 +83,60 @@ impl PasswordHasher {
         Ok(Self {
             params,
             queue: Mutex::new(sender),
+            room: Arc::new(Semaphore::new(queue_limit.max(concurrency).max(1))),
             dummy_hash,
             metrics,
         })
     }
 
+    /// A place in the queue, or `None` when it is full: then the caller must not
+    /// start work that needs a hash (and answers 503), rather than wait in a line
+    /// that only grows.
+    pub fn reserve(&self) -> Option<Slot> {
+        self.room.clone().try_acquire_owned().ok().map(Slot)
+    }
+
     /// PHC string (`$argon2id$v=19$m=…`) of a new password.
-    pub async fn hash(&self, password: &Password) -> anyhow::Result<String> {
+    pub async fn hash(&self, slot: Slot, password: &Password) -> anyhow::Result<String> {
         let params = self.params.clone();
         let secret = password.expose().to_string();
-        self.run(move || hash_with(&params, &secret)).await?
+        self.run(slot, move || hash_with(&params, &secret)).await?
     }
 
     /// Whether `password` matches `stored`; with `None` (no such account) it does the
     /// same work against the dummy hash and answers false.
-    pub async fn verify(&self, password: &Password, stored: Option<&str>) -> anyhow::Result<bool> {
+    pub async fn verify(
+        &self,
+        slot: Slot,
+        password: &Password,
+        stored: Option<&str>,
+    ) -> anyhow::Result<bool> {
         let (hash, real) = match stored {
             Some(h) => (h.to_string(), true),
             None => (self.dummy_hash.clone(), false),
         };
         let secret = password.expose().to_string();
-        let matched = self.run(move || verify_with(&secret, &hash)).await?;
+        let matched = self.run(slot, move || verify_with(&secret, &hash)).await?;
         Ok(real && matched)
     }
 
     async fn run<T: Send + 'static>(
         &self,
+        slot: Slot,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> anyhow::Result<T> {
         let (done, result) = oneshot::channel();
         let metrics = self.metrics.clone();
         metrics.argon2_waiting.inc();
         let job: Job = Box::new(move || {
+            // The slot is given back when the job ends, computed or skipped.
+            let _slot = slot;
             metrics.argon2_waiting.dec();
+            if done.is_closed() {
+                // Nobody is waiting for the answer: the request was dropped.
+                metrics.argon2_skipped.inc();
+                return;
+            }
             metrics.argon2_running.inc();
             let value = work();
             metrics.argon2_running.dec();
@@ -120,6 +150,9 @@ impl PasswordHasher {
         result.await.context("argon2 job dropped")
     }
 }
+
+/// A reserved place in the argon2 queue (see `PasswordHasher::reserve`).
+pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
 
 thread_local! {
     /// This thread's argon2 work area, kept between hashes.
@@ -181,16 +214,20 @@ mod tests {
     use super::*;
 
     fn hasher(cost: Argon2Cost) -> PasswordHasher {
-        PasswordHasher::new(cost, 2, Arc::new(Metrics::new().unwrap())).unwrap()
+        PasswordHasher::new(cost, 2, 8, Arc::new(Metrics::new().unwrap())).unwrap()
     }
 
     #[tokio::test]
     async fn production_hashes_are_argon2id_with_the_documented_cost() {
         let h = hasher(Argon2Cost::PRODUCTION);
         let pw = Password::new_password("correct horse battery staple").unwrap();
-        let phc = h.hash(&pw).await.unwrap();
+        let phc = h.hash(h.reserve().unwrap(), &pw).await.unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
-        assert!(h.verify(&pw, Some(&phc)).await.unwrap());
+        assert!(
+            h.verify(h.reserve().unwrap(), &pw, Some(&phc))
+                .await
+                .unwrap()
+        );
         // Interoperable with the crate's own PHC verification, both ways.
         use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
         assert!(
@@ -202,16 +239,25 @@ mod tests {
             .hash_password(pw.expose().as_bytes())
             .unwrap()
             .to_string();
-        assert!(h.verify(&pw, Some(&theirs)).await.unwrap());
+        assert!(
+            h.verify(h.reserve().unwrap(), &pw, Some(&theirs))
+                .await
+                .unwrap()
+        );
         assert!(
             !h.verify(
+                h.reserve().unwrap(),
                 &pw,
                 Some("$argon2i$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA")
             )
             .await
             .unwrap()
         );
-        assert!(!h.verify(&pw, Some("not a hash")).await.unwrap());
+        assert!(
+            !h.verify(h.reserve().unwrap(), &pw, Some("not a hash"))
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]
@@ -223,16 +269,94 @@ mod tests {
         });
         let long = "0123456789".repeat(8);
         let pw = Password::new_password(&long).unwrap();
-        let phc = h.hash(&pw).await.unwrap();
+        let phc = h.hash(h.reserve().unwrap(), &pw).await.unwrap();
         // L5: no truncation at 72 bytes, no case folding.
         let prefix = Password::for_verification(&long[..72]).unwrap();
-        assert!(!h.verify(&prefix, Some(&phc)).await.unwrap());
+        assert!(
+            !h.verify(h.reserve().unwrap(), &prefix, Some(&phc))
+                .await
+                .unwrap()
+        );
         let upper = Password::new_password("Correct Horse").unwrap();
         let lower_phc = h
-            .hash(&Password::new_password("correct horse").unwrap())
+            .hash(
+                h.reserve().unwrap(),
+                &Password::new_password("correct horse").unwrap(),
+            )
             .await
             .unwrap();
-        assert!(!h.verify(&upper, Some(&lower_phc)).await.unwrap());
-        assert!(!h.verify(&pw, None).await.unwrap());
+        assert!(
+            !h.verify(h.reserve().unwrap(), &upper, Some(&lower_phc))
+                .await
+                .unwrap()
+        );
+        assert!(!h.verify(h.reserve().unwrap(), &pw, None).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_gives_no_slot_and_slots_come_back() {
+        // Defect 9: the queue is bounded.
+        let h = PasswordHasher::new(
+            Argon2Cost {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+            },
+            1,
+            2,
+            Arc::new(Metrics::new().unwrap()),
+        )
+        .unwrap();
+        let a = h.reserve().unwrap();
+        let b = h.reserve().unwrap();
+        assert!(h.reserve().is_none(), "a third job does not queue");
+        drop(a);
+        let pw = Password::new_password("correct horse battery").unwrap();
+        let phc = h.hash(b, &pw).await.unwrap();
+        assert!(
+            h.verify(h.reserve().unwrap(), &pw, Some(&phc))
+                .await
+                .unwrap()
+        );
+        assert!(h.reserve().is_some() && h.reserve().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_requester_is_gone_is_skipped() {
+        // Defect 9: work nobody waits for is not computed.
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let h =
+            Arc::new(PasswordHasher::new(Argon2Cost::PRODUCTION, 1, 8, metrics.clone()).unwrap());
+        let pw = Password::new_password("correct horse battery").unwrap();
+        // The first job occupies the only thread; the second waits behind it and
+        // its requester gives up.
+        let busy = {
+            let (h, pw) = (
+                h.clone(),
+                Password::new_password("correct horse battery").unwrap(),
+            );
+            tokio::spawn(async move { h.hash(h.reserve().unwrap(), &pw).await })
+        };
+        let waiting = {
+            let h2 = h.clone();
+            tokio::spawn(async move { h2.hash(h2.reserve().unwrap(), &pw).await })
+        };
+        // Until the first job runs and the second waits behind it.
+        for _ in 0..500 {
+            if metrics.argon2_running.get() == 1 && metrics.argon2_waiting.get() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        waiting.abort();
+        assert!(busy.await.unwrap().is_ok());
+        for _ in 0..200 {
+            if metrics.argon2_skipped.get() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(metrics.argon2_skipped.get(), 1);
+        assert_eq!(metrics.argon2_waiting.get(), 0);
     }
 }

@@ -1,0 +1,69 @@
+//! The shared state every request handler and service sees. It sits below the
+//! services (`auth`) and the HTTP layer (`web`, `startup`), which both import it, so
+//! imports run one way: web → auth → state → store.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::clock::Clock;
+use crate::cookies::CookiePolicy;
+use crate::crypto::{self, Keys};
+use crate::hasher::PasswordHasher;
+use crate::metrics::Metrics;
+use crate::settings::{SecretKey, Settings};
+use crate::store::{PgStore, Store, connect_pool, dev_secret_key, migrate_when_reachable};
+
+/// Shared by every request handler.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Arc<dyn Store>,
+    pub clock: Clock,
+    pub keys: Arc<Keys>,
+    pub hasher: Arc<PasswordHasher>,
+    pub metrics: Arc<Metrics>,
+    pub cookies: CookiePolicy,
+}
+
+impl AppState {
+    /// Connects (lazily) and derives keys. In dev mode without a secret key, one is
+    /// generated once and kept in the database, loudly.
+    pub async fn new(settings: Settings, clock: Clock, migrate: bool) -> anyhow::Result<Self> {
+        let pool = connect_pool(settings.database_url(), settings.database_acquire_timeout)
+            .context("GATEHOUSE_DATABASE_URL: cannot be used")?;
+        if migrate {
+            migrate_when_reachable(&pool).await?;
+        }
+        let secret = match &settings.secret_key {
+            Some(key) => key.clone(),
+            None => {
+                let key = dev_secret_key(&pool, crypto::random_bytes::<32>())
+                    .await
+                    .context("dev mode: reading the generated secret key from the database")?;
+                tracing::warn!(
+                    "GATEHOUSE_SECRET_KEY is not set: dev mode uses a generated key kept in the database. \
+                     Set GATEHOUSE_SECRET_KEY (32 random bytes, base64) before real use."
+                );
+                SecretKey::from_bytes(key)
+            }
+        };
+        let keys = Arc::new(Keys::new(&secret, &settings.old_secret_keys));
+        let store: Arc<dyn Store> = Arc::new(PgStore::new(pool, keys.clone()));
+        let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+        let hasher = Arc::new(PasswordHasher::new(
+            settings.argon2,
+            settings.argon2_concurrency,
+            settings.argon2_queue,
+            metrics.clone(),
+        )?);
+        Ok(Self {
+            cookies: CookiePolicy::from_settings(&settings),
+            settings: Arc::new(settings),
+            store,
+            clock,
+            keys,
+            hasher,
+            metrics,
+        })
+    }
+}

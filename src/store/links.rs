@@ -1,0 +1,278 @@
+//! Single-use links sent by mail (verification, reset, change of address) and the
+//! changes they make when used. Only the SHA-256 of a link's token is stored.
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::events::{NewEvent, insert_event};
+use super::outbox::insert_mails;
+use super::{PgStore, StoreError};
+use crate::domain::{OutboundMail, UserId};
+
+/// A single-use mailed link to store (its token only as a hash).
+pub struct NewEmailToken {
+    pub token_hash: Vec<u8>,
+    /// `verify`, `reset` or `change`.
+    pub purpose: &'static str,
+    pub user_id: UserId,
+    pub new_email: Option<String>,
+    pub now: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+/// A live (unused, unexpired) mailed link and whom it is for.
+#[derive(Clone, Debug)]
+pub struct EmailTokenRecord {
+    pub user_id: UserId,
+    pub email: String,
+    pub new_email: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct TokenRow {
+    user_id: Uuid,
+    email: String,
+    new_email: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ConsumedRow {
+    user_id: Uuid,
+    new_email: Option<String>,
+}
+
+pub(super) async fn insert_token(
+    conn: &mut sqlx::PgConnection,
+    t: &NewEmailToken,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO email_tokens (token_hash, purpose, user_id, new_email, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&t.token_hash)
+    .bind(t.purpose)
+    .bind(t.user_id.0)
+    .bind(&t.new_email)
+    .bind(t.now)
+    .bind(t.expires_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks every live link of these purposes for the user as used.
+async fn void_tokens(
+    conn: &mut sqlx::PgConnection,
+    user_id: Uuid,
+    purposes: &[&str],
+    now: OffsetDateTime,
+) -> Result<(), sqlx::Error> {
+    let purposes: Vec<String> = purposes.iter().map(|p| p.to_string()).collect();
+    sqlx::query(
+        "UPDATE email_tokens SET used_at = $3
+         WHERE user_id = $1 AND purpose = ANY($2) AND used_at IS NULL",
+    )
+    .bind(user_id)
+    .bind(&purposes)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks a live link used; returns its user and new address if it was live.
+async fn consume_token(
+    conn: &mut sqlx::PgConnection,
+    token_hash: &[u8],
+    purpose: &str,
+    now: OffsetDateTime,
+) -> Result<Option<ConsumedRow>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE email_tokens SET used_at = $3
+         WHERE token_hash = $1 AND purpose = $2 AND used_at IS NULL AND expires_at > $3
+         RETURNING user_id, new_email",
+    )
+    .bind(token_hash)
+    .bind(purpose)
+    .bind(now)
+    .fetch_optional(conn)
+    .await
+}
+
+#[async_trait]
+pub trait LinkStore: Send + Sync {
+    /// Stores a mailed link, its mail and (if given) an event together. A new link
+    /// replaces earlier live ones of its purpose.
+    async fn issue_email_token(
+        &self,
+        token: NewEmailToken,
+        mails: &[OutboundMail],
+        event: Option<&NewEvent>,
+    ) -> Result<(), StoreError>;
+    /// The live link with this hash and purpose, if any (does not use it up).
+    async fn email_token(
+        &self,
+        token_hash: &[u8],
+        purpose: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<EmailTokenRecord>, StoreError>;
+    /// Uses a verification link up and marks the address verified. False if the link
+    /// is unknown, used or expired.
+    async fn verify_email(&self, token_hash: &[u8], event: &NewEvent) -> Result<bool, StoreError>;
+    /// Uses a reset link up, sets the password, revokes every session of the user and
+    /// queues `mails`, atomically. False if the link is unknown, used or expired.
+    async fn reset_password(
+        &self,
+        token_hash: &[u8],
+        password_hash: &str,
+        mails: &[OutboundMail],
+        event: &NewEvent,
+    ) -> Result<bool, StoreError>;
+    /// Uses an e-mail change link up and moves the account to the new address,
+    /// queueing `mails`. False if the link is unknown, used or expired; `Conflict` if
+    /// the address was taken meanwhile.
+    async fn change_email(
+        &self,
+        token_hash: &[u8],
+        mails: &[OutboundMail],
+        event: &NewEvent,
+    ) -> Result<bool, StoreError>;
+}
+
+#[async_trait]
+impl LinkStore for PgStore {
+    async fn issue_email_token(
+        &self,
+        token: NewEmailToken,
+        mails: &[OutboundMail],
+        event: Option<&NewEvent>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // A new link replaces earlier ones of its kind (a mistyped address for a
+        // change, an older reset mail): only the newest works.
+        void_tokens(&mut tx, token.user_id.0, &[token.purpose], token.now).await?;
+        insert_token(&mut tx, &token).await?;
+        insert_mails(&mut tx, &self.keys, mails, token.now).await?;
+        if let Some(event) = event {
+            insert_event(&mut tx, token.user_id.0, None, event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn email_token(
+        &self,
+        token_hash: &[u8],
+        purpose: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<EmailTokenRecord>, StoreError> {
+        let row: Option<TokenRow> = sqlx::query_as(
+            "SELECT t.user_id, u.email, t.new_email
+             FROM email_tokens t JOIN users u ON u.id = t.user_id
+             WHERE t.token_hash = $1 AND t.purpose = $2 AND t.used_at IS NULL
+               AND t.expires_at > $3 AND u.disabled_at IS NULL",
+        )
+        .bind(token_hash)
+        .bind(purpose)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| EmailTokenRecord {
+            user_id: UserId(r.user_id),
+            email: r.email,
+            new_email: r.new_email,
+        }))
+    }
+
+    async fn verify_email(&self, token_hash: &[u8], event: &NewEvent) -> Result<bool, StoreError> {
+        let now = event.at;
+        let mut tx = self.pool.begin().await?;
+        let Some(link) = consume_token(&mut tx, token_hash, "verify", now).await? else {
+            return Ok(false);
+        };
+        sqlx::query(
+            "UPDATE users SET email_verified_at = COALESCE(email_verified_at, $2), updated_at = $2
+             WHERE id = $1",
+        )
+        .bind(link.user_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(&mut tx, link.user_id, None, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn reset_password(
+        &self,
+        token_hash: &[u8],
+        password_hash: &str,
+        mails: &[OutboundMail],
+        event: &NewEvent,
+    ) -> Result<bool, StoreError> {
+        let now = event.at;
+        let mut tx = self.pool.begin().await?;
+        let Some(link) = consume_token(&mut tx, token_hash, "reset", now).await? else {
+            return Ok(false);
+        };
+        // Following the link proves the address, too.
+        sqlx::query(
+            "UPDATE users SET password_hash = $2, updated_at = $3,
+                 email_verified_at = COALESCE(email_verified_at, $3)
+             WHERE id = $1",
+        )
+        .bind(link.user_id)
+        .bind(password_hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE sessions SET revoked_at = $2, revoked_reason = 'password reset'
+             WHERE user_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(link.user_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        // Every other pending reset or address change dies with it: a reset is what a
+        // person does when someone else got in, and that someone may have asked to
+        // move the account to their own address.
+        void_tokens(&mut tx, link.user_id, &["reset", "change"], now).await?;
+        insert_mails(&mut tx, &self.keys, mails, now).await?;
+        insert_event(&mut tx, link.user_id, None, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn change_email(
+        &self,
+        token_hash: &[u8],
+        mails: &[OutboundMail],
+        event: &NewEvent,
+    ) -> Result<bool, StoreError> {
+        let now = event.at;
+        let mut tx = self.pool.begin().await?;
+        let Some(ConsumedRow {
+            user_id,
+            new_email: Some(new_email),
+        }) = consume_token(&mut tx, token_hash, "change", now).await?
+        else {
+            return Ok(false);
+        };
+        sqlx::query(
+            "UPDATE users SET email = $2, email_verified_at = $3, updated_at = $3 WHERE id = $1",
+        )
+        .bind(user_id)
+        .bind(&new_email)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        // Links mailed to the old address (resets, other changes) stop working.
+        void_tokens(&mut tx, user_id, &["reset", "change", "verify"], now).await?;
+        insert_mails(&mut tx, &self.keys, mails, now).await?;
+        insert_event(&mut tx, user_id, None, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}

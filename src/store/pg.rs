@@ -1,0 +1,178 @@
+//! The PostgreSQL side shared by every capability: the pool, migrations, the mapping
+//! of driver errors, and the health checks.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use time::OffsetDateTime;
+
+use super::StoreError;
+use crate::crypto::Keys;
+
+/// The schema, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// A lazily connecting pool: the process starts (and keeps running) while the
+/// database is away, and requests answer 503 until it is back.
+pub fn connect_pool(url: &str, acquire_timeout: Duration) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?.application_name("gatehouse");
+    Ok(PgPoolOptions::new()
+        .max_connections(16)
+        .min_connections(0)
+        .acquire_timeout(acquire_timeout)
+        // A connection that sat idle may have died with a database restart: ping it
+        // before use, so it is replaced rather than failing a request. A connection
+        // used within the last second is trusted, which keeps the hot path at one
+        // round trip per query instead of two.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > Duration::from_secs(1) {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .connect_lazy_with(options))
+}
+
+pub async fn run_migrations(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// Applies pending migrations, waiting for the database while it is unreachable (a
+/// container start order is not our problem to fail on); any other error is fatal.
+pub async fn migrate_when_reachable(pool: &PgPool) -> anyhow::Result<()> {
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match run_migrations(pool).await {
+            Ok(()) => return Ok(()),
+            Err(sqlx::migrate::MigrateError::Execute(e))
+            | Err(sqlx::migrate::MigrateError::ExecuteMigration(e, _))
+                if is_unavailable(&e) =>
+            {
+                tracing::warn!(
+                    retry_in_ms = wait.as_millis() as u64,
+                    "database unreachable; waiting to apply migrations"
+                );
+            }
+            Err(e) => return Err(anyhow::Error::new(e)).context("applying migrations"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Whether an error means "the database cannot be reached right now" (as opposed to a
+/// bug or a rule violation): pool timeouts, broken connections, and server states of
+/// SQLSTATE class 08 (connection exception), 57P (shutting down) and 53 (resources).
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+            code.starts_with("08") || code.starts_with("57P") || code.starts_with("53")
+        }
+        _ => false,
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if is_unavailable(&e) {
+            StoreError::Unavailable(e)
+        } else if matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation()) {
+            StoreError::Conflict
+        } else {
+            StoreError::Other(e)
+        }
+    }
+}
+
+/// `Store` over a PostgreSQL pool.
+#[derive(Clone)]
+pub struct PgStore {
+    pub(super) pool: PgPool,
+    /// Seals mail bodies in the outbox: they carry single-use links, which must not
+    /// sit in the clear at rest (DESIGN.md principle 2).
+    pub(super) keys: Arc<Keys>,
+}
+
+impl PgStore {
+    pub fn new(pool: PgPool, keys: Arc<Keys>) -> Self {
+        Self { pool, keys }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// Readiness checks.
+#[async_trait]
+pub trait HealthStore: Send + Sync {
+    /// Cheap round trip, for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Whether every migration this binary carries has been applied.
+    async fn migrations_current(&self) -> Result<bool, StoreError>;
+}
+
+#[async_trait]
+impl HealthStore for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn migrations_current(&self) -> Result<bool, StoreError> {
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+                .or_else(|e| match &e {
+                    // No migrations table yet: nothing applied.
+                    sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => {
+                        Ok(Vec::new())
+                    }
+                    _ => Err(e),
+                })?;
+        Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
+    }
+}
+
+/// Dev mode: the stored secret key, or `candidate` stored as the key if none exists.
+pub async fn dev_secret_key(pool: &PgPool, candidate: [u8; 32]) -> Result<[u8; 32], StoreError> {
+    sqlx::query(
+        "INSERT INTO dev_secret_key (key, created_at) VALUES ($1, now())
+         ON CONFLICT (singleton) DO NOTHING",
+    )
+    .bind(candidate.as_slice())
+    .execute(pool)
+    .await?;
+    let key: Vec<u8> = sqlx::query_scalar("SELECT key FROM dev_secret_key")
+        .fetch_one(pool)
+        .await?;
+    key.try_into().map_err(|_| {
+        StoreError::Other(sqlx::Error::Protocol(
+            "stored dev key is not 32 bytes".into(),
+        ))
+    })
+}
+
+/// Whole seconds from `now` until `then`, at least 1 (a `Retry-After` value).
+pub(super) fn seconds_until(now: OffsetDateTime, then: OffsetDateTime) -> u64 {
+    let secs = (then - now).as_seconds_f64().ceil();
+    if secs < 1.0 { 1 } else { secs as u64 }
+}

@@ -1,0 +1,232 @@
+//! Throttling counters, shared by every node: sign-in attempts per account and per
+//! client network, and fixed windows for everything else a person can repeat.
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::pg::seconds_until;
+use super::{PgStore, StoreError, UserRecord};
+use crate::domain::{Email, UserId};
+
+/// Throttle limits in force for a sign-in attempt.
+#[derive(Clone, Copy, Debug)]
+pub struct ThrottleLimits {
+    pub account_max_failures: i32,
+    pub ip_max_failures: i32,
+    pub ip_window_secs: i32,
+    pub max_backoff_secs: i32,
+}
+
+/// Whether an attempt may be evaluated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    Allowed,
+    Blocked { retry_after_secs: u64 },
+}
+
+#[derive(sqlx::FromRow)]
+struct BeginRow {
+    ip_blocked_until: Option<OffsetDateTime>,
+    counted: Option<i32>,
+    account_blocked_until: Option<OffsetDateTime>,
+    id: Option<Uuid>,
+    email: Option<String>,
+    password_hash: Option<String>,
+    disabled: Option<bool>,
+    verified: Option<bool>,
+}
+
+#[async_trait]
+pub trait ThrottleStore: Send + Sync {
+    /// Starts a sign-in attempt: decides whether it may be evaluated and, if so,
+    /// counts it as a failure, against the account and the client address, *before*
+    /// the password is checked, so parallel attempts cannot slip under either limit
+    /// (ZITADEL CVE-2023-47111); `sign_in_succeeded` / `sign_in_refund` take it back.
+    /// Nothing is counted when blocked. Also returns the account, if there is one.
+    async fn begin_sign_in(
+        &self,
+        email: &Email,
+        account_key: &[u8],
+        ip_key: &[u8],
+        now: OffsetDateTime,
+        limits: ThrottleLimits,
+    ) -> Result<(Attempt, Option<UserRecord>), StoreError>;
+    /// The password was right but no session follows (e.g. unconfirmed address, or a
+    /// re-check of the password): takes back what `begin_sign_in` counted.
+    async fn sign_in_refund(&self, account_key: &[u8], ip_key: &[u8]) -> Result<(), StoreError>;
+    /// Counts one event for `key` in a fixed window of `window_secs` that starts at the
+    /// first event; blocked (and not counted) once the window holds `max` events.
+    async fn count_in_window(
+        &self,
+        scope: &'static str,
+        key: &[u8],
+        now: OffsetDateTime,
+        max: i32,
+        window_secs: i32,
+    ) -> Result<Attempt, StoreError>;
+}
+
+#[async_trait]
+impl ThrottleStore for PgStore {
+    async fn begin_sign_in(
+        &self,
+        email: &Email,
+        account_key: &[u8],
+        ip_key: &[u8],
+        now: OffsetDateTime,
+        limits: ThrottleLimits,
+    ) -> Result<(Attempt, Option<UserRecord>), StoreError> {
+        // One statement, one round trip, atomic. Both counts are conditional upserts:
+        // the row lock serialises concurrent attempts and the condition is re-checked
+        // on the latest row, so no number of parallel requests gets past a limit.
+        // - ip: count the attempt against the client address (a fixed window that
+        //   starts at the first failure), unless the window is full;
+        // - acct: if the address allowed it, count it against the account *before*
+        //   the password is checked, unless the account is in its backoff; from the
+        //   limit on, each further failure doubles the wait (1 s, 2 s, … capped);
+        // - the final SELECT sees the table as it was before this statement: the
+        //   window or backoff that refused the attempt, and the user row.
+        // Success or a right password takes both counts back (`sign_in_succeeded`,
+        // `sign_in_refund`). An attempt refused by the account's backoff still counts
+        // against the address: hammering a locked account is itself suspicious.
+        let row: BeginRow = sqlx::query_as(
+            "WITH ip AS (
+                 INSERT INTO sign_in_throttle AS t (scope, key, failures, window_started_at, updated_at)
+                 VALUES ('ip', $2, 1, $3, $3)
+                 ON CONFLICT (scope, key) DO UPDATE SET
+                     failures = CASE WHEN t.window_started_at + make_interval(secs => $5) <= $3
+                                     THEN 1 ELSE t.failures + 1 END,
+                     window_started_at = CASE WHEN t.window_started_at + make_interval(secs => $5) <= $3
+                                     THEN $3 ELSE t.window_started_at END,
+                     updated_at = $3
+                 WHERE t.window_started_at + make_interval(secs => $5) <= $3 OR t.failures < $6
+                 RETURNING failures
+             ), acct AS (
+                 INSERT INTO sign_in_throttle AS t
+                     (scope, key, failures, window_started_at, blocked_until, updated_at)
+                 SELECT 'account', $1, 1, $3,
+                        CASE WHEN 1 >= $4 THEN $3 + interval '1 second' END, $3
+                 WHERE EXISTS (SELECT 1 FROM ip)
+                 ON CONFLICT (scope, key) DO UPDATE SET
+                     failures = t.failures + 1,
+                     blocked_until = CASE WHEN t.failures + 1 >= $4
+                         THEN $3 + make_interval(secs => LEAST($7::float8, power(2, LEAST(t.failures + 1 - $4, 30))))
+                         END,
+                     updated_at = $3
+                 WHERE t.blocked_until IS NULL OR t.blocked_until <= $3
+                 RETURNING failures
+             )
+             SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM ip) THEN
+                        (SELECT window_started_at + make_interval(secs => $5) FROM sign_in_throttle
+                          WHERE scope = 'ip' AND key = $2)
+                    END AS ip_blocked_until,
+                    (SELECT failures FROM acct) AS counted,
+                    (SELECT blocked_until FROM sign_in_throttle
+                      WHERE scope = 'account' AND key = $1) AS account_blocked_until,
+                    u.id, u.email, u.password_hash, u.disabled_at IS NOT NULL AS disabled,
+                    u.email_verified_at IS NOT NULL AS verified
+             FROM (SELECT 1) AS one
+             LEFT JOIN users u ON u.email = $8",
+        )
+        .bind(account_key)
+        .bind(ip_key)
+        .bind(now)
+        .bind(limits.account_max_failures)
+        .bind(f64::from(limits.ip_window_secs))
+        .bind(limits.ip_max_failures)
+        .bind(f64::from(limits.max_backoff_secs))
+        .bind(email.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        let attempt = match (row.ip_blocked_until, row.counted) {
+            (Some(ends), _) => Attempt::Blocked {
+                retry_after_secs: seconds_until(now, ends),
+            },
+            (None, Some(_)) => Attempt::Allowed,
+            (None, None) => Attempt::Blocked {
+                retry_after_secs: row
+                    .account_blocked_until
+                    .map_or(1, |u| seconds_until(now, u)),
+            },
+        };
+        let user = match (
+            row.id,
+            row.email,
+            row.password_hash,
+            row.disabled,
+            row.verified,
+        ) {
+            (Some(id), Some(email), Some(password_hash), Some(disabled), Some(verified)) => {
+                Some(UserRecord {
+                    id: UserId(id),
+                    email,
+                    password_hash,
+                    disabled,
+                    verified,
+                })
+            }
+            _ => None,
+        };
+        Ok((attempt, user))
+    }
+
+    async fn sign_in_refund(&self, account_key: &[u8], ip_key: &[u8]) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sign_in_throttle
+             SET failures = CASE WHEN scope = 'account' THEN 0 ELSE GREATEST(failures - 1, 0) END,
+                 blocked_until = NULL
+             WHERE (scope = 'account' AND key = $1) OR (scope = 'ip' AND key = $2)",
+        )
+        .bind(account_key)
+        .bind(ip_key)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn count_in_window(
+        &self,
+        scope: &'static str,
+        key: &[u8],
+        now: OffsetDateTime,
+        max: i32,
+        window_secs: i32,
+    ) -> Result<Attempt, StoreError> {
+        let counted: Option<i32> = sqlx::query_scalar(
+            "INSERT INTO sign_in_throttle AS t (scope, key, failures, window_started_at, updated_at)
+             VALUES ($1, $2, 1, $3, $3)
+             ON CONFLICT (scope, key) DO UPDATE SET
+                 failures = CASE WHEN t.window_started_at + make_interval(secs => $5) <= $3
+                                 THEN 1 ELSE t.failures + 1 END,
+                 window_started_at = CASE WHEN t.window_started_at + make_interval(secs => $5) <= $3
+                                 THEN $3 ELSE t.window_started_at END,
+                 updated_at = $3
+             WHERE t.window_started_at + make_interval(secs => $5) <= $3 OR t.failures < $4
+             RETURNING failures",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(now)
+        .bind(max)
+        .bind(f64::from(window_secs))
+        .fetch_optional(&self.pool)
+        .await?;
+        if counted.is_some() {
+            return Ok(Attempt::Allowed);
+        }
+        let started: OffsetDateTime = sqlx::query_scalar(
+            "SELECT window_started_at FROM sign_in_throttle WHERE scope = $1 AND key = $2",
+        )
+        .bind(scope)
+        .bind(key)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Attempt::Blocked {
+            retry_after_secs: seconds_until(
+                now,
+                started + time::Duration::seconds(i64::from(window_secs)),
+            ),
+        })
+    }
+}
