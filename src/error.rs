@@ -122,6 +122,15 @@ impl ErrorPage {
     }
 }
 
+impl From<crate::hasher::HashError> for AppError {
+    fn from(e: crate::hasher::HashError) -> Self {
+        match e {
+            crate::hasher::HashError::TimedOut => AppError::Overloaded,
+            crate::hasher::HashError::Failed(e) => AppError::Unexpected(e),
+        }
+    }
+}
+
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {

@@ -5,7 +5,9 @@
 //! The queue is bounded: a caller first reserves a `Slot` (a place in line or on a
 //! core); when every slot is taken it gets none and answers 503 with `Retry-After`
 //! instead of queueing work it would wait seconds for. A queued job whose requester
-//! has gone (the client hung up and its request was dropped) is skipped, not computed.
+//! has gone is skipped, not computed: the request future was dropped, or it stopped
+//! waiting after `max_wait` (HTTP/1 handlers are not cancelled when a client hangs
+//! up, so the deadline is what bounds waiting for someone who left).
 //!
 //! Memory: each argon2 thread keeps one 19 MiB work area and reuses it for every
 //! hash (argon2's `hash_password_into_with_memory`), so the process holds exactly
@@ -36,6 +38,9 @@ pub struct PasswordHasher {
     queue: Mutex<mpsc::Sender<Job>>,
     /// One permit per job waiting or running: the bound on the queue.
     room: Arc<Semaphore>,
+    /// How long a caller waits for its result before giving up (and its job, if not
+    /// yet started, is skipped).
+    max_wait: std::time::Duration,
     /// A real hash of a random password, verified against when the account does not
     /// exist, so a missing user costs the same time as a wrong password.
     dummy_hash: String,
@@ -48,6 +53,7 @@ impl PasswordHasher {
         cost: Argon2Cost,
         concurrency: usize,
         queue_limit: usize,
+        max_wait: std::time::Duration,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
@@ -84,6 +90,7 @@ impl PasswordHasher {
             params,
             queue: Mutex::new(sender),
             room: Arc::new(Semaphore::new(queue_limit.max(concurrency).max(1))),
+            max_wait,
             dummy_hash,
             metrics,
         })
@@ -97,10 +104,12 @@ impl PasswordHasher {
     }
 
     /// PHC string (`$argon2id$v=19$m=…`) of a new password.
-    pub async fn hash(&self, slot: Slot, password: &Password) -> anyhow::Result<String> {
+    pub async fn hash(&self, slot: Slot, password: &Password) -> Result<String, HashError> {
         let params = self.params.clone();
         let secret = password.expose().to_string();
-        self.run(slot, move || hash_with(&params, &secret)).await?
+        self.run(slot, move || hash_with(&params, &secret))
+            .await?
+            .map_err(HashError::Failed)
     }
 
     /// Whether `password` matches `stored`; with `None` (no such account) it does the
@@ -110,7 +119,7 @@ impl PasswordHasher {
         slot: Slot,
         password: &Password,
         stored: Option<&str>,
-    ) -> anyhow::Result<bool> {
+    ) -> Result<bool, HashError> {
         let (hash, real) = match stored {
             Some(h) => (h.to_string(), true),
             None => (self.dummy_hash.clone(), false),
@@ -124,7 +133,7 @@ impl PasswordHasher {
         &self,
         slot: Slot,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> anyhow::Result<T> {
+    ) -> Result<T, HashError> {
         let (done, result) = oneshot::channel();
         let metrics = self.metrics.clone();
         metrics.argon2_waiting.inc();
@@ -144,11 +153,26 @@ impl PasswordHasher {
         });
         self.queue
             .lock()
-            .map_err(|_| anyhow!("argon2 queue poisoned"))?
+            .map_err(|_| HashError::Failed(anyhow!("argon2 queue poisoned")))?
             .send(job)
-            .map_err(|_| anyhow!("argon2 threads stopped"))?;
-        result.await.context("argon2 job dropped")
+            .map_err(|_| HashError::Failed(anyhow!("argon2 threads stopped")))?;
+        match tokio::time::timeout(self.max_wait, result).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(_)) => Err(HashError::Failed(anyhow!("argon2 job dropped"))),
+            // Dropping `result` here is what makes the job skip itself.
+            Err(_) => Err(HashError::TimedOut),
+        }
     }
+}
+
+/// Why a hash could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// Waited longer than `max_wait` in the queue: the server is overloaded.
+    #[error("password hashing queue wait exceeded")]
+    TimedOut,
+    #[error("password hashing failed")]
+    Failed(#[source] anyhow::Error),
 }
 
 /// A reserved place in the argon2 queue (see `PasswordHasher::reserve`).
@@ -214,7 +238,14 @@ mod tests {
     use super::*;
 
     fn hasher(cost: Argon2Cost) -> PasswordHasher {
-        PasswordHasher::new(cost, 2, 8, Arc::new(Metrics::new().unwrap())).unwrap()
+        PasswordHasher::new(
+            cost,
+            2,
+            8,
+            std::time::Duration::from_secs(30),
+            Arc::new(Metrics::new().unwrap()),
+        )
+        .unwrap()
     }
 
     #[tokio::test]
@@ -304,6 +335,7 @@ mod tests {
             },
             1,
             2,
+            std::time::Duration::from_secs(30),
             Arc::new(Metrics::new().unwrap()),
         )
         .unwrap();
@@ -325,8 +357,16 @@ mod tests {
     async fn a_job_whose_requester_is_gone_is_skipped() {
         // Defect 9: work nobody waits for is not computed.
         let metrics = Arc::new(Metrics::new().unwrap());
-        let h =
-            Arc::new(PasswordHasher::new(Argon2Cost::PRODUCTION, 1, 8, metrics.clone()).unwrap());
+        let h = Arc::new(
+            PasswordHasher::new(
+                Argon2Cost::PRODUCTION,
+                1,
+                8,
+                std::time::Duration::from_secs(30),
+                metrics.clone(),
+            )
+            .unwrap(),
+        );
         let pw = Password::new_password("correct horse battery").unwrap();
         // The first job occupies the only thread; the second waits behind it and
         // its requester gives up.

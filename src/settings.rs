@@ -122,6 +122,9 @@ pub struct Settings {
     /// that needs one answers 503 with `Retry-After` (64 per core: about a second of
     /// queue at production cost).
     pub argon2_queue: usize,
+    /// How long a request waits for its place on an argon2 thread before it answers
+    /// 503 (and its job is skipped).
+    pub argon2_max_wait: Duration,
     /// How long a request may wait for a database connection before it answers 503.
     pub database_acquire_timeout: Duration,
     /// HTTP worker threads (each runs its own event loop).
@@ -404,6 +407,7 @@ impl RawSettings {
             argon2: Argon2Cost::PRODUCTION,
             argon2_concurrency: cores(),
             argon2_queue: 64 * cores(),
+            argon2_max_wait: Duration::from_secs(10),
             database_acquire_timeout: Duration::from_secs(5),
             http_workers: cores(),
             registrations_per_ip_hour: 20,

@@ -54,6 +54,7 @@ impl AppState {
             settings.argon2,
             settings.argon2_concurrency,
             settings.argon2_queue,
+            settings.argon2_max_wait,
             metrics.clone(),
         )?);
         Ok(Self {

@@ -195,11 +195,12 @@ pub async fn check_password(
         return Ok(PasswordCheck::Throttled { retry_after_secs });
     }
     let matched = match Password::for_verification(password) {
-        Some(pw) => state
-            .hasher
-            .verify(slot, &pw, user.as_ref().map(|u| u.password_hash.as_str()))
-            .await
-            .map_err(AppError::Unexpected)?,
+        Some(pw) => {
+            state
+                .hasher
+                .verify(slot, &pw, user.as_ref().map(|u| u.password_hash.as_str()))
+                .await?
+        }
         None => false,
     };
     Ok(match user {
@@ -267,11 +268,7 @@ pub async fn register(
             .inc();
         return Ok(RegisterOutcome::Throttled { retry_after_secs });
     }
-    let password_hash = state
-        .hasher
-        .hash(slot, &password)
-        .await
-        .map_err(AppError::Unexpected)?;
+    let password_hash = state.hasher.hash(slot, &password).await?;
     let user_id = UserId::new();
     let registered = event(state, "registered", Some(ctx))?;
     let now = state.clock.now();

@@ -243,11 +243,7 @@ pub async fn reset_password(
     let Some(link) = state.store.email_token(&hash, "reset", now).await? else {
         return Ok(ResetOutcome::DeadLink);
     };
-    let phc = state
-        .hasher
-        .hash(hash_slot(state)?, &password)
-        .await
-        .map_err(AppError::Unexpected)?;
+    let phc = state.hasher.hash(hash_slot(state)?, &password).await?;
     let notice = messages::password_changed(&state.settings, &link.email);
     let mut reset = event(state, "password_reset", Some(ctx))?;
     reset.detail = Some("every session signed out".into());

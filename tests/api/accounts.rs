@@ -120,6 +120,53 @@ async fn unknown_email_and_wrong_password_get_the_same_answer() {
     assert!(gap < 0.010, "median timing gap {gap:.4}s");
 }
 
+#[tokio::test]
+async fn an_unknown_account_costs_a_full_password_check_at_production_cost() {
+    // L1 at the real argon2 cost, where the dummy hash is what keeps the two alike:
+    // without it an unknown address would answer in a fraction of the time.
+    let app = spawn_app_with(Options {
+        login_max_failures: 100,
+        ip_max_failures: 100_000,
+        argon2: gatehouse::settings::Argon2Cost::PRODUCTION,
+        ..Default::default()
+    })
+    .await;
+    app.user("real@example.com").await;
+    let b = app.browser();
+    let csrf = b.get("/login").await.csrf();
+    let mut known = Vec::new();
+    let mut unknown = Vec::new();
+    for i in 0..40 {
+        let (email, times) = if i % 2 == 0 {
+            ("real@example.com", &mut known)
+        } else {
+            ("ghost@example.com", &mut unknown)
+        };
+        let started = std::time::Instant::now();
+        let r = b
+            .post_form(
+                "/login",
+                &[
+                    ("csrf_token", &csrf),
+                    ("email", email),
+                    ("password", "not the password"),
+                ],
+            )
+            .await;
+        times.push(started.elapsed().as_secs_f64());
+        assert_eq!(r.status, 401);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (k, u) = (median(&mut known), median(&mut unknown));
+    assert!(
+        u >= 0.5 * k && k >= 0.5 * u,
+        "unknown {u:.4}s vs known {k:.4}s: an unknown address must cost a real hash"
+    );
+}
+
 async fn spawn_app_with_room() -> crate::helpers::TestApp {
     spawn_app_with(Options {
         login_max_failures: 100,

@@ -4,7 +4,33 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::helpers::{Browser, PASSWORD, fresh_database, random_key};
+use crate::helpers::{Browser, PASSWORD, drop_database, fresh_database, random_key};
+
+/// Whatever a test started outside itself: stopped and dropped however it ends,
+/// assertions failing included.
+struct Cleanup {
+    database: String,
+    child: Option<std::process::Child>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let name = self.database.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(drop_database(&name));
+            }
+        })
+        .join();
+    }
+}
 
 fn gatehouse() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
@@ -62,6 +88,27 @@ fn a_bad_setting_stops_start_up_with_one_line_naming_the_key() {
         err.contains("GATEHOUSE_PUBLIC_URL") && err.contains("https"),
         "{err}"
     );
+
+    // Defect 6: mail in the clear over a network is refused, in one line.
+    let out = gatehouse()
+        .arg("serve")
+        .env("GATEHOUSE_DATABASE_URL", "postgres://localhost/x")
+        .env("GATEHOUSE_SECRET_KEY", random_key())
+        .env("GATEHOUSE_PUBLIC_URL", "https://id.example.com")
+        .env(
+            "GATEHOUSE_SMTP_URL",
+            "smtp://user:hunter2@smtp.example.com:25",
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("gatehouse: GATEHOUSE_SMTP_URL:") && err.contains("tls=none"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
 }
 
 #[test]
@@ -95,6 +142,10 @@ fn settings_can_come_from_a_file_with_the_environment_winning() {
 #[tokio::test]
 async fn migrate_user_create_and_serve_work_end_to_end() {
     let (name, url) = fresh_database().await;
+    let mut cleanup = Cleanup {
+        database: name,
+        child: None,
+    };
     let key = random_key();
     let env = |c: &mut Command| {
         c.env("GATEHOUSE_DATABASE_URL", &url)
@@ -152,13 +203,15 @@ async fn migrate_user_create_and_serve_work_end_to_end() {
         .port();
     let mut serve = gatehouse();
     env(&mut serve);
-    let mut server = serve
-        .arg("serve")
-        .env("GATEHOUSE_BIND", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let server = cleanup.child.insert(
+        serve
+            .arg("serve")
+            .env("GATEHOUSE_BIND", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let b = Browser::new(&format!("http://127.0.0.1:{port}"));
     let mut up = false;
     for _ in 0..100 {
@@ -208,6 +261,4 @@ async fn migrate_user_create_and_serve_work_end_to_end() {
     std::io::Read::read_to_string(&mut server.stdout.take().unwrap(), &mut logs).unwrap();
     assert!(!logs.contains(PASSWORD), "no secret in the log");
     assert!(logs.lines().any(|l| l.starts_with('{')), "JSON log lines");
-
-    crate::helpers::drop_database(&name).await;
 }

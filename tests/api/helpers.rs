@@ -56,6 +56,15 @@ pub struct Options {
     /// Off by default so that tests of other capabilities sign in right after
     /// registering; the mail tests turn it on (the product default).
     pub require_verified_email: bool,
+    /// Stop the server's clock: it moves only when the test advances it, so no
+    /// assertion depends on how long requests take.
+    pub frozen_clock: bool,
+    /// Password hashing cost (default: cheap, for speed).
+    pub argon2: Argon2Cost,
+    /// Argon2 threads and queue bound (default: 2 and 64).
+    pub argon2_threads: usize,
+    pub argon2_queue: usize,
+    pub argon2_max_wait: Duration,
 }
 
 impl Default for Options {
@@ -69,6 +78,15 @@ impl Default for Options {
             extra: Vec::new(),
             registrations_per_ip_hour: 100,
             require_verified_email: false,
+            frozen_clock: false,
+            argon2: Argon2Cost {
+                memory_kib: 256,
+                iterations: 1,
+                parallelism: 1,
+            },
+            argon2_threads: 2,
+            argon2_queue: 64,
+            argon2_max_wait: Duration::from_secs(10),
         }
     }
 }
@@ -160,18 +178,21 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         raw.set(k, v);
     }
     let mut settings = raw.into_settings().expect("test settings are valid");
-    // Cheap hashing keeps the suite fast; production cost is covered by unit tests.
-    settings.argon2 = Argon2Cost {
-        memory_kib: 256,
-        iterations: 1,
-        parallelism: 1,
-    };
+    // Cheap hashing keeps the suite fast unless a test asks for the real cost.
+    settings.argon2 = options.argon2;
+    settings.argon2_concurrency = options.argon2_threads;
+    settings.argon2_queue = options.argon2_queue;
+    settings.argon2_max_wait = options.argon2_max_wait;
     settings.http_workers = 2;
     settings.database_acquire_timeout = Duration::from_secs(2);
     settings.registrations_per_ip_hour = options.registrations_per_ip_hour;
     settings.outbox_poll = Duration::from_millis(100);
 
-    let clock = Clock::system();
+    let clock = if options.frozen_clock {
+        Clock::frozen()
+    } else {
+        Clock::system()
+    };
     let app = Application::build(settings.clone(), clock.clone(), true)
         .await
         .expect("the application builds");
@@ -375,6 +396,14 @@ impl Browser {
 }
 
 impl TestApp {
+    /// The server's keys, to open what it sealed.
+    pub fn keys(&self) -> gatehouse::crypto::Keys {
+        gatehouse::crypto::Keys::new(
+            self.settings.secret_key.as_ref().expect("tests set a key"),
+            &self.settings.old_secret_keys,
+        )
+    }
+
     pub fn browser(&self) -> Browser {
         Browser::new(&self.address)
     }
@@ -489,6 +518,8 @@ impl TestApp {
 pub struct DbProxy {
     pub url: String,
     up: Arc<AtomicBool>,
+    /// Added to every message the server sends to PostgreSQL (one round trip each).
+    latency_ms: Arc<std::sync::atomic::AtomicU64>,
     connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
@@ -506,19 +537,44 @@ impl DbProxy {
         url.set_host(Some("127.0.0.1")).unwrap();
         url.set_port(Some(port)).unwrap();
         let up = Arc::new(AtomicBool::new(true));
+        let latency_ms: Arc<std::sync::atomic::AtomicU64> = Arc::default();
         let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let (up2, conns2) = (up.clone(), connections.clone());
+        let (up2, conns2, latency2) = (up.clone(), connections.clone(), latency_ms.clone());
         tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if !up2.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
                 let target_addr = target_addr.clone();
+                let latency = latency2.clone();
                 let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(&target_addr).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let Ok(outbound) = TcpStream::connect(&target_addr).await else {
+                        return;
+                    };
+                    let (mut from_app, mut to_app) = inbound.into_split();
+                    let (mut from_db, mut to_db) = outbound.into_split();
+                    // Towards the database each chunk waits `latency` first.
+                    let up = async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n) = from_app.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            let ms = latency.load(Ordering::SeqCst);
+                            if ms > 0 {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                            }
+                            if to_db.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let down = async move {
+                        let _ = tokio::io::copy(&mut from_db, &mut to_app).await;
+                    };
+                    tokio::join!(up, down);
                 });
                 conns2.lock().unwrap().push(task.abort_handle());
             }
@@ -526,8 +582,14 @@ impl DbProxy {
         Self {
             url: url.to_string(),
             up,
+            latency_ms,
             connections,
         }
+    }
+
+    /// Every round trip to the database takes `ms` longer from now on.
+    pub fn set_latency(&self, ms: u64) {
+        self.latency_ms.store(ms, Ordering::SeqCst);
     }
 
     /// The database "goes away": open connections die, new ones are refused.

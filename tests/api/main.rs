@@ -7,6 +7,7 @@ mod helpers;
 mod accounts;
 mod cli;
 mod csrf;
+mod hardening;
 mod headers;
 mod input;
 mod mail;

@@ -219,7 +219,15 @@ async fn tokens_are_unique_256_bit_random_values() {
 #[tokio::test]
 async fn the_database_keeps_only_a_hash_of_the_token_and_sealed_personal_data() {
     let app = spawn_app().await;
-    let b = app.signed_in("stored@example.com").await;
+    let mut b = app.browser();
+    let agent = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+    b.extra_headers.push(("user-agent".into(), agent.into()));
+    assert_eq!(
+        app.register(&b, "stored@example.com", crate::helpers::PASSWORD)
+            .await
+            .status,
+        303
+    );
     let token = app.session_cookie(&b).unwrap();
     let (hash, ip, ua): (Vec<u8>, Vec<u8>, Option<Vec<u8>>) =
         sqlx::query_as("SELECT token_hash, ip_enc, user_agent_enc FROM sessions")
@@ -231,7 +239,16 @@ async fn the_database_keeps_only_a_hash_of_the_token_and_sealed_personal_data() 
         !String::from_utf8_lossy(&ip).contains("127.0.0.1"),
         "the IP is sealed"
     );
-    assert!(ua.is_none() || !String::from_utf8_lossy(ua.as_ref().unwrap()).contains("reqwest"));
+    // The user agent that was sent is stored, sealed: absent or readable would fail.
+    let ua = ua.expect("the user agent is kept");
+    assert!(!String::from_utf8_lossy(&ua).contains("Firefox"), "sealed");
+    let keys = app.keys();
+    assert_eq!(
+        keys.open("sessions.user_agent", &ua).unwrap(),
+        agent.as_bytes(),
+        "and opens to what the browser sent"
+    );
+    assert_eq!(keys.open("sessions.ip", &ip).unwrap(), b"127.0.0.1");
     let (aal, amr): (String, Vec<String>) = sqlx::query_as("SELECT aal, amr FROM sessions")
         .fetch_one(&app.db)
         .await
