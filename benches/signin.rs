@@ -280,7 +280,8 @@ async fn main() {
         .local_addr()
         .unwrap()
         .port();
-    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+    let key =
+        base64::engine::general_purpose::STANDARD.encode(gatehouse::crypto::random_bytes::<32>());
     println!("creating 64 accounts …");
     for i in 0..64 {
         create_user(db_url.as_str(), &key, &format!("bench{i}@example.com"));

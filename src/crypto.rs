@@ -9,8 +9,6 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
-use rand::RngCore;
-use rand::rngs::OsRng;
 use sha2::{Digest, Sha256};
 
 use crate::settings::SecretKey;
@@ -22,14 +20,17 @@ const SEALED_V1: u8 = 1;
 
 /// 32 bytes from the operating system's RNG, base64url without padding (43 chars).
 pub fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    OsRng.fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
+    URL_SAFE_NO_PAD.encode(random_bytes::<32>())
 }
 
+/// `N` bytes from the operating system's RNG (`getrandom`). There is no fallback:
+/// an OS that cannot give randomness cannot run an identity server.
+#[allow(clippy::panic)]
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
-    OsRng.fill_bytes(&mut bytes);
+    if let Err(e) = getrandom::fill(&mut bytes) {
+        panic!("the operating system's random number generator failed: {e}");
+    }
     bytes
 }
 
@@ -103,12 +104,12 @@ impl Keys {
     /// Layout: version (1) ‖ key id (4) ‖ nonce (24) ‖ ciphertext+tag.
     pub fn seal(&self, context: &str, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
         let nonce_bytes = random_bytes::<24>();
-        let nonce = XNonce::from_slice(&nonce_bytes);
+        let nonce = XNonce::from(nonce_bytes);
         let ciphertext = self
             .current
             .aead
             .encrypt(
-                nonce,
+                &nonce,
                 Payload {
                     msg: plaintext,
                     aad: context.as_bytes(),
@@ -137,9 +138,10 @@ impl Keys {
         let (nonce, ciphertext) = rest.split_at(24);
         let keys = std::iter::once(&self.current).chain(self.old.iter());
         let key = keys.into_iter().find(|k| k.id == id).ok_or(OpenError)?;
+        let nonce = XNonce::try_from(nonce).map_err(|_| OpenError)?;
         key.aead
             .decrypt(
-                XNonce::from_slice(nonce),
+                &nonce,
                 Payload {
                     msg: ciphertext,
                     aad: context.as_bytes(),
@@ -170,7 +172,7 @@ impl Keys {
 fn mac_with(key: &KeySet, purpose: &str, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(MAC_LEN);
     out.extend_from_slice(&key.id);
-    let Ok(mut mac) = <HmacSha256 as Mac>::new_from_slice(&key.hmac) else {
+    let Ok(mut mac) = HmacSha256::new_from_slice(&key.hmac) else {
         return out; // HMAC accepts keys of any length; unreachable.
     };
     mac.update(purpose.as_bytes());

@@ -109,7 +109,7 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub fn random_key() -> String {
-    let bytes: [u8; 32] = rand::random();
+    let bytes: [u8; 32] = gatehouse::crypto::random_bytes();
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
