@@ -80,22 +80,7 @@ impl CookiePolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::RawSettings;
-
-    fn settings(pairs: &[(&str, &str)]) -> Settings {
-        let mut raw = RawSettings::default();
-        raw.set("GATEHOUSE_DATABASE_URL", "postgres://localhost/x");
-        raw.set(
-            "GATEHOUSE_SECRET_KEY",
-            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
-        );
-        raw.set("GATEHOUSE_PUBLIC_URL", "https://id.example.com");
-        raw.set("GATEHOUSE_SMTP_URL", "smtp://localhost:25");
-        for (k, v) in pairs {
-            raw.set(k, v);
-        }
-        raw.into_settings().unwrap()
-    }
+    use crate::settings::test_settings as settings;
 
     #[test]
     fn production_session_cookie_is_host_prefixed_secure_http_only_lax() {

@@ -420,6 +420,23 @@ impl RawSettings {
     }
 }
 
+/// Production-shaped settings for unit tests, with `pairs` on top.
+#[cfg(test)]
+pub(crate) fn test_settings(pairs: &[(&str, &str)]) -> Settings {
+    let mut raw = RawSettings::default();
+    raw.set("GATEHOUSE_DATABASE_URL", "postgres://localhost/x");
+    raw.set(
+        "GATEHOUSE_SECRET_KEY",
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+    );
+    raw.set("GATEHOUSE_PUBLIC_URL", "https://id.example.com");
+    raw.set("GATEHOUSE_SMTP_URL", "smtp://localhost:25");
+    for (k, v) in pairs {
+        raw.set(k, v);
+    }
+    raw.into_settings().unwrap()
+}
+
 /// The cores this process may use.
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)

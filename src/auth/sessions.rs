@@ -99,22 +99,7 @@ pub async fn sign_out(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::RawSettings;
-
-    fn settings(pairs: &[(&str, &str)]) -> Settings {
-        let mut raw = RawSettings::default();
-        raw.set("GATEHOUSE_DATABASE_URL", "postgres://localhost/x");
-        raw.set(
-            "GATEHOUSE_SECRET_KEY",
-            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
-        );
-        raw.set("GATEHOUSE_PUBLIC_URL", "https://id.example.com");
-        raw.set("GATEHOUSE_SMTP_URL", "smtp://localhost:25");
-        for (k, v) in pairs {
-            raw.set(k, v);
-        }
-        raw.into_settings().unwrap()
-    }
+    use crate::settings::test_settings as settings;
 
     #[test]
     fn remember_me_picks_the_long_lifetimes() {

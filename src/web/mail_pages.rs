@@ -79,30 +79,60 @@ pub struct LinkForm {
     token: String,
 }
 
+/// What a mailed link's page says: its button, and where to go if the link is dead.
+struct LinkPage {
+    title: &'static str,
+    explanation: &'static str,
+    action: &'static str,
+    button: &'static str,
+    what: &'static str,
+    again: (&'static str, &'static str),
+}
+
+fn link_page(
+    state: &AppState,
+    nonce: &CspNonce,
+    csrf: &Csrf,
+    live: bool,
+    token: &str,
+    p: LinkPage,
+) -> Result<HttpResponse, AppError> {
+    if !live {
+        return dead_link(state, nonce, csrf, p.what, p.again);
+    }
+    let page = UseLinkTemplate {
+        ctx: PageCtx::new(state, nonce, csrf, None),
+        title: p.title,
+        explanation: p.explanation,
+        action: p.action,
+        token,
+        button: p.button,
+    };
+    html(StatusCode::OK, &page)
+}
+
 pub async fn verify_email_page(
     state: web::Data<AppState>,
     csrf: Csrf,
     nonce: CspNonce,
     StrictQuery(q): StrictQuery<TokenQuery>,
 ) -> Result<HttpResponse, AppError> {
-    if !mailflows::verify_link_is_live(&state, &q.token).await? {
-        return dead_link(
-            &state,
-            &nonce,
-            &csrf,
-            "confirmation",
-            ("Sign in to get a new link", "/login"),
-        );
-    }
-    let page = UseLinkTemplate {
-        ctx: PageCtx::new(&state, &nonce, &csrf, None),
-        title: "Confirm your e-mail address",
-        explanation: "Press the button to confirm this address and finish creating your account.",
-        action: "/verify-email",
-        token: &q.token,
-        button: "Confirm my address",
-    };
-    html(StatusCode::OK, &page)
+    let live = mailflows::verify_link_is_live(&state, &q.token).await?;
+    link_page(
+        &state,
+        &nonce,
+        &csrf,
+        live,
+        &q.token,
+        LinkPage {
+            title: "Confirm your e-mail address",
+            explanation: "Press the button to confirm this address and finish creating your account.",
+            action: "/verify-email",
+            button: "Confirm my address",
+            what: "confirmation",
+            again: ("Sign in to get a new link", "/login"),
+        },
+    )
 }
 
 pub async fn verify_email(
@@ -394,24 +424,22 @@ pub async fn change_email_confirm_page(
     nonce: CspNonce,
     StrictQuery(q): StrictQuery<TokenQuery>,
 ) -> Result<HttpResponse, AppError> {
-    if !mailflows::change_link_is_live(&state, &q.token).await? {
-        return dead_link(
-            &state,
-            &nonce,
-            &csrf,
-            "address change",
-            ("Go to your account", "/account"),
-        );
-    }
-    let page = UseLinkTemplate {
-        ctx: PageCtx::new(&state, &nonce, &csrf, None),
-        title: "Change your e-mail address",
-        explanation: "Press the button to make this the address of your account. Your old address will be told.",
-        action: "/account/email/confirm",
-        token: &q.token,
-        button: "Use this address",
-    };
-    html(StatusCode::OK, &page)
+    let live = mailflows::change_link_is_live(&state, &q.token).await?;
+    link_page(
+        &state,
+        &nonce,
+        &csrf,
+        live,
+        &q.token,
+        LinkPage {
+            title: "Change your e-mail address",
+            explanation: "Press the button to make this the address of your account. Your old address will be told.",
+            action: "/account/email/confirm",
+            button: "Use this address",
+            what: "address change",
+            again: ("Go to your account", "/account"),
+        },
+    )
 }
 
 pub async fn change_email_confirm(
