@@ -13,7 +13,7 @@ use crate::domain::throttle_network;
 /// Where a request came from, as far as the rules care.
 #[derive(Clone, Debug)]
 pub struct RequestContext {
-    /// The client address (see `web::extract::client_ip` for proxies).
+    /// The client address (see `web::client::client_ip` for proxies).
     pub ip: IpAddr,
     pub user_agent: Option<String>,
 }

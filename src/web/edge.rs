@@ -17,7 +17,7 @@ use crate::crypto;
 use crate::error::ErrorPage;
 use crate::metrics::method_label;
 use crate::state::AppState;
-use crate::web::extract::{check_urlencoded, decode_strict};
+use crate::web::forms::{check_urlencoded, decode_strict};
 use crate::web::pages::ErrorTemplate;
 
 /// Cookie headers above this are refused with 431 (DESIGN.md "Limits").

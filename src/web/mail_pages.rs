@@ -10,7 +10,8 @@ use crate::auth::mailflows::{self, ChangeOutcome, ChangeRequest, MailRequest, Re
 use crate::error::AppError;
 use crate::state::AppState;
 use crate::web::edge::CspNonce;
-use crate::web::extract::{Csrf, CurrentSession, StrictForm, StrictQuery};
+use crate::web::extract::{Csrf, CurrentSession};
+use crate::web::forms::{StrictForm, StrictQuery};
 use crate::web::pages::{NoticeTemplate, PageCtx, html};
 
 #[derive(Deserialize)]

@@ -1,7 +1,9 @@
 //! HTTP: the route table, extractors, the edge middleware and the handlers.
 
+pub mod client;
 pub mod edge;
 pub mod extract;
+pub mod forms;
 pub mod mail_pages;
 pub mod ops;
 pub mod pages;

@@ -11,7 +11,8 @@ use crate::auth::sessions;
 use crate::error::{AppError, human_wait};
 use crate::state::AppState;
 use crate::web::edge::{AllowAnyFormAction, CspNonce};
-use crate::web::extract::{Csrf, CurrentSession, MaybeSession, StrictForm, StrictQuery};
+use crate::web::extract::{Csrf, CurrentSession, MaybeSession};
+use crate::web::forms::{StrictForm, StrictQuery};
 
 /// What every page's layout needs.
 pub struct PageCtx {
