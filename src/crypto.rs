@@ -150,6 +150,19 @@ impl Keys {
             .map_err(|_| OpenError)
     }
 
+    /// Whether `sealed` names a key this process holds (current or old), whatever its
+    /// content: a value that fails to open under a known key is damaged; one under an
+    /// unknown key may belong to a key another node already has (a rotation rolling
+    /// through the nodes).
+    pub fn knows_key_of(&self, sealed: &[u8]) -> bool {
+        match sealed.get(1..5) {
+            Some(id) if sealed[0] == SEALED_V1 => std::iter::once(&self.current)
+                .chain(self.old.iter())
+                .any(|k| k.id == id),
+            _ => false,
+        }
+    }
+
     /// Keyed HMAC for equality look-ups and bindings; `purpose` separates uses.
     /// The value starts with the id of the key that made it (`MAC_LEN` bytes in all),
     /// so a column can hold values of several key generations and a look-up can ask
@@ -202,6 +215,8 @@ mod tests {
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
         assert!(k.open("sessions.ip", &tampered).is_err());
+        assert!(k.knows_key_of(&tampered), "damaged, not foreign");
+        assert!(!keys(2).knows_key_of(&sealed));
         assert_ne!(
             k.seal("sessions.ip", b"x").unwrap(),
             k.seal("sessions.ip", b"x").unwrap()

@@ -20,6 +20,7 @@ pub struct Application {
     port: u16,
     server: Server,
     worker: tokio::task::JoinHandle<()>,
+    background: tokio_util::task::TaskTracker,
 }
 
 impl Application {
@@ -42,6 +43,7 @@ impl Application {
         if dev {
             tracing::warn!("DEVELOPMENT MODE: do not put real users on this instance");
         }
+        let background = state.background.clone();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -57,6 +59,7 @@ impl Application {
             port,
             server,
             worker,
+            background,
         })
     }
 
@@ -71,6 +74,14 @@ impl Application {
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
+        // Work promised to people who were already answered (their mail) finishes.
+        self.background.close();
+        if tokio::time::timeout(std::time::Duration::from_secs(10), self.background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown: work after answers did not finish within 10 s");
+        }
         // Mail not yet sent stays in the outbox for the next start (or another node).
         self.worker.abort();
         result

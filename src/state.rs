@@ -23,6 +23,9 @@ pub struct AppState {
     pub hasher: Arc<PasswordHasher>,
     pub metrics: Arc<Metrics>,
     pub cookies: CookiePolicy,
+    /// Work done after a request was answered (so its timing tells nothing); the
+    /// server waits for it on shutdown.
+    pub background: tokio_util::task::TaskTracker,
 }
 
 impl AppState {
@@ -65,6 +68,7 @@ impl AppState {
             keys,
             hasher,
             metrics,
+            background: tokio_util::task::TaskTracker::new(),
         })
     }
 }

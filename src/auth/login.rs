@@ -6,13 +6,15 @@
 
 use crate::auth::events::event;
 use crate::auth::sessions::{self, lifetimes};
-use crate::auth::{RequestContext, mailflows};
+use crate::auth::{RequestContext, after_answer, mailflows};
 use crate::domain::{Email, EmailError, Password, PasswordError, SessionId, SessionToken, UserId};
 use crate::error::AppError;
 use crate::hasher::Slot;
 use crate::mail::messages;
 use crate::state::AppState;
-use crate::store::{Attempt, NewAccount, NewUser, StoreError, ThrottleLimits, UserRecord};
+use crate::store::{
+    Attempt, AttemptKeys, NewAccount, NewUser, StoreError, ThrottleLimits, UserRecord,
+};
 
 /// The per-IP window of DESIGN.md "Precise rules": N failures in 5 minutes.
 pub const IP_WINDOW_SECS: i32 = 300;
@@ -114,8 +116,7 @@ pub async fn sign_in(
     let created = state
         .store
         .sign_in_succeeded(
-            &checked.account_key,
-            &checked.ip_key,
+            &checked.attempt,
             &user.password_hash,
             session,
             replaces,
@@ -139,17 +140,14 @@ pub async fn sign_in(
 /// A password that was checked and found right, with the throttle counts it holds.
 pub struct CheckedPassword {
     pub user: UserRecord,
-    account_key: Vec<u8>,
-    ip_key: Vec<u8>,
+    /// The counts and provisional failure event it holds, taken back on success.
+    attempt: AttemptKeys,
 }
 
 impl CheckedPassword {
     /// Takes back what the check counted, when no session follows.
     pub async fn refund(&self, state: &AppState) -> Result<(), AppError> {
-        Ok(state
-            .store
-            .sign_in_refund(&self.account_key, &self.ip_key)
-            .await?)
+        Ok(state.store.sign_in_refund(&self.attempt).await?)
     }
 }
 
@@ -181,42 +179,46 @@ pub async fn check_password(
     // Reserved before anything is counted: a full queue answers 503 and costs the
     // account nothing.
     let slot = hash_slot(state)?;
+    // The account's history records the attempt as a failure in the same statement
+    // that counts it, with time and place (the risk checks count these); a right
+    // password takes it back with the counts.
+    let keys = AttemptKeys {
+        account_key,
+        ip_key,
+        failure_id: uuid::Uuid::new_v4(),
+    };
+    let failure = event(state, "sign_in_failed", Some(ctx))?;
     let (attempt, user) = state
         .store
-        .begin_sign_in(
-            email,
-            &account_key,
-            &ip_key,
-            state.clock.now(),
-            limits(state),
-        )
+        .begin_sign_in(email, &keys, limits(state), &failure)
         .await?;
     if let Attempt::Blocked { retry_after_secs } = attempt {
         return Ok(PasswordCheck::Throttled { retry_after_secs });
     }
     let matched = match Password::for_verification(password) {
         Some(pw) => {
-            state
+            match state
                 .hasher
                 .verify(slot, &pw, user.as_ref().map(|u| u.password_hash.as_str()))
-                .await?
+                .await
+            {
+                Ok(matched) => matched,
+                Err(e) => {
+                    // Never evaluated (the wait gave up, or hashing failed): this
+                    // attempt must not count against the person.
+                    state.store.sign_in_uncount(&keys, limits(state)).await?;
+                    return Err(e.into());
+                }
+            }
         }
         None => false,
     };
     Ok(match user {
         Some(user) if matched && !user.disabled => PasswordCheck::Right(CheckedPassword {
             user,
-            account_key,
-            ip_key,
+            attempt: keys,
         }),
-        Some(user) => {
-            // The account's history shows the failure, with time and place (the
-            // risk checks count these).
-            let failed = event(state, "sign_in_failed", Some(ctx))?;
-            state.store.record_event(user.id, None, &failed).await?;
-            PasswordCheck::Wrong
-        }
-        None => PasswordCheck::Wrong,
+        _ => PasswordCheck::Wrong,
     })
 }
 
@@ -289,39 +291,41 @@ pub async fn register(
         let notice_allowed =
             mailflows::mail_allowance(state, &email, ctx).await? == Attempt::Allowed;
         let (token, mail) = mailflows::verification(state, user_id, email.as_str());
-        let account = NewAccount {
-            user,
-            session: None,
-            token: Some(token),
-            mails: &[mail],
-            event: registered,
-        };
-        return match state.store.create_user(account).await {
-            // One metric label for both outcomes: public metrics must not tell which
-            // addresses have accounts.
-            Ok(()) => {
-                state
-                    .metrics
-                    .registrations
-                    .with_label_values(&["accepted"])
-                    .inc();
-                tracing::info!(user_id = %user_id, "account registered, awaiting confirmation");
-                Ok(RegisterOutcome::CheckInbox)
-            }
-            Err(StoreError::Conflict) => {
-                state
-                    .metrics
-                    .registrations
-                    .with_label_values(&["accepted"])
-                    .inc();
-                if notice_allowed {
-                    let mail = messages::account_exists(&state.settings, email.as_str());
-                    state.store.enqueue_mail(&mail, state.clock.now()).await?;
+        // The answer goes now; the account (or the notice) is written after it, so
+        // a new address and a taken one cost the same time before the answer.
+        let store = state.store.clone();
+        let settings = state.settings.clone();
+        let clock = state.clock.clone();
+        after_answer(state, "registration", async move {
+            let mails = [mail];
+            let account = NewAccount {
+                user,
+                session: None,
+                token: Some(token),
+                mails: &mails,
+                event: registered,
+            };
+            match store.create_user(account).await {
+                Ok(()) => {
+                    tracing::info!(user_id = %user_id, "account registered, awaiting confirmation");
+                    Ok(())
                 }
-                Ok(RegisterOutcome::CheckInbox)
+                Err(StoreError::Conflict) if notice_allowed => {
+                    let notice = messages::account_exists(&settings, email.as_str());
+                    store.enqueue_mail(&notice, clock.now()).await
+                }
+                Err(StoreError::Conflict) => Ok(()),
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e.into()),
-        };
+        });
+        // One metric label for both outcomes: public metrics must not tell which
+        // addresses have accounts.
+        state
+            .metrics
+            .registrations
+            .with_label_values(&["accepted"])
+            .inc();
+        return Ok(RegisterOutcome::CheckInbox);
     }
     let (token, session) = sessions::new_session(state, user_id, false, ctx)?;
     let account = NewAccount {

@@ -4,11 +4,9 @@
 
 use time::Duration;
 
-use std::future::Future;
-
-use crate::auth::RequestContext;
 use crate::auth::events::event;
 use crate::auth::login::{self, PasswordCheck, hash_slot};
+use crate::auth::{RequestContext, after_answer};
 use crate::clock::Clock;
 use crate::crypto;
 use crate::domain::{Email, OutboundMail, Password, PasswordError, UserId};
@@ -128,20 +126,6 @@ async fn requested_address(
     })
 }
 
-/// Runs work whose cost depends on whether an address has an account *after* the
-/// answer has gone, so the answer's timing cannot tell (checklist L2). Failures are
-/// logged; the person has already been told to check their inbox either way.
-fn after_answer(
-    what: &'static str,
-    work: impl Future<Output = Result<(), StoreError>> + Send + 'static,
-) {
-    tokio::spawn(async move {
-        if let Err(e) = work.await {
-            tracing::warn!(error = %e, what, "could not queue a requested mail"); // log-ok: no secret
-        }
-    });
-}
-
 /// "Send me a new confirmation link." Answered at once, like `forgot_password`.
 pub async fn resend_verification(
     state: &AppState,
@@ -155,7 +139,7 @@ pub async fn resend_verification(
     let store = state.store.clone();
     let settings = state.settings.clone();
     let clock = state.clock.clone();
-    after_answer("verification resend", async move {
+    after_answer(state, "verification resend", async move {
         if let Some(user) = store.user_by_email(&email).await?
             && !user.verified
             && !user.disabled
@@ -183,7 +167,7 @@ pub async fn forgot_password(
     let store = state.store.clone();
     let settings = state.settings.clone();
     let clock = state.clock.clone();
-    after_answer("password reset", async move {
+    after_answer(state, "password reset", async move {
         if let Some(user) = store.user_by_email(&email).await?
             && !user.disabled
         {

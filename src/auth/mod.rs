@@ -6,9 +6,28 @@ pub mod login;
 pub mod mailflows;
 pub mod sessions;
 
+use std::future::Future;
 use std::net::IpAddr;
 
 use crate::domain::throttle_network;
+use crate::state::AppState;
+use crate::store::StoreError;
+
+/// Runs work whose cost depends on whether an address has an account *after* the
+/// answer has gone, so the answer's timing cannot tell (checklist L2). Failures are
+/// logged; the person has already been told to check their inbox either way. The
+/// server waits for such work before it exits.
+pub fn after_answer(
+    state: &AppState,
+    what: &'static str,
+    work: impl Future<Output = Result<(), StoreError>> + Send + 'static,
+) {
+    state.background.spawn(async move {
+        if let Err(e) = work.await {
+            tracing::warn!(error = %e, what, "work after the answer failed"); // log-ok: no secret
+        }
+    });
+}
 
 /// Where a request came from, as far as the rules care.
 #[derive(Clone, Debug)]

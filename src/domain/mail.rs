@@ -23,14 +23,23 @@ impl fmt::Debug for OutboundMail {
     }
 }
 
-/// A message taken from the outbox for delivery. `mail` is `None` when its sealed
-/// body cannot be opened (sealed under a key that is no longer configured): such a
-/// row can never be delivered and must be given up, not retried.
+/// A message taken from the outbox for delivery, or why its sealed body cannot be
+/// opened here.
 #[derive(Clone, Debug)]
 pub struct QueuedMail {
     pub id: uuid::Uuid,
     pub attempts: i32,
-    pub mail: Option<OutboundMail>,
+    pub mail: Result<OutboundMail, Unopenable>,
+}
+
+/// Why a queued body cannot be opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unopenable {
+    /// Sealed under a key this node does not hold: perhaps one another node already
+    /// has (a rotation under way), perhaps one dropped for good. Worth retrying.
+    UnknownKey,
+    /// Under a key this node holds, but it does not open: it never will.
+    Damaged,
 }
 
 #[cfg(test)]
@@ -49,7 +58,7 @@ mod tests {
         let queued = QueuedMail {
             id: uuid::Uuid::nil(),
             attempts: 0,
-            mail: Some(mail.clone()),
+            mail: Ok(mail.clone()),
         };
         for shown in [
             format!("{mail:?}"),

@@ -11,6 +11,7 @@ use lettre::message::Mailbox;
 use super::Transport;
 use crate::clock::Clock;
 use crate::domain::QueuedMail;
+use crate::domain::mail::Unopenable;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
@@ -28,9 +29,9 @@ pub const MAX_ATTEMPTS: i32 = 20;
 /// never because of a mail, so the gauge cannot tell which requests caused mail.
 pub const PROBE_EVERY: Duration = Duration::from_secs(60);
 
-/// Why a row that can never be delivered was given up (stored in `last_error`).
-pub const UNOPENABLE: &str =
-    "body cannot be opened: sealed under a key that is no longer configured";
+/// Why a row could not be sent (stored in `last_error`).
+pub const UNKNOWN_KEY: &str = "body sealed under a secret key this node does not have (GATEHOUSE_SECRET_KEY / GATEHOUSE_OLD_SECRET_KEYS)";
+pub const DAMAGED: &str = "body does not open under its key: damaged";
 
 /// Wait before attempt `n + 1` after `n` failures: 2^n seconds, capped at an hour.
 pub fn backoff(failures: i32) -> Duration {
@@ -56,18 +57,43 @@ impl Worker {
         Ok(batch.len())
     }
 
+    /// When the next attempt is due after `failures` failures, or `None` to give up.
+    fn retry_at(&self, failures: i32) -> Option<time::OffsetDateTime> {
+        (failures < MAX_ATTEMPTS).then(|| {
+            self.clock.now()
+                + time::Duration::try_from(backoff(failures)).unwrap_or(time::Duration::HOUR)
+        })
+    }
+
     async fn deliver(&self, queued: &QueuedMail) -> Result<(), StoreError> {
-        let Some(mail) = &queued.mail else {
-            // Retrying cannot help: give it up for good, and say why once.
-            tracing::error!(
-                mail_id = %queued.id,
-                "mail given up: its body was sealed under a secret key that is no longer \
-                 configured (add it to GATEHOUSE_OLD_SECRET_KEYS to deliver such mail)"
-            );
-            return self
-                .store
-                .mail_failed(queued.id, self.clock.now(), UNOPENABLE, None)
-                .await;
+        let failures = queued.attempts + 1;
+        let mail = match &queued.mail {
+            Ok(mail) => mail,
+            Err(Unopenable::UnknownKey) => {
+                // Another node may already hold the key (a rotation rolling through the
+                // nodes): back off like a failed delivery, give up only at the end.
+                let retry_at = self.retry_at(failures);
+                if retry_at.is_none() {
+                    tracing::error!(
+                        mail_id = %queued.id,
+                        "mail given up: its body was sealed under a secret key this node does \
+                         not have (keep the old key in GATEHOUSE_OLD_SECRET_KEYS until its mail is out)"
+                    );
+                } else {
+                    tracing::warn!(mail_id = %queued.id, attempt = failures, "mail sealed under a key this node does not have; retrying later");
+                }
+                return self
+                    .store
+                    .mail_failed(queued.id, self.clock.now(), UNKNOWN_KEY, retry_at)
+                    .await;
+            }
+            Err(Unopenable::Damaged) => {
+                tracing::error!(mail_id = %queued.id, "mail given up: its sealed body is damaged");
+                return self
+                    .store
+                    .mail_failed(queued.id, self.clock.now(), DAMAGED, None)
+                    .await;
+            }
         };
         match self.transport.send(&self.from, queued.id, mail).await {
             Ok(()) => {
@@ -75,12 +101,8 @@ impl Worker {
                 tracing::info!(mail_id = %queued.id, "mail delivered");
             }
             Err(e) => {
-                let failures = queued.attempts + 1;
                 let now = self.clock.now();
-                let retry_at = (failures < MAX_ATTEMPTS).then(|| {
-                    now + time::Duration::try_from(backoff(failures))
-                        .unwrap_or(time::Duration::HOUR)
-                });
+                let retry_at = self.retry_at(failures);
                 // The error names the relay's answer, never the message content.
                 tracing::warn!(mail_id = %queued.id, attempt = failures, error = format!("{e:#}"), "mail delivery failed");
                 self.store

@@ -21,14 +21,26 @@ pub struct NewUser {
     pub now: OffsetDateTime,
 }
 
-/// An account as sign-in needs it.
-#[derive(Clone, Debug)]
+/// An account as sign-in needs it. `Debug` leaves the password hash out.
+#[derive(Clone)]
 pub struct UserRecord {
     pub id: UserId,
     pub email: String,
     pub password_hash: String,
     pub disabled: bool,
     pub verified: bool,
+}
+
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("password_hash", &"[redacted]")
+            .field("disabled", &self.disabled)
+            .field("verified", &self.verified)
+            .finish()
+    }
 }
 
 #[derive(sqlx::FromRow)]

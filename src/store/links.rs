@@ -89,9 +89,11 @@ async fn consume_token(
     now: OffsetDateTime,
 ) -> Result<Option<ConsumedRow>, sqlx::Error> {
     sqlx::query_as(
-        "UPDATE email_tokens SET used_at = $3
-         WHERE token_hash = $1 AND purpose = $2 AND used_at IS NULL AND expires_at > $3
-         RETURNING user_id, new_email",
+        "UPDATE email_tokens t SET used_at = $3
+         FROM users u
+         WHERE t.token_hash = $1 AND t.purpose = $2 AND t.used_at IS NULL AND t.expires_at > $3
+           AND u.id = t.user_id AND u.disabled_at IS NULL
+         RETURNING t.user_id, t.new_email",
     )
     .bind(token_hash)
     .bind(purpose)
@@ -227,9 +229,16 @@ impl LinkStore for PgStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        // Every session goes, each with its revocation in the account's history.
         sqlx::query(
-            "UPDATE sessions SET revoked_at = $2, revoked_reason = 'password reset'
-             WHERE user_id = $1 AND revoked_at IS NULL",
+            "WITH r AS (
+                 UPDATE sessions SET revoked_at = $2, revoked_reason = 'password reset'
+                 WHERE user_id = $1 AND revoked_at IS NULL
+                 RETURNING id
+             )
+             INSERT INTO security_events (id, user_id, session_id, kind, actor, at, detail)
+             SELECT gen_random_uuid(), $1, r.id, 'session_revoked', 'user', $2, 'password reset'
+             FROM r",
         )
         .bind(link.user_id)
         .bind(now)

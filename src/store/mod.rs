@@ -22,7 +22,7 @@ pub use pg::{
     run_migrations,
 };
 pub use sessions::{NewSession, SessionRecord, SessionStore};
-pub use throttle::{Attempt, ThrottleLimits, ThrottleStore};
+pub use throttle::{Attempt, AttemptKeys, ThrottleLimits, ThrottleStore};
 
 /// Storage failures, split by what the caller should tell the person.
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::{PgStore, StoreError};
 use crate::crypto::Keys;
+use crate::domain::mail::Unopenable;
 use crate::domain::{OutboundMail, QueuedMail};
 
 const MAIL_TEXT: &str = "mail_outbox.text_body";
@@ -59,7 +60,7 @@ pub trait OutboxStore: Send + Sync {
         now: OffsetDateTime,
     ) -> Result<(), StoreError>;
     /// Claims up to `limit` due mails for `lease`, skipping rows other workers hold.
-    /// A row whose body cannot be opened comes back with `mail: None`.
+    /// A row whose body cannot be opened comes back with the reason instead.
     async fn claim_mail(
         &self,
         now: OffsetDateTime,
@@ -113,24 +114,31 @@ impl OutboxStore for PgStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        let open = |context: &str, sealed: Option<Vec<u8>>| -> Option<String> {
-            let bytes = self.keys.open(context, &sealed?).ok()?;
-            String::from_utf8(bytes).ok()
+        let open = |context: &str, sealed: Option<Vec<u8>>| -> Result<String, Unopenable> {
+            let sealed = sealed.ok_or(Unopenable::Damaged)?;
+            match self.keys.open(context, &sealed) {
+                Ok(bytes) => String::from_utf8(bytes).map_err(|_| Unopenable::Damaged),
+                Err(_) if self.keys.knows_key_of(&sealed) => Err(Unopenable::Damaged),
+                Err(_) => Err(Unopenable::UnknownKey),
+            }
         };
         Ok(rows
             .into_iter()
-            .map(|r| QueuedMail {
-                id: r.id,
-                attempts: r.attempts,
-                mail: match (open(MAIL_TEXT, r.text_body), open(MAIL_HTML, r.html_body)) {
-                    (Some(text), Some(html)) => Some(OutboundMail {
-                        to: r.to_address,
-                        subject: r.subject,
-                        text,
-                        html,
+            .map(|r| {
+                let text = open(MAIL_TEXT, r.text_body);
+                let html = open(MAIL_HTML, r.html_body);
+                QueuedMail {
+                    id: r.id,
+                    attempts: r.attempts,
+                    mail: text.and_then(|text| {
+                        Ok(OutboundMail {
+                            to: r.to_address,
+                            subject: r.subject,
+                            text,
+                            html: html?,
+                        })
                     }),
-                    _ => None,
-                },
+                }
             })
             .collect())
     }

@@ -5,6 +5,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::events::{EVENT_COLUMNS, NewEvent, PgQuery, bind_event, event_at, event_values};
+use super::throttle::AttemptKeys;
 use super::{PgStore, StoreError};
 use crate::domain::{SessionId, UserId};
 
@@ -138,11 +139,12 @@ pub trait SessionStore: Send + Sync {
     /// counts, creates the session, revokes the browser's earlier session
     /// (`replaces`) and records `event`, provided the user's password hash is still
     /// `password_hash` and the user is enabled (a reset or disabling that landed
-    /// meanwhile wins, and then nothing at all is written). Returns whether it did.
+    /// meanwhile wins, and then nothing at all is written). The attempt's provisional
+    /// failure event goes either way: the password was right.
+    /// Returns whether the session was created.
     async fn sign_in_succeeded(
         &self,
-        account_key: &[u8],
-        ip_key: &[u8],
+        attempt: &AttemptKeys,
         password_hash: &str,
         session: NewSession,
         replaces: Option<SessionId>,
@@ -171,8 +173,7 @@ pub trait SessionStore: Send + Sync {
 impl SessionStore for PgStore {
     async fn sign_in_succeeded(
         &self,
-        account_key: &[u8],
-        ip_key: &[u8],
+        attempt: &AttemptKeys,
         password_hash: &str,
         s: NewSession,
         replaces: Option<SessionId>,
@@ -188,6 +189,8 @@ impl SessionStore for PgStore {
                  SET failures = CASE WHEN scope = 'account' THEN 0 ELSE GREATEST(failures - 1, 0) END,
                      blocked_until = NULL, updated_at = $4
                  WHERE (scope = 'account' AND key = ${a}) OR (scope = 'ip' AND key = ${i})
+             ), provisional AS (
+                 DELETE FROM security_events WHERE id = ${f}
              ), ins AS (
                  INSERT INTO sessions {SESSION_COLUMNS}
                  SELECT {SESSION_VALUES}
@@ -209,15 +212,17 @@ impl SessionStore for PgStore {
             h = n + 3,
             old = n + 4,
             reason = n + 5,
-            event = event_values(n + 5),
+            f = n + 6,
+            event = event_values(n + 6),
         );
         let done = bind_event(
             bind_session(sqlx::query(sqlx::AssertSqlSafe(sql)), &s)
-                .bind(account_key)
-                .bind(ip_key)
+                .bind(&attempt.account_key)
+                .bind(&attempt.ip_key)
                 .bind(password_hash)
                 .bind(replaces.map(|r| r.0))
-                .bind(REPLACED_REASON),
+                .bind(REPLACED_REASON)
+                .bind(attempt.failure_id),
             event,
         )
         .execute(&self.pool)

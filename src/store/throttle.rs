@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::events::{EVENT_COLUMNS, NewEvent, event_values};
 use super::pg::seconds_until;
 use super::{PgStore, StoreError, UserRecord};
 use crate::domain::{Email, UserId};
@@ -23,6 +24,15 @@ pub struct ThrottleLimits {
 pub enum Attempt {
     Allowed,
     Blocked { retry_after_secs: u64 },
+}
+
+/// What a sign-in attempt holds once `begin_sign_in` admitted it: the keys it was
+/// counted under and its provisional failure event, for taking them back.
+#[derive(Clone, Debug)]
+pub struct AttemptKeys {
+    pub account_key: Vec<u8>,
+    pub ip_key: Vec<u8>,
+    pub failure_id: Uuid,
 }
 
 #[derive(sqlx::FromRow)]
@@ -44,17 +54,29 @@ pub trait ThrottleStore: Send + Sync {
     /// the password is checked, so parallel attempts cannot slip under either limit
     /// (ZITADEL CVE-2023-47111); `sign_in_succeeded` / `sign_in_refund` take it back.
     /// Nothing is counted when blocked. Also returns the account, if there is one.
+    /// For an existing account an allowed attempt also records `failure` (with id
+    /// `failure_id`) in the same statement: a failure until proven otherwise, like
+    /// the counts, so a wrong password and an unknown address cost the same round
+    /// trips before the answer.
     async fn begin_sign_in(
         &self,
         email: &Email,
-        account_key: &[u8],
-        ip_key: &[u8],
-        now: OffsetDateTime,
+        keys: &AttemptKeys,
         limits: ThrottleLimits,
+        failure: &NewEvent,
     ) -> Result<(Attempt, Option<UserRecord>), StoreError>;
     /// The password was right but no session follows (e.g. unconfirmed address, or a
-    /// re-check of the password): takes back what `begin_sign_in` counted.
-    async fn sign_in_refund(&self, account_key: &[u8], ip_key: &[u8]) -> Result<(), StoreError>;
+    /// re-check of the password): takes back what `begin_sign_in` counted and its
+    /// provisional failure event.
+    async fn sign_in_refund(&self, keys: &AttemptKeys) -> Result<(), StoreError>;
+    /// The attempt was never evaluated (the password check gave up waiting): takes
+    /// back exactly this one count on each key and its provisional failure event,
+    /// leaving earlier failures as they were.
+    async fn sign_in_uncount(
+        &self,
+        keys: &AttemptKeys,
+        limits: ThrottleLimits,
+    ) -> Result<(), StoreError>;
     /// Counts one event for `key` in a fixed window of `window_secs` that starts at the
     /// first event; blocked (and not counted) once the window holds `max` events.
     async fn count_in_window(
@@ -67,16 +89,28 @@ pub trait ThrottleStore: Send + Sync {
     ) -> Result<Attempt, StoreError>;
 }
 
+type PgQueryAs<'q, O> = sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>;
+
+/// `bind_event` for a `query_as`.
+fn bind_event_as<'q, O>(q: PgQueryAs<'q, O>, e: &'q NewEvent) -> PgQueryAs<'q, O> {
+    q.bind(e.kind)
+        .bind(e.actor)
+        .bind(e.at)
+        .bind(&e.ip_enc)
+        .bind(&e.user_agent_enc)
+        .bind(&e.detail)
+}
+
 #[async_trait]
 impl ThrottleStore for PgStore {
     async fn begin_sign_in(
         &self,
         email: &Email,
-        account_key: &[u8],
-        ip_key: &[u8],
-        now: OffsetDateTime,
+        keys: &AttemptKeys,
         limits: ThrottleLimits,
+        failure: &NewEvent,
     ) -> Result<(Attempt, Option<UserRecord>), StoreError> {
+        let now = failure.at;
         // One statement, one round trip, atomic. Both counts are conditional upserts:
         // the row lock serialises concurrent attempts and the condition is re-checked
         // on the latest row, so no number of parallel requests gets past a limit.
@@ -90,7 +124,8 @@ impl ThrottleStore for PgStore {
         // Success or a right password takes both counts back (`sign_in_succeeded`,
         // `sign_in_refund`). An attempt refused by the account's backoff still counts
         // against the address: hammering a locked account is itself suspicious.
-        let row: BeginRow = sqlx::query_as(
+        // - failed: the account's provisional failure event, if the attempt counted.
+        let sql = format!(
             "WITH ip AS (
                  INSERT INTO sign_in_throttle AS t (scope, key, failures, window_started_at, updated_at)
                  VALUES ('ip', $2, 1, $3, $3)
@@ -116,6 +151,10 @@ impl ThrottleStore for PgStore {
                      updated_at = $3
                  WHERE t.blocked_until IS NULL OR t.blocked_until <= $3
                  RETURNING failures
+             ), failed AS (
+                 INSERT INTO security_events {EVENT_COLUMNS}
+                 SELECT $9, u.id, NULL, {event} FROM users u
+                 WHERE u.email = $8 AND EXISTS (SELECT 1 FROM acct)
              )
              SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM ip) THEN
                         (SELECT window_started_at + make_interval(secs => $5) FROM sign_in_throttle
@@ -128,17 +167,19 @@ impl ThrottleStore for PgStore {
                     u.email_verified_at IS NOT NULL AS verified
              FROM (SELECT 1) AS one
              LEFT JOIN users u ON u.email = $8",
-        )
-        .bind(account_key)
-        .bind(ip_key)
-        .bind(now)
-        .bind(limits.account_max_failures)
-        .bind(f64::from(limits.ip_window_secs))
-        .bind(limits.ip_max_failures)
-        .bind(f64::from(limits.max_backoff_secs))
-        .bind(email.as_str())
-        .fetch_one(&self.pool)
-        .await?;
+            event = event_values(9),
+        );
+        let query = sqlx::query_as::<_, BeginRow>(sqlx::AssertSqlSafe(sql))
+            .bind(&keys.account_key)
+            .bind(&keys.ip_key)
+            .bind(now)
+            .bind(limits.account_max_failures)
+            .bind(f64::from(limits.ip_window_secs))
+            .bind(limits.ip_max_failures)
+            .bind(f64::from(limits.max_backoff_secs))
+            .bind(email.as_str())
+            .bind(keys.failure_id);
+        let row: BeginRow = bind_event_as(query, failure).fetch_one(&self.pool).await?;
         let attempt = match (row.ip_blocked_until, row.counted) {
             (Some(ends), _) => Attempt::Blocked {
                 retry_after_secs: seconds_until(now, ends),
@@ -171,15 +212,40 @@ impl ThrottleStore for PgStore {
         Ok((attempt, user))
     }
 
-    async fn sign_in_refund(&self, account_key: &[u8], ip_key: &[u8]) -> Result<(), StoreError> {
+    async fn sign_in_refund(&self, keys: &AttemptKeys) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE sign_in_throttle
+            "WITH provisional AS (DELETE FROM security_events WHERE id = $3)
+             UPDATE sign_in_throttle
              SET failures = CASE WHEN scope = 'account' THEN 0 ELSE GREATEST(failures - 1, 0) END,
                  blocked_until = NULL
              WHERE (scope = 'account' AND key = $1) OR (scope = 'ip' AND key = $2)",
         )
-        .bind(account_key)
-        .bind(ip_key)
+        .bind(&keys.account_key)
+        .bind(&keys.ip_key)
+        .bind(keys.failure_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn sign_in_uncount(
+        &self,
+        keys: &AttemptKeys,
+        limits: ThrottleLimits,
+    ) -> Result<(), StoreError> {
+        // Below the limit again, the account is not in backoff; at or above it, the
+        // backoff already running stays (it was earned by earlier failures too).
+        sqlx::query(
+            "WITH provisional AS (DELETE FROM security_events WHERE id = $3)
+             UPDATE sign_in_throttle
+             SET failures = GREATEST(failures - 1, 0),
+                 blocked_until = CASE WHEN failures - 1 >= $4 THEN blocked_until END
+             WHERE (scope = 'account' AND key = $1) OR (scope = 'ip' AND key = $2)",
+        )
+        .bind(&keys.account_key)
+        .bind(&keys.ip_key)
+        .bind(keys.failure_id)
+        .bind(limits.account_max_failures)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -28,9 +28,11 @@ use crate::web::extract::state;
 pub fn client_ip(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> IpAddr {
     use forwarded_header_value::{ForwardedStanza, Identifier};
 
+    // `to_canonical`: a server bound to `[::]` sees IPv4 peers as `::ffff:a.b.c.d`,
+    // which must match IPv4 proxy ranges and count as the IPv4 client it is.
     let peer = req
         .peer_addr()
-        .map(|a| a.ip())
+        .map(|a| a.ip().to_canonical())
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
@@ -49,7 +51,13 @@ pub fn client_ip(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> IpAddr {
     let hops: Vec<Option<IpAddr>> =
         if let Some(xff) = joined(header::HeaderName::from_static("x-forwarded-for")) {
             xff.split(',')
-                .map(|entry| entry.parse::<Identifier>().ok().and_then(|id| id.ip()))
+                .map(|entry| {
+                    entry
+                        .parse::<Identifier>()
+                        .ok()
+                        .and_then(|id| id.ip())
+                        .map(|ip| ip.to_canonical())
+                })
                 .collect()
         } else if let Some(fwd) = joined(header::FORWARDED) {
             fwd.split(',')
@@ -58,6 +66,7 @@ pub fn client_ip(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> IpAddr {
                         .parse::<ForwardedStanza>()
                         .ok()
                         .and_then(|s| s.forwarded_for_ip())
+                        .map(|ip| ip.to_canonical())
                 })
                 .collect()
         } else {
@@ -162,6 +171,16 @@ mod tests {
             ]),
             "198.51.100.3"
         );
+    }
+
+    #[test]
+    fn ipv4_mapped_peers_and_entries_count_as_ipv4() {
+        let proxies: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let r = TestRequest::default()
+            .peer_addr("[::ffff:10.0.0.2]:5000".parse().unwrap())
+            .insert_header(("x-forwarded-for", "::ffff:198.51.100.4"))
+            .to_http_request();
+        assert_eq!(client_ip(&r, &proxies).to_string(), "198.51.100.4");
     }
 
     #[test]

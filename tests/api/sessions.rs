@@ -103,7 +103,7 @@ async fn sign_in_issues_a_new_cookie_and_a_planted_one_never_authenticates() {
     assert_ne!(issued, planted);
     let attacker = app.browser();
     attacker.set_cookie(app.session_cookie_name(), planted);
-    assert_eq!(attacker.get("/account").await.status, 303);
+    assert!(attacker.get("/account").await.is_sign_in_redirect());
     assert_eq!(b.get("/account").await.status, 200);
 
     // Signing in again from a signed-in browser replaces the session: the old cookie dies.
@@ -123,7 +123,7 @@ async fn sign_in_issues_a_new_cookie_and_a_planted_one_never_authenticates() {
     assert_ne!(newer, old);
     let replay = app.browser();
     replay.set_cookie(app.session_cookie_name(), &old);
-    assert_eq!(replay.get("/account").await.status, 303);
+    assert!(replay.get("/account").await.is_sign_in_redirect());
 }
 
 #[tokio::test]
@@ -150,9 +150,10 @@ async fn only_the_cookie_carries_a_session() {
     );
 
     let anon = app.browser();
-    assert_eq!(
-        anon.get(&format!("/account?session={token}")).await.status,
-        303
+    assert!(
+        anon.get(&format!("/account?session={token}"))
+            .await
+            .is_sign_in_redirect()
     );
     let r = anon
         .send(
@@ -270,7 +271,7 @@ async fn sign_out_revokes_the_row_and_an_old_cookie_is_refused() {
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
     let replay = app.browser();
     replay.set_cookie(app.session_cookie_name(), &copy);
-    assert_eq!(replay.get("/account").await.status, 303);
+    assert!(replay.get("/account").await.is_sign_in_redirect());
     let reason: Option<String> = sqlx::query_scalar("SELECT revoked_reason FROM sessions")
         .fetch_one(&app.db)
         .await
@@ -311,9 +312,8 @@ async fn an_active_session_still_ends_at_the_absolute_cap() {
         assert_eq!(b.get("/account").await.status, 200);
     }
     app.clock.advance(Duration::from_secs(21 * 60));
-    assert_eq!(
-        b.get("/account").await.status,
-        303,
+    assert!(
+        b.get("/account").await.is_sign_in_redirect(),
         "12 hours after sign-in, however busy"
     );
 }
@@ -350,7 +350,7 @@ async fn a_disabled_user_is_signed_out_on_the_next_request() {
         .execute(&app.db)
         .await
         .unwrap();
-    assert_eq!(b.get("/account").await.status, 303);
+    assert!(b.get("/account").await.is_sign_in_redirect());
 }
 
 #[tokio::test]
