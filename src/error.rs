@@ -175,7 +175,7 @@ impl ResponseError for AppError {
                 tracing::warn!(error = format!("{cause:#}"), "database unavailable")
             }
             AppError::Overloaded => {
-                tracing::warn!("password hashing queue full; answered 503")
+                tracing::warn!("password hashing queue full; answered 503") // log-ok: no secret
             }
             AppError::Unexpected(cause) => {
                 tracing::error!(error = format!("{cause:#}"), "unexpected error")
