@@ -290,7 +290,8 @@ pub async fn register(
         // gets its link regardless; a notice to an existing one only within it.
         let notice_allowed =
             mailflows::mail_allowance(state, &email, ctx).await? == Attempt::Allowed;
-        let (token, mail) = mailflows::verification(state, user_id, email.as_str());
+        let (token, mail) =
+            mailflows::verification(&state.clock, &state.settings, user_id, email.as_str());
         // The answer goes now; the account (or the notice) is written after it, so
         // a new address and a taken one cost the same time before the answer.
         let store = state.store.clone();

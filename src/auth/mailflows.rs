@@ -12,6 +12,7 @@ use crate::crypto;
 use crate::domain::{Email, OutboundMail, Password, PasswordError, UserId};
 use crate::error::AppError;
 use crate::mail::messages;
+use crate::settings::Settings;
 use crate::state::AppState;
 use crate::store::{Attempt, NewEmailToken, NewEvent, StoreError};
 
@@ -43,17 +44,16 @@ fn new_token(
     (token, record)
 }
 
-/// A verification link for a new account, and its mail.
+/// A verification link for an account, and its mail. Takes the clock and settings
+/// rather than the state, so work done after the answer can call it too.
 pub fn verification(
-    state: &AppState,
+    clock: &Clock,
+    settings: &Settings,
     user_id: UserId,
     email: &str,
 ) -> (NewEmailToken, OutboundMail) {
-    let (token, record) = new_token(&state.clock, "verify", user_id, None, VERIFY_TTL);
-    (
-        record,
-        messages::verify_email(&state.settings, email, &token),
-    )
+    let (token, record) = new_token(clock, "verify", user_id, None, VERIFY_TTL);
+    (record, messages::verify_email(settings, email, &token))
 }
 
 /// Counts a mail that a person asked for, per address and per client address.
@@ -144,8 +144,7 @@ pub async fn resend_verification(
             && !user.verified
             && !user.disabled
         {
-            let (token, record) = new_token(&clock, "verify", user.id, None, VERIFY_TTL);
-            let mail = messages::verify_email(&settings, &user.email, &token);
+            let (record, mail) = verification(&clock, &settings, user.id, &user.email);
             store.issue_email_token(record, &[mail], None).await?;
         }
         Ok(())

@@ -47,8 +47,22 @@ pub(super) fn event_at(offset: usize) -> String {
 }
 
 pub(super) type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+pub(super) type PgQueryAs<'q, O> =
+    sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>;
 
+/// Binds an event's own values in the order `event_values` numbers them.
 pub(super) fn bind_event<'q>(q: PgQuery<'q>, e: &'q NewEvent) -> PgQuery<'q> {
+    q.bind(e.kind)
+        .bind(e.actor)
+        .bind(e.at)
+        .bind(&e.ip_enc)
+        .bind(&e.user_agent_enc)
+        .bind(&e.detail)
+}
+
+/// `bind_event` for a statement that returns rows (`query_as`); sqlx's two query
+/// types share no binding trait, so the order is written twice, here side by side.
+pub(super) fn bind_event_as<'q, O>(q: PgQueryAs<'q, O>, e: &'q NewEvent) -> PgQueryAs<'q, O> {
     q.bind(e.kind)
         .bind(e.actor)
         .bind(e.at)

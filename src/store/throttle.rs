@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::events::{EVENT_COLUMNS, NewEvent, event_values};
+use super::events::{EVENT_COLUMNS, NewEvent, bind_event_as, event_values};
 use super::pg::seconds_until;
 use super::{PgStore, StoreError, UserRecord};
 use crate::domain::{Email, UserId};
@@ -87,18 +87,6 @@ pub trait ThrottleStore: Send + Sync {
         max: i32,
         window_secs: i32,
     ) -> Result<Attempt, StoreError>;
-}
-
-type PgQueryAs<'q, O> = sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>;
-
-/// `bind_event` for a `query_as`.
-fn bind_event_as<'q, O>(q: PgQueryAs<'q, O>, e: &'q NewEvent) -> PgQueryAs<'q, O> {
-    q.bind(e.kind)
-        .bind(e.actor)
-        .bind(e.at)
-        .bind(&e.ip_enc)
-        .bind(&e.user_agent_enc)
-        .bind(&e.detail)
 }
 
 #[async_trait]
