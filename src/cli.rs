@@ -34,6 +34,43 @@ pub enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// See and end users' sessions.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+    /// Manage the keys of data at rest.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionsCommand {
+    /// Print the user's live sessions, one JSON object per line.
+    List {
+        /// The account's e-mail address.
+        #[arg(long, value_name = "EMAIL")]
+        user: String,
+    },
+    /// End the user's sessions at once (every node): all of them, or one.
+    Revoke {
+        /// The account's e-mail address.
+        #[arg(long, value_name = "EMAIL")]
+        user: String,
+        /// Only this session (its id, as `sessions list` prints it).
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Rewrite every encrypted value under the current GATEHOUSE_SECRET_KEY, so that
+    /// keys in GATEHOUSE_OLD_SECRET_KEYS can be dropped. Safe while serving; can be
+    /// stopped and run again.
+    Reencrypt,
 }
 
 #[derive(Subcommand, Debug)]
@@ -49,6 +86,18 @@ pub enum UserCommand {
         /// Mark the e-mail address as verified.
         #[arg(long)]
         verified: bool,
+    },
+    /// Disable an account: every session ends at once and signing in fails.
+    Disable {
+        /// The account's e-mail address.
+        #[arg(long)]
+        email: String,
+    },
+    /// Enable a disabled account again.
+    Enable {
+        /// The account's e-mail address.
+        #[arg(long)]
+        email: String,
     },
 }
 

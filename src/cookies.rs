@@ -5,7 +5,7 @@ use std::time::Duration;
 use actix_web::cookie::{Cookie, SameSite};
 use time::OffsetDateTime;
 
-use crate::domain::SessionToken;
+use crate::domain::{DeviceToken, SessionToken};
 use crate::settings::Settings;
 
 /// Cookie names and attributes, fixed at start-up.
@@ -14,6 +14,7 @@ pub struct CookiePolicy {
     pub secure: bool,
     pub session_name: &'static str,
     pub pre_session_name: &'static str,
+    pub device_name: &'static str,
 }
 
 impl CookiePolicy {
@@ -26,12 +27,14 @@ impl CookiePolicy {
                 secure: false,
                 session_name: "gatehouse_session",
                 pre_session_name: "gatehouse_presession",
+                device_name: "gatehouse_device",
             }
         } else {
             Self {
                 secure: true,
                 session_name: "__Host-gatehouse_session",
                 pre_session_name: "__Host-gatehouse_presession",
+                device_name: "__Host-gatehouse_device",
             }
         }
     }
@@ -65,6 +68,14 @@ impl CookiePolicy {
         let mut c = self.base(self.session_name, String::new());
         c.set_max_age(time::Duration::ZERO);
         c.set_expires(OffsetDateTime::UNIX_EPOCH);
+        c
+    }
+
+    /// The device cookie: links this browser's sign-ins for a year (renewed at each
+    /// sign-in) and survives sign-out; never a credential on its own.
+    pub fn device_cookie(&self, token: &DeviceToken) -> Cookie<'static> {
+        let mut c = self.base(self.device_name, token.expose().to_string());
+        c.set_max_age(time::Duration::days(365));
         c
     }
 
@@ -120,6 +131,24 @@ mod tests {
         // Dev mode behind https keeps the secure form.
         let s = settings(&[("GATEHOUSE_DEV", "true")]);
         assert!(CookiePolicy::from_settings(&s).secure);
+    }
+
+    #[test]
+    fn device_cookie_is_host_prefixed_and_lasts_a_year() {
+        // D4 (the device cookie is a random value, never personal data)
+        let policy = CookiePolicy::from_settings(&settings(&[]));
+        let c = policy.device_cookie(&DeviceToken::generate()).to_string();
+        assert!(c.starts_with("__Host-gatehouse_device="), "{c}");
+        for attr in [
+            "; HttpOnly",
+            "; SameSite=Lax",
+            "; Secure",
+            "; Path=/",
+            "; Max-Age=31536000",
+        ] {
+            assert!(c.contains(attr), "{c} lacks {attr}");
+        }
+        assert!(!c.contains("Domain"), "{c}");
     }
 
     #[test]

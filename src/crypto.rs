@@ -15,6 +15,23 @@ use crate::settings::SecretKey;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// The associated-data context of every sealed column and the purpose of every keyed
+/// HMAC column: what seals a value and what re-seals it (`keys reencrypt`) must agree.
+pub mod columns {
+    pub const SESSION_IP: &str = "sessions.ip";
+    pub const SESSION_USER_AGENT: &str = "sessions.user_agent";
+    pub const SESSION_LOCATION: &str = "sessions.location";
+    pub const EVENT_IP: &str = "security_events.ip";
+    pub const EVENT_USER_AGENT: &str = "security_events.user_agent";
+    pub const EVENT_LOCATION: &str = "security_events.location";
+    pub const DEVICE_LABEL: &str = "devices.label";
+    pub const MAIL_TEXT: &str = "mail_outbox.text_body";
+    pub const MAIL_HTML: &str = "mail_outbox.html_body";
+    /// HMAC purposes of `sessions.ip_mac` and `sessions.country_mac`.
+    pub const SEEN_IP: &str = "seen/ip";
+    pub const SEEN_COUNTRY: &str = "seen/country";
+}
+
 /// Format byte in front of every ciphertext, so the layout can change later.
 const SEALED_V1: u8 = 1;
 

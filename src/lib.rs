@@ -9,6 +9,7 @@ pub mod cookies;
 pub mod crypto;
 pub mod domain;
 pub mod error;
+pub mod geoip;
 pub mod hasher;
 pub mod mail;
 pub mod metrics;

@@ -2,12 +2,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use gatehouse::cli::{Cli, Command, UserCommand, read_password};
+use gatehouse::cli::{Cli, Command, KeysCommand, SessionsCommand, UserCommand, read_password};
 use gatehouse::clock::Clock;
 use gatehouse::settings::{RawSettings, Settings};
 use gatehouse::startup::Application;
 use gatehouse::state::AppState;
 use gatehouse::store::{connect_pool, migrate_when_reachable};
+use gatehouse::auth::operators;
 use gatehouse::{auth, telemetry};
 
 fn load_settings(cli: &Cli) -> Result<Settings, String> {
@@ -73,6 +74,57 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 "{}",
                 serde_json::json!({ "user_id": id.to_string(), "email": email.trim().to_lowercase() })
             );
+        }
+        Command::User {
+            command: UserCommand::Disable { email },
+        } => {
+            let state = AppState::new(settings, Clock::system(), false).await?;
+            let changed = operators::set_disabled(&state, &email, true).await?;
+            println!(
+                "{}",
+                serde_json::json!({ "email": email.trim().to_lowercase(), "disabled": true, "changed": changed })
+            );
+        }
+        Command::User {
+            command: UserCommand::Enable { email },
+        } => {
+            let state = AppState::new(settings, Clock::system(), false).await?;
+            let changed = operators::set_disabled(&state, &email, false).await?;
+            println!(
+                "{}",
+                serde_json::json!({ "email": email.trim().to_lowercase(), "disabled": false, "changed": changed })
+            );
+        }
+        Command::Sessions {
+            command: SessionsCommand::List { user },
+        } => {
+            let state = AppState::new(settings, Clock::system(), false).await?;
+            for line in operators::list_sessions(&state, &user).await? {
+                println!("{line}");
+            }
+        }
+        Command::Sessions {
+            command: SessionsCommand::Revoke { user, session },
+        } => {
+            let state = AppState::new(settings, Clock::system(), false).await?;
+            let n = operators::revoke_sessions(&state, &user, session.as_deref()).await?;
+            println!("{}", serde_json::json!({ "revoked": n }));
+        }
+        Command::Keys {
+            command: KeysCommand::Reencrypt,
+        } => {
+            let state = AppState::new(settings, Clock::system(), false).await?;
+            let report = operators::reencrypt(&state).await?;
+            println!(
+                "{}",
+                serde_json::json!({ "rewritten": report.rewritten, "unreadable": report.unreadable })
+            );
+            if report.unreadable > 0 {
+                anyhow::bail!(
+                    "{} rows hold values no configured key can open; keep the old keys until they are dealt with",
+                    report.unreadable
+                );
+            }
         }
     }
     Ok(())

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub argon2_refused: prometheus::IntCounter,
     pub mail_requests: IntCounterVec,
     pub mail_transport_up: IntGauge,
+    pub housekeeping_runs: prometheus::IntCounter,
+    pub housekeeping_deleted: IntCounterVec,
 }
 
 /// The method label: one of the methods Gatehouse serves, or `other`.
@@ -93,6 +95,29 @@ impl Metrics {
             "mail_transport_up",
             "1 when the last periodic check of the mail relay succeeded",
         )?;
+        let housekeeping_runs = prometheus::IntCounter::new(
+            "housekeeping_runs_total",
+            "Housekeeping rounds this node did",
+        )?;
+        let housekeeping_deleted = IntCounterVec::new(
+            Opts::new(
+                "housekeeping_deleted_total",
+                "Rows housekeeping deleted on this node, by kind",
+            ),
+            &["kind"],
+        )?;
+        for kind in [
+            "sessions",
+            "devices",
+            "email_tokens",
+            "throttle",
+            "events",
+            "mails",
+        ] {
+            housekeeping_deleted.with_label_values(&[kind]);
+        }
+        registry.register(Box::new(housekeeping_runs.clone()))?;
+        registry.register(Box::new(housekeeping_deleted.clone()))?;
         registry.register(Box::new(argon2_skipped.clone()))?;
         registry.register(Box::new(argon2_refused.clone()))?;
         registry.register(Box::new(mail_requests.clone()))?;
@@ -115,6 +140,8 @@ impl Metrics {
             argon2_refused,
             mail_requests,
             mail_transport_up,
+            housekeeping_runs,
+            housekeeping_deleted,
         })
     }
 

@@ -142,6 +142,12 @@ pub struct Settings {
     pub require_verified_email: bool,
     /// How often an idle outbox worker looks for due mail.
     pub outbox_poll: Duration,
+    /// A MaxMind-format `.mmdb` (city or country); without it, every place is unknown.
+    pub geoip_db: Option<std::path::PathBuf>,
+    /// How long security events are kept (`GATEHOUSE_EVENT_RETENTION`).
+    pub event_retention: Duration,
+    /// How often each node runs housekeeping (`GATEHOUSE_HOUSEKEEPING_INTERVAL`).
+    pub housekeeping_interval: Duration,
 }
 
 /// The keys this version understands, for the "unknown setting" warning.
@@ -164,6 +170,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     "GATEHOUSE_MAIL_FROM",
     "GATEHOUSE_MAIL_DIR",
     "GATEHOUSE_REQUIRE_VERIFIED_EMAIL",
+    "GATEHOUSE_GEOIP_DB",
+    "GATEHOUSE_EVENT_RETENTION",
+    "GATEHOUSE_HOUSEKEEPING_INTERVAL",
 ];
 
 /// Raw key → value pairs, already merged from the file and the environment.
@@ -416,6 +425,9 @@ impl RawSettings {
             mail_dir,
             require_verified_email: self.bool("GATEHOUSE_REQUIRE_VERIFIED_EMAIL", true)?,
             outbox_poll: Duration::from_secs(1),
+            geoip_db: self.get("GATEHOUSE_GEOIP_DB").map(std::path::PathBuf::from),
+            event_retention: self.duration("GATEHOUSE_EVENT_RETENTION", "90d")?,
+            housekeeping_interval: self.duration("GATEHOUSE_HOUSEKEEPING_INTERVAL", "10m")?,
         })
     }
 }

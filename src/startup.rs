@@ -20,6 +20,7 @@ pub struct Application {
     port: u16,
     server: Server,
     worker: tokio::task::JoinHandle<()>,
+    housekeeping: tokio::task::JoinHandle<()>,
     background: tokio_util::task::TaskTracker,
 }
 
@@ -40,6 +41,8 @@ impl Application {
             metrics: state.metrics.clone(),
         };
         let worker = tokio::spawn(worker.run(state.settings.outbox_poll));
+        // Housekeeping: every node runs it; one at a time does a round.
+        let housekeeping = tokio::spawn(crate::auth::housekeeping::run(state.clone().into_inner()));
         if dev {
             tracing::warn!("DEVELOPMENT MODE: do not put real users on this instance");
         }
@@ -59,6 +62,7 @@ impl Application {
             port,
             server,
             worker,
+            housekeeping,
             background,
         })
     }
@@ -84,6 +88,7 @@ impl Application {
         }
         // Mail not yet sent stays in the outbox for the next start (or another node).
         self.worker.abort();
+        self.housekeeping.abort();
         result
     }
 }

@@ -9,6 +9,7 @@ use anyhow::Context;
 use crate::clock::Clock;
 use crate::cookies::CookiePolicy;
 use crate::crypto::{self, Keys};
+use crate::geoip::GeoIp;
 use crate::hasher::PasswordHasher;
 use crate::metrics::Metrics;
 use crate::settings::{SecretKey, Settings};
@@ -23,6 +24,8 @@ pub struct AppState {
     pub hasher: Arc<PasswordHasher>,
     pub metrics: Arc<Metrics>,
     pub cookies: CookiePolicy,
+    /// The GeoIP database (or none: every place unknown).
+    pub geo: Arc<GeoIp>,
     /// Work done after a request was answered (so its timing tells nothing); the
     /// server waits for it on shutdown.
     pub background: tokio_util::task::TaskTracker,
@@ -32,6 +35,8 @@ impl AppState {
     /// Connects (lazily) and derives keys. In dev mode without a secret key, one is
     /// generated once and kept in the database, loudly.
     pub async fn new(settings: Settings, clock: Clock, migrate: bool) -> anyhow::Result<Self> {
+        // First, so that a bad path is the one line the operator sees.
+        let geo = Arc::new(GeoIp::open(settings.geoip_db.as_deref())?);
         let pool = connect_pool(settings.database_url(), settings.database_acquire_timeout)
             .context("GATEHOUSE_DATABASE_URL: cannot be used")?;
         if migrate {
@@ -68,6 +73,7 @@ impl AppState {
             keys,
             hasher,
             metrics,
+            geo,
             background: tokio_util::task::TaskTracker::new(),
         })
     }

@@ -6,6 +6,7 @@
 
 use crate::auth::events::event;
 use crate::auth::sessions::{self, lifetimes};
+use crate::auth::devices::{self, DeviceCookie};
 use crate::auth::{RequestContext, after_answer, mailflows};
 use crate::domain::{Email, EmailError, Password, PasswordError, SessionId, SessionToken, UserId};
 use crate::error::AppError;
@@ -13,7 +14,7 @@ use crate::hasher::Slot;
 use crate::mail::messages;
 use crate::state::AppState;
 use crate::store::{
-    Attempt, AttemptKeys, NewAccount, NewUser, StoreError, ThrottleLimits, UserRecord,
+    Attempt, AttemptKeys, NewAccount, NewUser, SignIn, StoreError, ThrottleLimits, UserRecord,
 };
 
 /// The per-IP window of DESIGN.md "Precise rules": N failures in 5 minutes.
@@ -26,6 +27,8 @@ pub struct NewBrowserSession {
     pub token: SessionToken,
     /// `Some` for "keep me signed in": the cookie's Max-Age.
     pub persist_for: Option<std::time::Duration>,
+    /// The device cookie to (re)set: a year from now.
+    pub device: DeviceCookie,
 }
 
 pub enum SignInOutcome {
@@ -55,10 +58,16 @@ fn limits(state: &AppState) -> ThrottleLimits {
 /// Hands the new session to the browser. The session the browser already had (if
 /// any) was revoked in the same transaction that created this one: one browser, one
 /// live session, and never a moment with neither or both.
-fn browser_session(state: &AppState, token: SessionToken, remember_me: bool) -> NewBrowserSession {
+fn browser_session(
+    state: &AppState,
+    token: SessionToken,
+    remember_me: bool,
+    device: DeviceCookie,
+) -> NewBrowserSession {
     NewBrowserSession {
         token,
         persist_for: remember_me.then(|| lifetimes(&state.settings, true).1),
+        device,
     }
 }
 
@@ -112,16 +121,16 @@ pub async fn sign_in(
         });
     }
     let (token, session) = sessions::new_session(state, user.id, remember_me, ctx)?;
-    let signed_in = event(state, "signed_in", Some(ctx))?;
+    let (device, cookie) = devices::device_for_sign_in(state, &user.email, ctx).await?;
+    let sign_in = SignIn {
+        session,
+        replaces,
+        device,
+        event: event(state, "signed_in", Some(ctx))?,
+    };
     let created = state
         .store
-        .sign_in_succeeded(
-            &checked.attempt,
-            &user.password_hash,
-            session,
-            replaces,
-            &signed_in,
-        )
+        .sign_in_succeeded(&checked.attempt, &user.password_hash, &sign_in)
         .await?;
     if !created {
         // The password was reset or the user disabled while argon2 ran.
@@ -134,6 +143,7 @@ pub async fn sign_in(
         state,
         token,
         remember_me,
+        cookie,
     )))
 }
 
@@ -329,9 +339,16 @@ pub async fn register(
         return Ok(RegisterOutcome::CheckInbox);
     }
     let (token, session) = sessions::new_session(state, user_id, false, ctx)?;
+    let (device, cookie) = devices::device_for_sign_in(state, email.as_str(), ctx).await?;
+    let sign_in = SignIn {
+        session,
+        replaces,
+        device,
+        event: event(state, "signed_in", Some(ctx))?,
+    };
     let account = NewAccount {
         user,
-        session: Some((session, replaces)),
+        session: Some(sign_in),
         token: None,
         mails: &[],
         event: registered,
@@ -345,7 +362,7 @@ pub async fn register(
                 .inc();
             tracing::info!(user_id = %user_id, "account registered");
             Ok(RegisterOutcome::SignedIn(browser_session(
-                state, token, false,
+                state, token, false, cookie,
             )))
         }
         Err(StoreError::Conflict) => {

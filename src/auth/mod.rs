@@ -1,15 +1,20 @@
 //! Services: the rules of signing in, registering and keeping a session. Handlers call
 //! one of these; these call the store.
 
+pub mod activity;
+pub mod describe;
+pub mod devices;
 pub mod events;
+pub mod housekeeping;
 pub mod login;
 pub mod mailflows;
+pub mod operators;
 pub mod sessions;
 
 use std::future::Future;
 use std::net::IpAddr;
 
-use crate::domain::throttle_network;
+use crate::domain::{DeviceToken, Location, throttle_network};
 use crate::state::AppState;
 use crate::store::StoreError;
 
@@ -35,6 +40,11 @@ pub struct RequestContext {
     /// The client address (see `web::client::client_ip` for proxies).
     pub ip: IpAddr,
     pub user_agent: Option<String>,
+    /// Where the address is, by the GeoIP database (unknown without one).
+    pub location: Location,
+    /// The device cookie the browser sent, if it is shaped like ours (whether we
+    /// issued it is checked at sign-in).
+    pub device: Option<std::sync::Arc<DeviceToken>>,
 }
 
 impl RequestContext {

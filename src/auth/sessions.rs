@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::RequestContext;
-use super::events::event;
+use super::events::{event, seal_location};
+use crate::crypto::columns;
 use crate::domain::{SessionId, SessionToken, UserId};
 use crate::error::AppError;
 use crate::settings::Settings;
@@ -41,6 +42,7 @@ pub fn new_session(
             .map_err(|e| AppError::Unexpected(e.into()))
     };
     let token = SessionToken::generate();
+    let ip = ctx.ip.to_string();
     let now = state.clock.now();
     let (idle, absolute) = lifetimes(&state.settings, remember_me);
     let absolute_expires_at = now + span(absolute);
@@ -55,12 +57,23 @@ pub fn new_session(
         remember_me,
         aal: "aal1",
         amr: vec!["pwd".to_string()],
-        ip_enc: Some(seal("sessions.ip", ctx.ip.to_string().as_bytes())?),
+        ip_enc: Some(seal(columns::SESSION_IP, ip.as_bytes())?),
         user_agent_enc: ctx
             .user_agent
             .as_ref()
-            .map(|ua| seal("sessions.user_agent", ua.as_bytes()))
+            .map(|ua| seal(columns::SESSION_USER_AGENT, ua.as_bytes()))
             .transpose()?,
+        location_enc: ctx
+            .location
+            .is_known()
+            .then(|| seal_location(state, columns::SESSION_LOCATION, &ctx.location))
+            .transpose()?,
+        ip_mac: state.keys.mac(columns::SEEN_IP, ip.as_bytes()),
+        country_mac: ctx
+            .location
+            .country_code
+            .as_ref()
+            .map(|c| state.keys.mac(columns::SEEN_COUNTRY, c.as_bytes())),
     };
     Ok((token, session))
 }

@@ -26,6 +26,29 @@ impl SessionId {
     pub fn new() -> Self {
         Self(Uuid::new_v4())
     }
+
+    /// A session id as it appears in a URL: only the canonical hyphenated form, so one
+    /// session has one address and anything else is simply not found.
+    pub fn parse(text: &str) -> Option<Self> {
+        let id = Uuid::try_parse(text).ok()?;
+        (id.hyphenated().to_string() == text).then_some(Self(id))
+    }
+}
+
+/// A device's id (a row in `devices`: one browser of one user).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DeviceId(pub Uuid);
+
+impl DeviceId {
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
+impl Default for DeviceId {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Default for SessionId {

@@ -1,5 +1,6 @@
 //! Pure types, no I/O. Each is built by `parse`, so a value that exists is valid.
 
+pub mod context;
 mod email;
 mod ids;
 pub mod mail;
@@ -8,8 +9,9 @@ mod password;
 mod token;
 
 pub use email::{Email, EmailError};
-pub use ids::{SessionId, UserId};
+pub use context::{Agent, DeviceKind, Location};
+pub use ids::{DeviceId, SessionId, UserId};
 pub use mail::{OutboundMail, QueuedMail};
 pub use net::throttle_network;
 pub use password::{Password, PasswordError};
-pub use token::SessionToken;
+pub use token::{DeviceToken, SessionToken};

@@ -2,37 +2,55 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::crypto;
 
-/// The session cookie's value: 32 random bytes, base64url. Only its SHA-256 is stored.
-pub struct SessionToken(SecretString);
+/// A 32-byte random bearer value, base64url (43 characters). Only its SHA-256 is
+/// stored; it prints as `[redacted]`.
+macro_rules! bearer_token {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        pub struct $name(SecretString);
 
-impl SessionToken {
-    pub fn generate() -> Self {
-        Self(SecretString::from(crypto::random_token()))
-    }
+        impl $name {
+            pub fn generate() -> Self {
+                Self(SecretString::from(crypto::random_token()))
+            }
 
-    /// A cookie value that could be one of ours. Anything else is not even looked up.
-    pub fn parse(value: &str) -> Option<Self> {
-        (value.len() == 43
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
-        .then(|| Self(SecretString::from(value.to_string())))
-    }
+            /// A cookie value that could be one of ours. Anything else is not even
+            /// looked up.
+            pub fn parse(value: &str) -> Option<Self> {
+                (value.len() == 43
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+                .then(|| Self(SecretString::from(value.to_string())))
+            }
 
-    pub fn hash(&self) -> Vec<u8> {
-        crypto::token_hash(self.0.expose_secret())
-    }
+            pub fn hash(&self) -> Vec<u8> {
+                crypto::token_hash(self.0.expose_secret())
+            }
 
-    pub fn expose(&self) -> &str {
-        self.0.expose_secret()
-    }
+            pub fn expose(&self) -> &str {
+                self.0.expose_secret()
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("[redacted]")
+            }
+        }
+    };
 }
 
-impl std::fmt::Debug for SessionToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+bearer_token!(
+    /// The session cookie's value: 32 random bytes, base64url. Only its SHA-256 is stored.
+    SessionToken
+);
+
+bearer_token!(
+    /// The device cookie's value (`__Host-gatehouse_device`): links one browser's
+    /// sessions. Never a credential on its own; only its SHA-256 is stored.
+    DeviceToken
+);
 
 #[cfg(test)]
 mod tests {

@@ -150,3 +150,36 @@ pub fn email_changed(settings: &Settings, to: &str, new_address: &str) -> Outbou
         },
     )
 }
+
+/// A sign-in from a browser this account had never used (DESIGN.md "Devices and
+/// context"). Names the device, the place, the address and the time; the way to act
+/// is the device list, where one click signs that browser out.
+pub fn new_device(
+    settings: &Settings,
+    to: &str,
+    device: &str,
+    place: &str,
+    ip: &str,
+    when: &str,
+) -> OutboundMail {
+    render(
+        settings,
+        to,
+        Draft {
+            subject: "New sign-in to your account".into(),
+            paragraphs: vec![
+                "Your Gatehouse account was just signed in to from a device it had not been used on before:".into(),
+                format!("Device: {device}"),
+                format!("Place: {place} (address {ip})"),
+                format!("Time: {when}"),
+            ],
+            action: Some((
+                "Review your devices".into(),
+                format!("{}/account/devices", settings.issuer()),
+            )),
+            after: vec![
+                "If this was you, there is nothing to do. If it wasn't, sign that device out from the list and change your password.".into(),
+            ],
+        },
+    )
+}

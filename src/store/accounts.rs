@@ -4,12 +4,13 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::devices::revoke_all_of_user;
 use super::events::{NewEvent, insert_event};
 use super::links::{NewEmailToken, insert_token};
 use super::outbox::insert_mails;
-use super::sessions::{NewSession, insert_session, revoke_replaced};
+use super::sessions::{SignIn, insert_signed_in};
 use super::{PgStore, StoreError};
-use crate::domain::{Email, OutboundMail, SessionId, UserId};
+use crate::domain::{Email, OutboundMail, UserId};
 
 /// An account to create.
 pub struct NewUser {
@@ -69,7 +70,7 @@ pub struct NewAccount<'a> {
     pub user: NewUser,
     /// Signed in at once (verification not required), replacing the browser's
     /// earlier session if it had one.
-    pub session: Option<(NewSession, Option<SessionId>)>,
+    pub session: Option<SignIn>,
     /// A verification link.
     pub token: Option<NewEmailToken>,
     pub mails: &'a [OutboundMail],
@@ -82,6 +83,17 @@ pub trait AccountStore: Send + Sync {
     /// `Conflict` if the address is taken (nothing is written).
     async fn create_user(&self, account: NewAccount<'_>) -> Result<(), StoreError>;
     async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError>;
+    /// Disables (`disabled`) or enables an account and records `event`; disabling
+    /// revokes every session of the user in the same transaction, each with
+    /// `revoked` as its event. Returns whether anything changed (`false`: it already
+    /// was so).
+    async fn set_disabled(
+        &self,
+        user_id: UserId,
+        disabled: bool,
+        event: &NewEvent,
+        revoked: &NewEvent,
+    ) -> Result<bool, StoreError>;
 }
 
 #[async_trait]
@@ -102,11 +114,8 @@ impl AccountStore for PgStore {
         .execute(&mut *tx)
         .await?;
         insert_event(&mut tx, user.id.0, None, &a.event).await?;
-        if let Some((session, replaces)) = &a.session {
-            insert_session(&mut tx, session).await?;
-            if let Some(old) = replaces {
-                revoke_replaced(&mut tx, *old, session.now).await?;
-            }
+        if let Some(sign_in) = &a.session {
+            insert_signed_in(&mut tx, &self.keys, sign_in).await?;
         }
         if let Some(token) = &a.token {
             insert_token(&mut tx, token).await?;
@@ -126,5 +135,34 @@ impl AccountStore for PgStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(UserRecord::from))
+    }
+
+    async fn set_disabled(
+        &self,
+        user_id: UserId,
+        disabled: bool,
+        event: &NewEvent,
+        revoked: &NewEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE users SET disabled_at = CASE WHEN $2 THEN $3 END, updated_at = $3
+             WHERE id = $1 AND (disabled_at IS NOT NULL) <> $2",
+        )
+        .bind(user_id.0)
+        .bind(disabled)
+        .bind(event.at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if changed {
+            insert_event(&mut tx, user_id.0, None, event).await?;
+            if disabled {
+                revoke_all_of_user(&mut tx, user_id, None, "account disabled", revoked).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(changed)
     }
 }

@@ -6,22 +6,28 @@
 //! `Arc<dyn Store>` and import the capability traits they call.
 
 mod accounts;
+mod devices;
 mod events;
+mod housekeeping;
 mod links;
 mod outbox;
 mod pg;
+mod rekey;
 mod sessions;
 mod throttle;
 
 pub use accounts::{AccountStore, NewAccount, NewUser, UserRecord};
-pub use events::{EventStore, NewEvent};
+pub use devices::{DeviceLink, DeviceStore, SessionDetail};
+pub use events::{EventRecord, EventStore, NewEvent};
+pub use housekeeping::{HousekeepingStore, SweepCounts, SweepRules};
 pub use links::{EmailTokenRecord, LinkStore, NewEmailToken};
 pub use outbox::OutboxStore;
 pub use pg::{
     HealthStore, PgStore, connect_pool, dev_secret_key, is_unavailable, migrate_when_reachable,
     run_migrations,
 };
-pub use sessions::{NewSession, SessionRecord, SessionStore};
+pub use rekey::{RekeyReport, RekeyStore};
+pub use sessions::{NewSession, SessionRecord, SessionStore, SignIn};
 pub use throttle::{Attempt, AttemptKeys, ThrottleLimits, ThrottleStore};
 
 /// Storage failures, split by what the caller should tell the person.
@@ -49,6 +55,9 @@ pub trait Store:
     + LinkStore
     + OutboxStore
     + EventStore
+    + DeviceStore
+    + HousekeepingStore
+    + RekeyStore
     + Send
     + Sync
 {
@@ -62,6 +71,9 @@ impl<T> Store for T where
         + LinkStore
         + OutboxStore
         + EventStore
+        + DeviceStore
+        + HousekeepingStore
+        + RekeyStore
         + Send
         + Sync
 {

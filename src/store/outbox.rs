@@ -12,8 +12,7 @@ use crate::crypto::Keys;
 use crate::domain::mail::Unopenable;
 use crate::domain::{OutboundMail, QueuedMail};
 
-const MAIL_TEXT: &str = "mail_outbox.text_body";
-const MAIL_HTML: &str = "mail_outbox.html_body";
+use crate::crypto::columns::{MAIL_HTML, MAIL_TEXT};
 
 /// Queues `mails` inside the caller's transaction, bodies sealed.
 pub(super) async fn insert_mails(

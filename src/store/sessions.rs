@@ -4,10 +4,14 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::events::{EVENT_COLUMNS, NewEvent, PgQuery, bind_event, event_at, event_values};
-use super::throttle::AttemptKeys;
+use super::devices::{DeviceLink, link_device};
+use super::events::{
+    EVENT_COLUMNS, NewEvent, PgQuery, bind_event, event_at, event_values, insert_event,
+};
+use super::throttle::{AttemptKeys, refund};
 use super::{PgStore, StoreError};
-use crate::domain::{SessionId, UserId};
+use crate::crypto::Keys;
+use crate::domain::{DeviceId, SessionId, UserId};
 
 /// A session row to insert. Times and lifetimes are computed by the service.
 pub struct NewSession {
@@ -23,6 +27,20 @@ pub struct NewSession {
     pub amr: Vec<String>,
     pub ip_enc: Option<Vec<u8>>,
     pub user_agent_enc: Option<Vec<u8>>,
+    /// Sealed `domain::Location` (JSON).
+    pub location_enc: Option<Vec<u8>>,
+    /// Keyed HMACs of the address and of the country code ("seen before").
+    pub ip_mac: Vec<u8>,
+    pub country_mac: Option<Vec<u8>>,
+}
+
+/// A sign-in to complete: the session, the browser's earlier session it replaces,
+/// its device and its event.
+pub struct SignIn {
+    pub session: NewSession,
+    pub replaces: Option<SessionId>,
+    pub device: DeviceLink,
+    pub event: NewEvent,
 }
 
 /// A live session with its user, as every authenticated request sees it.
@@ -74,14 +92,15 @@ impl From<SessionRow> for SessionRecord {
     }
 }
 
-/// The session columns and their parameters `$1`–`$12`, as bound by `bind_session`.
+/// The session columns and their parameters `$1`–`$16`, as bound by `bind_session`.
 const SESSION_COLUMNS: &str = "(id, token_hash, user_id, created_at, last_seen_at,
      idle_timeout_secs, idle_expires_at, absolute_expires_at, remember_me,
-     auth_time, aal, aal_reached_at, amr, ip_enc, user_agent_enc)";
-const SESSION_VALUES: &str = "$1, $2, $3, $4, $4, $5, $6, $7, $8, $4, $9, $4, $10, $11, $12";
-const SESSION_PARAMS: usize = 12;
+     auth_time, aal, aal_reached_at, amr, ip_enc, user_agent_enc,
+     location_enc, ip_mac, country_mac, device_id)";
+const SESSION_VALUES: &str =
+    "$1, $2, $3, $4, $4, $5, $6, $7, $8, $4, $9, $4, $10, $11, $12, $13, $14, $15, $16";
 
-fn bind_session<'q>(q: PgQuery<'q>, s: &'q NewSession) -> PgQuery<'q> {
+fn bind_session<'q>(q: PgQuery<'q>, s: &'q NewSession, device: DeviceId) -> PgQuery<'q> {
     q.bind(s.id.0)
         .bind(&s.token_hash)
         .bind(s.user_id.0)
@@ -94,16 +113,38 @@ fn bind_session<'q>(q: PgQuery<'q>, s: &'q NewSession) -> PgQuery<'q> {
         .bind(&s.amr)
         .bind(&s.ip_enc)
         .bind(&s.user_agent_enc)
+        .bind(&s.location_enc)
+        .bind(&s.ip_mac)
+        .bind(&s.country_mac)
+        .bind(device.0)
 }
 
-pub(super) async fn insert_session(
+/// Creates a signed-in session inside the caller's transaction: links its device
+/// (mailing a new-device notice when it applies), inserts the row, revokes the
+/// browser's earlier session and records the sign-in.
+pub(super) async fn insert_signed_in(
     conn: &mut sqlx::PgConnection,
-    s: &NewSession,
-) -> Result<(), sqlx::Error> {
+    keys: &Keys,
+    s: &SignIn,
+) -> Result<(), StoreError> {
+    let session = &s.session;
+    let (device, _) = link_device(
+        conn,
+        keys,
+        session.user_id,
+        session.id,
+        &s.device,
+        session.now,
+    )
+    .await?;
     let sql = format!("INSERT INTO sessions {SESSION_COLUMNS} VALUES ({SESSION_VALUES})");
-    bind_session(sqlx::query(sqlx::AssertSqlSafe(sql)), s)
-        .execute(conn)
+    bind_session(sqlx::query(sqlx::AssertSqlSafe(sql)), session, device)
+        .execute(&mut *conn)
         .await?;
+    if let Some(old) = s.replaces {
+        revoke_replaced(conn, old, session.now).await?;
+    }
+    insert_event(conn, session.user_id.0, Some(session.id.0), &s.event).await?;
     Ok(())
 }
 
@@ -135,20 +176,17 @@ pub(super) async fn revoke_replaced(
 
 #[async_trait]
 pub trait SessionStore: Send + Sync {
-    /// Completes a sign-in in one statement: takes back the attempt's throttle
-    /// counts, creates the session, revokes the browser's earlier session
-    /// (`replaces`) and records `event`, provided the user's password hash is still
-    /// `password_hash` and the user is enabled (a reset or disabling that landed
-    /// meanwhile wins, and then nothing at all is written). The attempt's provisional
-    /// failure event goes either way: the password was right.
+    /// Completes a sign-in in one transaction: takes back the attempt's throttle
+    /// counts and provisional failure event (the password was right), then — provided
+    /// the user's password hash is still `password_hash` and the user is enabled (a
+    /// reset or disabling that landed meanwhile wins) — links the device, creates the
+    /// session, revokes the browser's earlier session and records the sign-in.
     /// Returns whether the session was created.
     async fn sign_in_succeeded(
         &self,
         attempt: &AttemptKeys,
         password_hash: &str,
-        session: NewSession,
-        replaces: Option<SessionId>,
-        event: &NewEvent,
+        sign_in: &SignIn,
     ) -> Result<bool, StoreError>;
     /// The live session behind a cookie token hash: not revoked, not expired, user not
     /// disabled. One indexed read.
@@ -175,59 +213,26 @@ impl SessionStore for PgStore {
         &self,
         attempt: &AttemptKeys,
         password_hash: &str,
-        s: NewSession,
-        replaces: Option<SessionId>,
-        event: &NewEvent,
+        sign_in: &SignIn,
     ) -> Result<bool, StoreError> {
-        // One statement (one round trip, atomic). Data-modifying CTEs all run, and
-        // each later one keys on the INSERT's RETURNING, so when the condition on the
-        // user fails nothing but the (harmless) refund happens.
-        let n = SESSION_PARAMS;
-        let sql = format!(
-            "WITH refund AS (
-                 UPDATE sign_in_throttle
-                 SET failures = CASE WHEN scope = 'account' THEN 0 ELSE GREATEST(failures - 1, 0) END,
-                     blocked_until = NULL, updated_at = $4
-                 WHERE (scope = 'account' AND key = ${a}) OR (scope = 'ip' AND key = ${i})
-             ), provisional AS (
-                 DELETE FROM security_events WHERE id = ${f}
-             ), ins AS (
-                 INSERT INTO sessions {SESSION_COLUMNS}
-                 SELECT {SESSION_VALUES}
-                 FROM users WHERE id = $3 AND password_hash = ${h} AND disabled_at IS NULL
-                 RETURNING id, user_id
-             ), old AS (
-                 UPDATE sessions SET revoked_at = $4, revoked_reason = ${reason}
-                 WHERE id = ${old} AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM ins)
-                 RETURNING id, user_id
-             ), old_event AS (
-                 INSERT INTO security_events (id, user_id, session_id, kind, actor, at, detail)
-                 SELECT gen_random_uuid(), old.user_id, old.id, 'session_revoked', 'user', $4, ${reason}
-                 FROM old
-             )
-             INSERT INTO security_events {EVENT_COLUMNS}
-             SELECT gen_random_uuid(), ins.user_id, ins.id, {event} FROM ins",
-            a = n + 1,
-            i = n + 2,
-            h = n + 3,
-            old = n + 4,
-            reason = n + 5,
-            f = n + 6,
-            event = event_values(n + 6),
-        );
-        let done = bind_event(
-            bind_session(sqlx::query(sqlx::AssertSqlSafe(sql)), &s)
-                .bind(&attempt.account_key)
-                .bind(&attempt.ip_key)
-                .bind(password_hash)
-                .bind(replaces.map(|r| r.0))
-                .bind(REPLACED_REASON)
-                .bind(attempt.failure_id),
-            event,
+        let mut tx = self.pool.begin().await?;
+        refund(&mut tx, attempt).await?;
+        // The row lock holds off a password reset or a disabling until this commits,
+        // and one that committed first makes the check fail.
+        let current: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM users
+             WHERE id = $1 AND password_hash = $2 AND disabled_at IS NULL
+             FOR SHARE",
         )
-        .execute(&self.pool)
+        .bind(sign_in.session.user_id.0)
+        .bind(password_hash)
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if current.is_some() {
+            insert_signed_in(&mut tx, &self.keys, sign_in).await?;
+        }
+        tx.commit().await?;
+        Ok(current.is_some())
     }
 
     async fn live_session(

@@ -47,6 +47,27 @@ struct BeginRow {
     verified: Option<bool>,
 }
 
+/// Takes back what a sign-in attempt counted (its account count entirely, one count
+/// on its address) and deletes its provisional failure event: the password was right.
+pub(super) async fn refund(
+    conn: &mut sqlx::PgConnection,
+    keys: &AttemptKeys,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH provisional AS (DELETE FROM security_events WHERE id = $3)
+         UPDATE sign_in_throttle
+         SET failures = CASE WHEN scope = 'account' THEN 0 ELSE GREATEST(failures - 1, 0) END,
+             blocked_until = NULL
+         WHERE (scope = 'account' AND key = $1) OR (scope = 'ip' AND key = $2)",
+    )
+    .bind(&keys.account_key)
+    .bind(&keys.ip_key)
+    .bind(keys.failure_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 pub trait ThrottleStore: Send + Sync {
     /// Starts a sign-in attempt: decides whether it may be evaluated and, if so,
@@ -201,18 +222,8 @@ impl ThrottleStore for PgStore {
     }
 
     async fn sign_in_refund(&self, keys: &AttemptKeys) -> Result<(), StoreError> {
-        sqlx::query(
-            "WITH provisional AS (DELETE FROM security_events WHERE id = $3)
-             UPDATE sign_in_throttle
-             SET failures = CASE WHEN scope = 'account' THEN 0 ELSE GREATEST(failures - 1, 0) END,
-                 blocked_until = NULL
-             WHERE (scope = 'account' AND key = $1) OR (scope = 'ip' AND key = $2)",
-        )
-        .bind(&keys.account_key)
-        .bind(&keys.ip_key)
-        .bind(keys.failure_id)
-        .execute(&self.pool)
-        .await?;
+        let mut conn = self.pool.acquire().await?;
+        refund(&mut conn, keys).await?;
         Ok(())
     }
 

@@ -8,6 +8,7 @@ use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest};
 
 use crate::auth::RequestContext;
+use crate::domain::DeviceToken;
 use crate::error::AppError;
 use crate::web::extract::state;
 
@@ -89,13 +90,21 @@ impl FromRequest for RequestContext {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         std::future::ready(state(req).map(|state| {
+            let ip = client_ip(req, &state.settings.trusted_proxies);
             RequestContext {
-                ip: client_ip(req, &state.settings.trusted_proxies),
+                ip,
                 user_agent: req
                     .headers()
                     .get(header::USER_AGENT)
                     .and_then(|v| v.to_str().ok())
                     .map(|s| s.chars().take(512).collect()),
+                location: state.geo.locate(ip),
+                // A value that is not even shaped like ours is ignored (a new device
+                // is made at sign-in).
+                device: req
+                    .cookie(state.cookies.device_name)
+                    .and_then(|c| DeviceToken::parse(c.value()))
+                    .map(std::sync::Arc::new),
             }
         }))
     }

@@ -1,6 +1,7 @@
 //! HTTP: the route table, extractors, the edge middleware and the handlers.
 
 pub mod client;
+pub mod devices;
 pub mod edge;
 pub mod extract;
 pub mod forms;
@@ -26,6 +27,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(web::resource("/logout").route(web::post().to(pages::logout)))
         .service(web::resource("/account").route(web::get().to(pages::account)))
+        .service(web::resource("/account/devices").route(web::get().to(devices::devices_page)))
+        .service(
+            web::resource("/account/devices/revoke-others")
+                .route(web::post().to(devices::revoke_others)),
+        )
+        .service(
+            web::resource("/account/devices/revoke-all").route(web::post().to(devices::revoke_all)),
+        )
+        .service(
+            web::resource("/account/devices/{session_id}/revoke")
+                .route(web::post().to(devices::revoke_device)),
+        )
+        .service(web::resource("/account/activity").route(web::get().to(devices::activity_page)))
         .service(
             web::resource("/verify-email")
                 .route(web::get().to(mail_pages::verify_email_page))

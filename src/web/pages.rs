@@ -79,6 +79,9 @@ fn signed_in(state: &AppState, new: NewBrowserSession, return_to: Option<&str>) 
     let target = safe_return_to(return_to).unwrap_or_else(|| "/account".into());
     let mut res = see_other(&target);
     let _ = res.add_cookie(&state.cookies.session_cookie(&new.token, new.persist_for));
+    // The device cookie outlives sign-outs: it is how the next sign-in from this
+    // browser is recognised.
+    let _ = res.add_cookie(&state.cookies.device_cookie(&new.device.0));
     // The pre-session that protected the form is spent.
     let mut spent = state.cookies.pre_session_cookie(String::new());
     spent.set_max_age(time::Duration::ZERO);
@@ -348,7 +351,7 @@ pub async fn register_submit(
 #[derive(Deserialize)]
 pub struct CsrfOnlyForm {
     #[serde(default)]
-    csrf_token: String,
+    pub csrf_token: String,
 }
 
 pub async fn logout(

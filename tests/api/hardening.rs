@@ -857,7 +857,7 @@ async fn security_events_record_what_happened_with_personal_fields_sealed() {
     let kinds: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
     assert_eq!(
         kinds,
-        ["registered", "sign_in_failed", "signed_out"],
+        ["registered", "signed_in", "sign_in_failed", "signed_out"],
         "{kinds:?}"
     );
     let keys = app.keys();

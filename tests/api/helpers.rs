@@ -684,6 +684,20 @@ impl MailSink {
             .collect()
     }
 
+    /// Waits (up to 10 s) for a message to `address` whose subject is `subject`.
+    pub async fn wait_for_subject(&self, address: &str, subject: &str) -> Received {
+        for _ in 0..100 {
+            if let Some(m) = self.to(address).into_iter().find(|m| m.subject() == subject) {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "{address} did not receive {subject:?}: {:?}",
+            self.to(address).iter().map(Received::subject).collect::<Vec<_>>()
+        );
+    }
+
     /// Waits (up to 10 s) until `address` has received `count` messages.
     pub async fn wait_for(&self, address: &str, count: usize) -> Vec<Received> {
         for _ in 0..100 {

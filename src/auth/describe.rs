@@ -1,0 +1,91 @@
+//! Words for people: times, sign-in methods and event kinds as the account pages and
+//! mails say them.
+
+use time::OffsetDateTime;
+
+/// "2026-12-02 09:30 UTC".
+pub fn when(t: OffsetDateTime) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+    t.format(&format).unwrap_or_default()
+}
+
+/// "just now", "5 minutes ago", "3 hours ago", "2 days ago".
+pub fn ago(now: OffsetDateTime, t: OffsetDateTime) -> String {
+    let secs = (now - t).whole_seconds().max(0);
+    let (n, unit) = match secs {
+        0..60 => return "just now".into(),
+        60..3600 => (secs / 60, "minute"),
+        3600..86400 => (secs / 3600, "hour"),
+        _ => (secs / 86400, "day"),
+    };
+    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+}
+
+/// How the person proved themselves, from `amr`: "Password", "Password +
+/// authenticator code".
+pub fn methods(amr: &[String]) -> String {
+    let words: Vec<&str> = amr
+        .iter()
+        .map(|m| match m.as_str() {
+            "pwd" => "password",
+            "otp" => "authenticator code",
+            "email" => "e-mailed code",
+            "recovery" => "recovery code",
+            "hwk" | "swk" => "passkey",
+            _ => "other method",
+        })
+        .collect();
+    let mut text = words.join(" + ");
+    if let Some(first) = text.get(..1) {
+        text = first.to_uppercase() + &text[1..];
+    }
+    text
+}
+
+/// A security event's kind as a heading.
+pub fn event_title(kind: &str) -> &'static str {
+    match kind {
+        "registered" => "Account created",
+        "signed_in" => "Signed in",
+        "sign_in_failed" => "Failed sign-in",
+        "signed_out" => "Signed out",
+        "session_revoked" => "Session ended",
+        "new_device" => "Sign-in from a new device",
+        "password_reset" => "Password reset by e-mail link",
+        "password_changed" => "Password changed",
+        "email_verified" => "E-mail address confirmed",
+        "email_change_requested" => "E-mail change requested",
+        "email_changed" => "E-mail address changed",
+        "user_disabled" => "Account disabled",
+        "user_enabled" => "Account enabled",
+        _ => "Account event",
+    }
+}
+
+/// Who did it, as the activity page says it.
+pub fn actor(actor: &str) -> &'static str {
+    match actor {
+        "admin" => "an administrator",
+        "system" => "Gatehouse",
+        _ => "you",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_and_methods_read_naturally() {
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(10);
+        assert_eq!(ago(now, now), "just now");
+        assert_eq!(ago(now, now - time::Duration::minutes(1)), "1 minute ago");
+        assert_eq!(ago(now, now - time::Duration::hours(3)), "3 hours ago");
+        assert_eq!(ago(now, now - time::Duration::days(2)), "2 days ago");
+        assert_eq!(methods(&["pwd".into()]), "Password");
+        assert_eq!(
+            methods(&["pwd".into(), "otp".into()]),
+            "Password + authenticator code"
+        );
+    }
+}

@@ -1,0 +1,191 @@
+//! Devices (DESIGN.md "Devices and context"): which browser a sign-in came from, the
+//! device list a user sees, and the revocations it offers. Revoking is quick on
+//! purpose (no step-up: protective actions must never be slowed down), and bites on
+//! the revoked browser's very next request because every request re-checks its row.
+
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+
+use super::RequestContext;
+use super::events::{event, event_with};
+use crate::crypto::columns;
+use crate::domain::{Agent, DeviceId, DeviceKind, DeviceToken, Location, SessionId, UserId};
+use crate::error::AppError;
+use crate::mail::messages;
+use crate::state::AppState;
+use crate::store::{DeviceLink, SessionDetail, SessionRecord};
+
+/// The device cookie a sign-in leaves in the browser: the one it came with, if we
+/// issued it, else a new one.
+pub struct DeviceCookie(pub Arc<DeviceToken>);
+
+/// Decides the device of a sign-in by `user_id` (address `email`) from `ctx`, and
+/// prepares the new-device notice, which the store records and mails only if the
+/// browser turns out new for a user who had other devices.
+pub async fn device_for_sign_in(
+    state: &AppState,
+    email: &str,
+    ctx: &RequestContext,
+) -> Result<(DeviceLink, DeviceCookie), AppError> {
+    // A cookie we never issued is ignored: a new device (and a new cookie) is made,
+    // so a value planted in the browser cannot pose as a known device.
+    let token = match &ctx.device {
+        Some(t) if state.store.device_cookie_known(&t.hash()).await? => t.clone(),
+        _ => Arc::new(DeviceToken::generate()),
+    };
+    let agent = Agent::parse(ctx.user_agent.as_deref());
+    let label_enc = state
+        .keys
+        .seal(columns::DEVICE_LABEL, agent.label.as_bytes())
+        .map_err(|e| AppError::Unexpected(e.into()))?;
+    let when = super::describe::when(state.clock.now());
+    let notice = messages::new_device(
+        &state.settings,
+        email,
+        &agent.label,
+        &ctx.location.place(),
+        &ctx.ip.to_string(),
+        &when,
+    );
+    let link = DeviceLink {
+        new_id: DeviceId::new(),
+        token_hash: token.hash(),
+        label_enc,
+        device_type: agent.kind.as_str(),
+        notice: Some((event(state, "new_device", Some(ctx))?, notice)),
+    };
+    Ok((link, DeviceCookie(token)))
+}
+
+/// One row of the device list, opened and described.
+#[derive(Clone, Debug)]
+pub struct DeviceRow {
+    pub session_id: SessionId,
+    pub label: String,
+    pub kind: DeviceKind,
+    /// The raw user agent, shown on request (escaped by the template).
+    pub user_agent: Option<String>,
+    pub place: String,
+    pub ip: Option<String>,
+    pub signed_in_at: OffsetDateTime,
+    pub last_active_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    /// "Password", "Password + authenticator code", …
+    pub methods: String,
+    pub current: bool,
+    pub risk: Option<String>,
+    pub remembered: bool,
+}
+
+/// Opens a sealed column; a value no held key opens shows as absent (it is never an
+/// error for the person: the row is still theirs to revoke).
+fn open_text(state: &AppState, context: &str, sealed: Option<&Vec<u8>>) -> Option<String> {
+    let plain = state.keys.open(context, sealed?).ok()?;
+    String::from_utf8(plain).ok()
+}
+
+fn open_location(state: &AppState, context: &str, sealed: Option<&Vec<u8>>) -> Location {
+    sealed
+        .and_then(|s| state.keys.open(context, s).ok())
+        .and_then(|p| serde_json::from_slice(&p).ok())
+        .unwrap_or_default()
+}
+
+/// What a session's listing shows, opened (for the page and the operator's listing).
+pub fn describe_session(state: &AppState, s: &SessionDetail, current: Option<SessionId>) -> DeviceRow {
+    let user_agent = open_text(state, columns::SESSION_USER_AGENT, s.user_agent_enc.as_ref());
+    let agent = Agent::parse(user_agent.as_deref());
+    DeviceRow {
+        session_id: SessionId(s.id),
+        label: agent.label,
+        kind: agent.kind,
+        user_agent,
+        place: open_location(state, columns::SESSION_LOCATION, s.location_enc.as_ref()).place(),
+        ip: open_text(state, columns::SESSION_IP, s.ip_enc.as_ref()),
+        signed_in_at: s.auth_time,
+        last_active_at: s.last_seen_at,
+        expires_at: s.idle_expires_at.min(s.absolute_expires_at),
+        methods: super::describe::methods(&s.amr),
+        current: current == Some(SessionId(s.id)),
+        risk: s
+            .risk_flagged
+            .then(|| s.risk_reason.clone().unwrap_or_else(|| "Unusual sign-in".into())),
+        remembered: s.remember_me,
+    }
+}
+
+/// The user's live sessions, most recently active first, the viewing one marked.
+pub async fn list(state: &AppState, viewer: &SessionRecord) -> Result<Vec<DeviceRow>, AppError> {
+    let rows = state
+        .store
+        .live_sessions(viewer.user_id, state.clock.now())
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|s| describe_session(state, s, Some(viewer.id)))
+        .collect())
+}
+
+/// The outcome of a revocation the person asked for.
+pub enum Revoked {
+    /// Other sessions ended; this browser stays signed in.
+    Others(u64),
+    /// This browser's own session ended too: clear its cookie.
+    IncludingThisOne(u64),
+}
+
+/// Revokes one of the viewer's own sessions by the id in the URL. A malformed id, an
+/// unknown one, a dead one and another user's all answer `NotFound`, alike, and
+/// change nothing (checklist D3).
+pub async fn revoke_one(
+    state: &AppState,
+    viewer: &SessionRecord,
+    raw_id: &str,
+    ctx: &RequestContext,
+) -> Result<Revoked, AppError> {
+    let id = SessionId::parse(raw_id).ok_or(AppError::NotFound)?;
+    let e = event_with(state, "session_revoked", Some(ctx), "signed out from the device list")?;
+    let done = state
+        .store
+        .revoke_own_session(viewer.user_id, id, "signed out from the device list", &e)
+        .await?;
+    match (done, id == viewer.id) {
+        (false, _) => Err(AppError::NotFound),
+        (true, true) => Ok(Revoked::IncludingThisOne(1)),
+        (true, false) => Ok(Revoked::Others(1)),
+    }
+}
+
+/// "Sign out all other devices" (`keep_this`) or "Sign out everywhere".
+pub async fn revoke_many(
+    state: &AppState,
+    viewer: &SessionRecord,
+    keep_this: bool,
+    ctx: &RequestContext,
+) -> Result<Revoked, AppError> {
+    let reason = if keep_this {
+        "signed out all other devices"
+    } else {
+        "signed out everywhere"
+    };
+    let e = event_with(state, "session_revoked", Some(ctx), reason)?;
+    let n = state
+        .store
+        .revoke_user_sessions(viewer.user_id, keep_this.then_some(viewer.id), reason, &e)
+        .await?;
+    Ok(if keep_this {
+        Revoked::Others(n)
+    } else {
+        Revoked::IncludingThisOne(n)
+    })
+}
+
+/// For operators: a user's live sessions, opened.
+pub async fn sessions_of(state: &AppState, user_id: UserId) -> Result<Vec<DeviceRow>, AppError> {
+    let rows = state
+        .store
+        .live_sessions(user_id, state.clock.now())
+        .await?;
+    Ok(rows.iter().map(|s| describe_session(state, s, None)).collect())
+}

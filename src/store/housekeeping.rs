@@ -1,0 +1,148 @@
+//! Housekeeping: deleting what no rule needs any more. Every node runs it; an
+//! advisory lock lets one node at a time do a round, and each round deletes at most
+//! `BATCH` rows per table so that no transaction holds locks for long (a backlog is
+//! worked off over the next rounds).
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use super::{PgStore, StoreError};
+
+/// Rows deleted per table per round, at most.
+const BATCH: i64 = 5000;
+
+/// What may go, as of `now`.
+pub struct SweepRules {
+    pub now: OffsetDateTime,
+    /// Sessions are kept this long after they died (expired or revoked).
+    pub session_grace: time::Duration,
+    /// Security events older than this go (`GATEHOUSE_EVENT_RETENTION`).
+    pub event_retention: time::Duration,
+    /// Devices not seen for this long, with no live session, go (the cookie lasts a
+    /// year).
+    pub device_idle: time::Duration,
+    /// Spent or expired mail links, idle throttle counters and delivered or
+    /// abandoned mail go after this.
+    pub spent_after: time::Duration,
+}
+
+/// How many rows of each kind a round deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepCounts {
+    pub sessions: u64,
+    pub devices: u64,
+    pub email_tokens: u64,
+    pub throttle: u64,
+    pub events: u64,
+    pub mails: u64,
+}
+
+impl SweepCounts {
+    /// (name, count) pairs, for metrics and logs.
+    pub fn by_kind(&self) -> [(&'static str, u64); 6] {
+        [
+            ("sessions", self.sessions),
+            ("devices", self.devices),
+            ("email_tokens", self.email_tokens),
+            ("throttle", self.throttle),
+            ("events", self.events),
+            ("mails", self.mails),
+        ]
+    }
+}
+
+#[async_trait]
+pub trait HousekeepingStore: Send + Sync {
+    /// One round. `None` when another node is doing a round right now.
+    async fn sweep(&self, rules: &SweepRules) -> Result<Option<SweepCounts>, StoreError>;
+}
+
+/// Deletes up to `BATCH` rows of `table` matching `condition`, whose `$1`, `$2`…
+/// are `times`.
+async fn delete_batch(
+    conn: &mut sqlx::PgConnection,
+    table: &str,
+    key: &str,
+    condition: &str,
+    times: &[OffsetDateTime],
+) -> Result<u64, sqlx::Error> {
+    let sql = format!(
+        "DELETE FROM {table} WHERE {key} IN (
+             SELECT {key} FROM {table} WHERE {condition} LIMIT {BATCH} FOR UPDATE SKIP LOCKED
+         )"
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for t in times {
+        q = q.bind(*t);
+    }
+    Ok(q.execute(conn).await?.rows_affected())
+}
+
+#[async_trait]
+impl HousekeepingStore for PgStore {
+    async fn sweep(&self, r: &SweepRules) -> Result<Option<SweepCounts>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let ours: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('gatehouse.housekeeping'))")
+                .fetch_one(&mut *tx)
+                .await?;
+        if !ours {
+            return Ok(None);
+        }
+        let now = r.now;
+        let counts = SweepCounts {
+            sessions: delete_batch(
+                &mut tx,
+                "sessions",
+                "id",
+                "absolute_expires_at < $1 OR idle_expires_at < $1 OR revoked_at < $1",
+                &[now - r.session_grace],
+            )
+            .await?,
+            devices: delete_batch(
+                &mut tx,
+                "devices",
+                "id",
+                "last_seen_at < $2 AND NOT EXISTS (
+                     SELECT 1 FROM sessions s WHERE s.device_id = devices.id
+                     AND s.revoked_at IS NULL AND s.absolute_expires_at > $1)",
+                &[now, now - r.device_idle],
+            )
+            .await?,
+            email_tokens: delete_batch(
+                &mut tx,
+                "email_tokens",
+                "token_hash",
+                "expires_at < $1 OR used_at < $1",
+                &[now - r.spent_after],
+            )
+            .await?,
+            throttle: delete_batch(
+                &mut tx,
+                "sign_in_throttle",
+                "(scope, key)",
+                "updated_at < $2 AND (blocked_until IS NULL OR blocked_until < $1)",
+                &[now, now - r.spent_after],
+            )
+            .await?,
+            events: delete_batch(
+                &mut tx,
+                "security_events",
+                "id",
+                "at < $1",
+                &[now - r.event_retention],
+            )
+            .await?,
+            mails: delete_batch(
+                &mut tx,
+                "mail_outbox",
+                "id",
+                "(sent_at IS NOT NULL OR failed_at IS NOT NULL) AND created_at < $1",
+                &[now - r.spent_after],
+            )
+            .await?,
+        };
+        tx.commit().await?;
+        Ok(Some(counts))
+    }
+}
