@@ -2,13 +2,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use gatehouse::auth::operators;
 use gatehouse::cli::{Cli, Command, KeysCommand, SessionsCommand, UserCommand, read_password};
 use gatehouse::clock::Clock;
 use gatehouse::settings::{RawSettings, Settings};
 use gatehouse::startup::Application;
 use gatehouse::state::AppState;
 use gatehouse::store::{connect_pool, migrate_when_reachable};
-use gatehouse::auth::operators;
 use gatehouse::{auth, telemetry};
 
 fn load_settings(cli: &Cli) -> Result<Settings, String> {

@@ -61,8 +61,8 @@ pub async fn page(
         .map(|e| {
             let ua = open(columns::EVENT_USER_AGENT, e.user_agent_enc.as_ref())
                 .and_then(|p| String::from_utf8(p).ok());
-            let ip = open(columns::EVENT_IP, e.ip_enc.as_ref())
-                .and_then(|p| String::from_utf8(p).ok());
+            let ip =
+                open(columns::EVENT_IP, e.ip_enc.as_ref()).and_then(|p| String::from_utf8(p).ok());
             let place = open(columns::EVENT_LOCATION, e.location_enc.as_ref())
                 .and_then(|p| serde_json::from_slice::<Location>(&p).ok())
                 .map(|l| l.place())
@@ -71,9 +71,7 @@ pub async fn page(
                 id: e.id,
                 title: describe::event_title(&e.kind),
                 at: e.at,
-                device: ip
-                    .as_ref()
-                    .map(|_| Agent::parse(ua.as_deref()).label),
+                device: ip.as_ref().map(|_| Agent::parse(ua.as_deref()).label),
                 place,
                 ip,
                 by: describe::actor(&e.actor),
@@ -81,6 +79,10 @@ pub async fn page(
             }
         })
         .collect();
-    let older = if more { rows.last().map(|r| r.id) } else { None };
+    let older = if more {
+        rows.last().map(|r| r.id)
+    } else {
+        None
+    };
     Ok(ActivityPage { rows, older })
 }

@@ -93,8 +93,16 @@ fn open_location(state: &AppState, context: &str, sealed: Option<&Vec<u8>>) -> L
 }
 
 /// What a session's listing shows, opened (for the page and the operator's listing).
-pub fn describe_session(state: &AppState, s: &SessionDetail, current: Option<SessionId>) -> DeviceRow {
-    let user_agent = open_text(state, columns::SESSION_USER_AGENT, s.user_agent_enc.as_ref());
+pub fn describe_session(
+    state: &AppState,
+    s: &SessionDetail,
+    current: Option<SessionId>,
+) -> DeviceRow {
+    let user_agent = open_text(
+        state,
+        columns::SESSION_USER_AGENT,
+        s.user_agent_enc.as_ref(),
+    );
     let agent = Agent::parse(user_agent.as_deref());
     DeviceRow {
         session_id: SessionId(s.id),
@@ -108,9 +116,11 @@ pub fn describe_session(state: &AppState, s: &SessionDetail, current: Option<Ses
         expires_at: s.idle_expires_at.min(s.absolute_expires_at),
         methods: super::describe::methods(&s.amr),
         current: current == Some(SessionId(s.id)),
-        risk: s
-            .risk_flagged
-            .then(|| s.risk_reason.clone().unwrap_or_else(|| "Unusual sign-in".into())),
+        risk: s.risk_flagged.then(|| {
+            s.risk_reason
+                .clone()
+                .unwrap_or_else(|| "Unusual sign-in".into())
+        }),
         remembered: s.remember_me,
     }
 }
@@ -121,10 +131,14 @@ pub async fn list(state: &AppState, viewer: &SessionRecord) -> Result<Vec<Device
         .store
         .live_sessions(viewer.user_id, state.clock.now())
         .await?;
-    Ok(rows
+    let mut rows: Vec<DeviceRow> = rows
         .iter()
         .map(|s| describe_session(state, s, Some(viewer.id)))
-        .collect())
+        .collect();
+    // The viewing browser first (as people expect from such lists), then the rest by
+    // their latest activity (the store's order; the sort is stable).
+    rows.sort_by_key(|r| !r.current);
+    Ok(rows)
 }
 
 /// The outcome of a revocation the person asked for.
@@ -145,7 +159,12 @@ pub async fn revoke_one(
     ctx: &RequestContext,
 ) -> Result<Revoked, AppError> {
     let id = SessionId::parse(raw_id).ok_or(AppError::NotFound)?;
-    let e = event_with(state, "session_revoked", Some(ctx), "signed out from the device list")?;
+    let e = event_with(
+        state,
+        "session_revoked",
+        Some(ctx),
+        "signed out from the device list",
+    )?;
     let done = state
         .store
         .revoke_own_session(viewer.user_id, id, "signed out from the device list", &e)
@@ -187,5 +206,8 @@ pub async fn sessions_of(state: &AppState, user_id: UserId) -> Result<Vec<Device
         .store
         .live_sessions(user_id, state.clock.now())
         .await?;
-    Ok(rows.iter().map(|s| describe_session(state, s, None)).collect())
+    Ok(rows
+        .iter()
+        .map(|s| describe_session(state, s, None))
+        .collect())
 }

@@ -4,9 +4,9 @@
 //! password is checked, and the same work is done whether or not the account exists,
 //! so neither parallelism nor timing tells an attacker more than one try in sequence.
 
+use crate::auth::devices::{self, DeviceCookie};
 use crate::auth::events::event;
 use crate::auth::sessions::{self, lifetimes};
-use crate::auth::devices::{self, DeviceCookie};
 use crate::auth::{RequestContext, after_answer, mailflows};
 use crate::domain::{Email, EmailError, Password, PasswordError, SessionId, SessionToken, UserId};
 use crate::error::AppError;

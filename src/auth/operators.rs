@@ -23,7 +23,10 @@ async fn user_id(state: &AppState, email: &str) -> anyhow::Result<UserId> {
 
 /// The user's live sessions, one JSON object each (what `sessions list` prints as
 /// JSON lines). The operator sees what the user sees on their device list.
-pub async fn list_sessions(state: &AppState, email: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+pub async fn list_sessions(
+    state: &AppState,
+    email: &str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let user = user_id(state, email).await?;
     let rows = devices::sessions_of(state, user).await?;
     let rfc3339 = |t: time::OffsetDateTime| {
@@ -64,10 +67,7 @@ pub async fn revoke_sessions(
         Some(raw) => {
             let id = SessionId::parse(raw)
                 .ok_or_else(|| anyhow!("--session: {raw:?} is not a session id"))?;
-            let done = state
-                .store
-                .revoke_own_session(user, id, reason, &e)
-                .await?;
+            let done = state.store.revoke_own_session(user, id, reason, &e).await?;
             if done {
                 Ok(1)
             } else {
@@ -85,10 +85,17 @@ pub async fn revoke_sessions(
 /// changed.
 pub async fn set_disabled(state: &AppState, email: &str, disabled: bool) -> anyhow::Result<bool> {
     let user = user_id(state, email).await?;
-    let kind = if disabled { "user_disabled" } else { "user_enabled" };
+    let kind = if disabled {
+        "user_disabled"
+    } else {
+        "user_enabled"
+    };
     let e = admin_event(state, kind, None)?;
     let revoked = admin_event(state, "session_revoked", Some("account disabled"))?;
-    Ok(state.store.set_disabled(user, disabled, &e, &revoked).await?)
+    Ok(state
+        .store
+        .set_disabled(user, disabled, &e, &revoked)
+        .await?)
 }
 
 /// Rewrites every sealed value under the current key.

@@ -8,8 +8,8 @@ pub mod net;
 mod password;
 mod token;
 
-pub use email::{Email, EmailError};
 pub use context::{Agent, DeviceKind, Location};
+pub use email::{Email, EmailError};
 pub use ids::{DeviceId, SessionId, UserId};
 pub use mail::{OutboundMail, QueuedMail};
 pub use net::throttle_network;

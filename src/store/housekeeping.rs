@@ -67,7 +67,7 @@ async fn delete_batch(
     times: &[OffsetDateTime],
 ) -> Result<u64, sqlx::Error> {
     let sql = format!(
-        "DELETE FROM {table} WHERE {key} IN (
+        "DELETE FROM {table} WHERE ({key}) IN (
              SELECT {key} FROM {table} WHERE {condition} LIMIT {BATCH} FOR UPDATE SKIP LOCKED
          )"
     );
@@ -82,10 +82,11 @@ async fn delete_batch(
 impl HousekeepingStore for PgStore {
     async fn sweep(&self, r: &SweepRules) -> Result<Option<SweepCounts>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let ours: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('gatehouse.housekeeping'))")
-                .fetch_one(&mut *tx)
-                .await?;
+        let ours: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_xact_lock(hashtext('gatehouse.housekeeping'))",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         if !ours {
             return Ok(None);
         }
@@ -120,7 +121,7 @@ impl HousekeepingStore for PgStore {
             throttle: delete_batch(
                 &mut tx,
                 "sign_in_throttle",
-                "(scope, key)",
+                "scope, key",
                 "updated_at < $2 AND (blocked_until IS NULL OR blocked_until < $1)",
                 &[now, now - r.spent_after],
             )

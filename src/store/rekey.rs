@@ -139,11 +139,12 @@ impl PgStore {
             .iter()
             .map(|(c, _)| format!("({c} IS NOT NULL AND substring({c} from 2 for 4) <> $1)"))
             .collect();
-        stale.extend(
-            t.macs
-                .iter()
-                .map(|m| format!("({c} IS NOT NULL AND substring({c} from 1 for 4) <> $1)", c = m.column)),
-        );
+        stale.extend(t.macs.iter().map(|m| {
+            format!(
+                "({c} IS NOT NULL AND substring({c} from 1 for 4) <> $1)",
+                c = m.column
+            )
+        }));
         let cols: Vec<&str> = t.sealed.iter().map(|(c, _)| *c).collect();
         let sql = format!(
             "SELECT id, {cols} FROM {table}
@@ -199,11 +200,7 @@ impl PgStore {
                     sets.push(format!("{} = ${}", m.column, values.len() + 1));
                 }
             }
-            let update = format!(
-                "UPDATE {} SET {} WHERE id = $1",
-                t.table,
-                sets.join(", ")
-            );
+            let update = format!("UPDATE {} SET {} WHERE id = $1", t.table, sets.join(", "));
             let mut q = sqlx::query(sqlx::AssertSqlSafe(update)).bind(id);
             for v in values {
                 q = q.bind(v);

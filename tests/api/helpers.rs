@@ -98,6 +98,8 @@ pub struct TestApp {
     /// Direct access to the test database, for assertions about what is stored.
     pub db: PgPool,
     pub db_name: String,
+    /// The database's URL, for running the `gatehouse` binary against it.
+    pub db_url: String,
     pub proxy: Option<DbProxy>,
     pub mail: MailSink,
     pub settings: Settings,
@@ -208,6 +210,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         clock,
         db,
         db_name,
+        db_url,
         proxy,
         mail,
         settings,
@@ -404,6 +407,36 @@ impl TestApp {
         )
     }
 
+    /// Runs the `gatehouse` binary against this app's database with its settings
+    /// (`extra` on top); returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str], extra: &[(&str, &str)]) -> (bool, String, String) {
+        let key = self.settings.secret_key.as_ref().expect("tests set a key");
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("GATEHOUSE_DATABASE_URL", &self.db_url)
+            .env("GATEHOUSE_PUBLIC_URL", PUBLIC_URL)
+            .env(
+                "GATEHOUSE_SMTP_URL",
+                format!("smtp://127.0.0.1:{}", self.mail.port),
+            )
+            .env(
+                "GATEHOUSE_SECRET_KEY",
+                base64::engine::general_purpose::STANDARD.encode(key.expose()),
+            )
+            .env("GATEHOUSE_LOG_FORMAT", "json")
+            .args(args);
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        let out = c.output().expect("the gatehouse binary runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn browser(&self) -> Browser {
         Browser::new(&self.address)
     }
@@ -413,6 +446,14 @@ impl TestApp {
             "gatehouse_session"
         } else {
             "__Host-gatehouse_session"
+        }
+    }
+
+    pub fn device_cookie_name(&self) -> &'static str {
+        if self.settings.insecure_cookies() {
+            "gatehouse_device"
+        } else {
+            "__Host-gatehouse_device"
         }
     }
 
@@ -687,14 +728,21 @@ impl MailSink {
     /// Waits (up to 10 s) for a message to `address` whose subject is `subject`.
     pub async fn wait_for_subject(&self, address: &str, subject: &str) -> Received {
         for _ in 0..100 {
-            if let Some(m) = self.to(address).into_iter().find(|m| m.subject() == subject) {
+            if let Some(m) = self
+                .to(address)
+                .into_iter()
+                .find(|m| m.subject() == subject)
+            {
                 return m;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!(
             "{address} did not receive {subject:?}: {:?}",
-            self.to(address).iter().map(Received::subject).collect::<Vec<_>>()
+            self.to(address)
+                .iter()
+                .map(Received::subject)
+                .collect::<Vec<_>>()
         );
     }
 
