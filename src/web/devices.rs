@@ -202,7 +202,12 @@ pub async fn activity_page(
             detail: e.detail,
         })
         .collect();
-    let retention = humantime::format_duration(state.settings.event_retention).to_string();
+    let days = state.settings.event_retention.as_secs() / 86400;
+    let retention = match days {
+        0 => humantime::format_duration(state.settings.event_retention).to_string(),
+        1 => "1 day".into(),
+        n => format!("{n} days"),
+    };
     let page = ActivityTemplate {
         ctx: PageCtx::new(&state, &nonce, &csrf, Some(session.email.clone())),
         rows,

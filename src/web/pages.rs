@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::auth::RequestContext;
 use crate::auth::login::{self, NewBrowserSession, RegisterOutcome, SignInOutcome};
+use crate::auth::describe::{self, when};
 use crate::auth::sessions;
 use crate::error::{AppError, human_wait};
 use crate::state::AppState;
@@ -382,29 +383,13 @@ struct AccountTemplate {
     methods: String,
 }
 
-fn when(t: time::OffsetDateTime) -> String {
-    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
-    t.format(&format).unwrap_or_default()
-}
-
 pub async fn account(
     state: web::Data<AppState>,
     CurrentSession(session): CurrentSession,
     csrf: Csrf,
     nonce: CspNonce,
 ) -> Result<HttpResponse, AppError> {
-    let methods = session
-        .amr
-        .iter()
-        .map(|m| match m.as_str() {
-            "pwd" => "password",
-            "otp" => "authenticator code",
-            "email" => "e-mailed code",
-            "recovery" => "recovery code",
-            other => other,
-        })
-        .collect::<Vec<_>>()
-        .join(" + ");
+    let methods = describe::methods(&session.amr).to_lowercase();
     let page = AccountTemplate {
         ctx: PageCtx::new(&state, &nonce, &csrf, Some(session.email.clone())),
         email: session.email,

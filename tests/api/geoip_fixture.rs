@@ -50,12 +50,17 @@ pub const LOOPBACK_PLACE: Place = Place {
 /// 203.0.113.0/24 (TEST-NET-3) is deliberately absent: "unknown location".
 pub const UNKNOWN_ADDRESS: &str = "203.0.113.50";
 
-/// Writes the fixture to a fresh file and returns its path.
+/// Writes the fixture (once per test process, under `target/`) and returns its path.
 pub fn write_fixture() -> PathBuf {
-    let bytes = build(&[BERLIN, SYDNEY, LOOPBACK_PLACE]);
-    let path = std::env::temp_dir().join(format!("gatehouse-geoip-{}.mmdb", uuid::Uuid::new_v4()));
-    std::fs::write(&path, bytes).expect("writing the GeoIP fixture");
-    path
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let path = dir.join(format!("geoip-fixture-{}.mmdb", std::process::id()));
+        std::fs::write(&path, build(&[BERLIN, SYDNEY, LOOPBACK_PLACE]))
+            .expect("writing the GeoIP fixture");
+        path
+    })
+    .clone()
 }
 
 /// A data-section value.
@@ -251,5 +256,4 @@ fn the_fixture_is_read_by_gatehouse_as_the_places_it_holds() {
         "Unknown location"
     );
     assert!(!geo.locate("2001:db8::1".parse().unwrap()).is_known());
-    let _ = std::fs::remove_file(path);
 }
