@@ -40,3 +40,10 @@ CREATE INDEX email_tokens_expires_idx ON email_tokens (expires_at);
 CREATE INDEX sign_in_throttle_updated_idx ON sign_in_throttle (updated_at);
 CREATE INDEX mail_outbox_done_idx ON mail_outbox (created_at)
     WHERE sent_at IS NOT NULL OR failed_at IS NOT NULL;
+
+-- When the account first completed a sign-in: the first one ever sends no new-device
+-- notice, every later one from an unknown browser does. Accounts that already had
+-- sessions count as signed in before.
+ALTER TABLE users ADD COLUMN first_signed_in_at timestamptz;
+UPDATE users u SET first_signed_in_at = u.created_at
+WHERE EXISTS (SELECT 1 FROM sessions s WHERE s.user_id = u.id);

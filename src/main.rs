@@ -117,11 +117,12 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let report = operators::reencrypt(&state).await?;
             println!(
                 "{}",
-                serde_json::json!({ "rewritten": report.rewritten, "unreadable": report.unreadable })
+                serde_json::json!({ "rewritten": report.rewritten, "unreadable": report.unreadable, "remaining": report.remaining })
             );
-            if report.unreadable > 0 {
+            if report.remaining > 0 {
                 anyhow::bail!(
-                    "{} rows hold values no configured key can open; keep the old keys until they are dealt with",
+                    "{} rows still hold values under another key ({} of them unreadable with the configured keys); keep the old keys and run this again",
+                    report.remaining,
                     report.unreadable
                 );
             }

@@ -426,7 +426,14 @@ impl RawSettings {
             require_verified_email: self.bool("GATEHOUSE_REQUIRE_VERIFIED_EMAIL", true)?,
             outbox_poll: Duration::from_secs(1),
             geoip_db: self.get("GATEHOUSE_GEOIP_DB").map(std::path::PathBuf::from),
-            event_retention: self.duration("GATEHOUSE_EVENT_RETENTION", "90d")?,
+            event_retention: {
+                let d = self.duration("GATEHOUSE_EVENT_RETENTION", "90d")?;
+                // The recent-failure rules and the activity page need at least a day.
+                if d < Duration::from_secs(86400) {
+                    return Err(err("GATEHOUSE_EVENT_RETENTION", "must be at least 1d"));
+                }
+                d
+            },
             housekeeping_interval: self.duration("GATEHOUSE_HOUSEKEEPING_INTERVAL", "10m")?,
         })
     }

@@ -22,8 +22,9 @@ pub struct ActivityRow {
     pub device: Option<String>,
     pub place: Option<String>,
     pub ip: Option<String>,
-    /// Who did it: "you", "an administrator", "Gatehouse".
-    pub by: &'static str,
+    /// Who did it: "you", "an administrator", "Gatehouse" (`None`: not said, e.g.
+    /// a failed sign-in, which is usually someone else).
+    pub by: Option<&'static str>,
     /// e.g. why a session ended.
     pub detail: Option<String>,
 }
@@ -74,7 +75,7 @@ pub async fn page(
                 device: ip.as_ref().map(|_| Agent::parse(ua.as_deref()).label),
                 place,
                 ip,
-                by: describe::actor(&e.actor),
+                by: (e.kind != "sign_in_failed").then(|| describe::actor(&e.actor)),
                 detail: e.detail.clone(),
             }
         })

@@ -25,13 +25,16 @@ pub struct DeviceCookie(pub Arc<DeviceToken>);
 /// browser turns out new for a user who had other devices.
 pub async fn device_for_sign_in(
     state: &AppState,
+    user_id: UserId,
     email: &str,
     ctx: &RequestContext,
 ) -> Result<(DeviceLink, DeviceCookie), AppError> {
-    // A cookie we never issued is ignored: a new device (and a new cookie) is made,
-    // so a value planted in the browser cannot pose as a known device.
+    // The cookie is kept only if it was issued to this user's browser; anything else
+    // (never issued, or issued to another account — a value copied from a shared
+    // computer, say) gets a new device and a new cookie, so no value brought along
+    // can pose as one of this user's known devices.
     let token = match &ctx.device {
-        Some(t) if state.store.device_cookie_known(&t.hash()).await? => t.clone(),
+        Some(t) if state.store.device_cookie_known(user_id, &t.hash()).await? => t.clone(),
         _ => Arc::new(DeviceToken::generate()),
     };
     let agent = Agent::parse(ctx.user_agent.as_deref());

@@ -121,7 +121,7 @@ pub async fn sign_in(
         });
     }
     let (token, session) = sessions::new_session(state, user.id, remember_me, ctx)?;
-    let (device, cookie) = devices::device_for_sign_in(state, &user.email, ctx).await?;
+    let (device, cookie) = devices::device_for_sign_in(state, user.id, &user.email, ctx).await?;
     let sign_in = SignIn {
         session,
         replaces,
@@ -339,7 +339,7 @@ pub async fn register(
         return Ok(RegisterOutcome::CheckInbox);
     }
     let (token, session) = sessions::new_session(state, user_id, false, ctx)?;
-    let (device, cookie) = devices::device_for_sign_in(state, email.as_str(), ctx).await?;
+    let (device, cookie) = devices::device_for_sign_in(state, user_id, email.as_str(), ctx).await?;
     let sign_in = SignIn {
         session,
         replaces,

@@ -20,8 +20,10 @@ pub struct DeviceLink {
     pub token_hash: Vec<u8>,
     pub label_enc: Vec<u8>,
     pub device_type: &'static str,
-    /// Recorded, and mailed, only if the row turns out to be new for a user who
-    /// already had devices (never on the first sign-in ever).
+    /// Recorded, and mailed, only if the row turns out to be new for a user who had
+    /// signed in before (never on the first sign-in ever): both facts are only
+    /// certain inside the sign-in's transaction, so the service hands the notice
+    /// over and the store applies it there.
     pub notice: Option<(NewEvent, OutboundMail)>,
 }
 
@@ -35,11 +37,22 @@ pub(super) async fn link_device(
     link: &DeviceLink,
     now: OffsetDateTime,
 ) -> Result<(DeviceId, bool), StoreError> {
-    let had_devices: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM devices WHERE user_id = $1)")
+    // Durable, not guessed from the devices table (which housekeeping prunes and
+    // which was empty for accounts older than it). The row lock serialises two
+    // concurrent first sign-ins: the second one sees the first's mark.
+    let first: Option<OffsetDateTime> =
+        sqlx::query_scalar("SELECT first_signed_in_at FROM users WHERE id = $1 FOR NO KEY UPDATE")
             .bind(user_id.0)
             .fetch_one(&mut *conn)
             .await?;
+    let had_signed_in = first.is_some();
+    if !had_signed_in {
+        sqlx::query("UPDATE users SET first_signed_in_at = $2 WHERE id = $1")
+            .bind(user_id.0)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+    }
     // `xmax = 0` is true for a row this statement inserted, false for one it updated.
     let (id, inserted): (Uuid, bool) = sqlx::query_as(
         "INSERT INTO devices (id, user_id, token_hash, label_enc, device_type, first_seen_at, last_seen_at)
@@ -57,7 +70,7 @@ pub(super) async fn link_device(
     .bind(now)
     .fetch_one(&mut *conn)
     .await?;
-    let is_new = inserted && had_devices;
+    let is_new = inserted && had_signed_in;
     if is_new && let Some((event, mail)) = &link.notice {
         insert_event(conn, user_id.0, Some(session_id.0), event).await?;
         insert_mails(conn, keys, std::slice::from_ref(mail), now).await?;
@@ -122,8 +135,12 @@ pub(super) async fn revoke_all_of_user(
 
 #[async_trait]
 pub trait DeviceStore: Send + Sync {
-    /// Whether Gatehouse issued this device cookie (to any user).
-    async fn device_cookie_known(&self, token_hash: &[u8]) -> Result<bool, StoreError>;
+    /// Whether this device cookie was issued to this user's browser.
+    async fn device_cookie_known(
+        &self,
+        user_id: UserId,
+        token_hash: &[u8],
+    ) -> Result<bool, StoreError>;
     /// The user's live sessions, most recently active first.
     async fn live_sessions(
         &self,
@@ -153,13 +170,18 @@ pub trait DeviceStore: Send + Sync {
 
 #[async_trait]
 impl DeviceStore for PgStore {
-    async fn device_cookie_known(&self, token_hash: &[u8]) -> Result<bool, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM devices WHERE token_hash = $1)")
-                .bind(token_hash)
-                .fetch_one(&self.pool)
-                .await?,
+    async fn device_cookie_known(
+        &self,
+        user_id: UserId,
+        token_hash: &[u8],
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM devices WHERE user_id = $1 AND token_hash = $2)",
         )
+        .bind(user_id.0)
+        .bind(token_hash)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     async fn live_sessions(

@@ -1,7 +1,7 @@
 //! Housekeeping: deleting what no rule needs any more. Every node runs it; an
-//! advisory lock lets one node at a time do a round, and each round deletes at most
-//! `BATCH` rows per table so that no transaction holds locks for long (a backlog is
-//! worked off over the next rounds).
+//! advisory lock lets one node at a time do a round. Each delete is one statement of
+//! at most `BATCH` rows, its own transaction, so no lock is held for long; a round
+//! repeats a table's batches until one comes back short.
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -78,30 +78,72 @@ async fn delete_batch(
     Ok(q.execute(conn).await?.rows_affected())
 }
 
+/// Batches per table per round at most, so a round always ends.
+const MAX_BATCHES: u32 = 50;
+
+/// Deletes in batches (each statement its own short transaction) until a batch
+/// comes back short or `MAX_BATCHES` ran.
+async fn drain(
+    conn: &mut sqlx::PgConnection,
+    table: &str,
+    key: &str,
+    condition: &str,
+    times: &[OffsetDateTime],
+) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    for _ in 0..MAX_BATCHES {
+        let n = delete_batch(conn, table, key, condition, times).await?;
+        total += n;
+        if n < BATCH as u64 {
+            break;
+        }
+    }
+    Ok(total)
+}
+
 #[async_trait]
 impl HousekeepingStore for PgStore {
     async fn sweep(&self, r: &SweepRules) -> Result<Option<SweepCounts>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let ours: bool = sqlx::query_scalar(
-            "SELECT pg_try_advisory_xact_lock(hashtext('gatehouse.housekeeping'))",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
+        let mut conn = self.pool.acquire().await?;
+        // A session-level lock on this connection: held across the batches, gone
+        // with the connection if the node dies.
+        let ours: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('gatehouse.housekeeping'))")
+                .fetch_one(&mut *conn)
+                .await?;
         if !ours {
             return Ok(None);
         }
+        let result = self.sweep_locked(&mut conn, r).await;
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtext('gatehouse.housekeeping'))")
+            .execute(&mut *conn)
+            .await;
+        if unlocked.is_err() {
+            // The lock must not stay with a pooled connection.
+            conn.detach();
+        }
+        Ok(Some(result?))
+    }
+}
+
+impl PgStore {
+    async fn sweep_locked(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        r: &SweepRules,
+    ) -> Result<SweepCounts, StoreError> {
         let now = r.now;
-        let counts = SweepCounts {
-            sessions: delete_batch(
-                &mut tx,
+        Ok(SweepCounts {
+            sessions: drain(
+                conn,
                 "sessions",
                 "id",
                 "absolute_expires_at < $1 OR idle_expires_at < $1 OR revoked_at < $1",
                 &[now - r.session_grace],
             )
             .await?,
-            devices: delete_batch(
-                &mut tx,
+            devices: drain(
+                conn,
                 "devices",
                 "id",
                 "last_seen_at < $2 AND NOT EXISTS (
@@ -110,40 +152,38 @@ impl HousekeepingStore for PgStore {
                 &[now, now - r.device_idle],
             )
             .await?,
-            email_tokens: delete_batch(
-                &mut tx,
+            email_tokens: drain(
+                conn,
                 "email_tokens",
                 "token_hash",
                 "expires_at < $1 OR used_at < $1",
                 &[now - r.spent_after],
             )
             .await?,
-            throttle: delete_batch(
-                &mut tx,
+            throttle: drain(
+                conn,
                 "sign_in_throttle",
                 "scope, key",
                 "updated_at < $2 AND (blocked_until IS NULL OR blocked_until < $1)",
                 &[now, now - r.spent_after],
             )
             .await?,
-            events: delete_batch(
-                &mut tx,
+            events: drain(
+                conn,
                 "security_events",
                 "id",
                 "at < $1",
                 &[now - r.event_retention],
             )
             .await?,
-            mails: delete_batch(
-                &mut tx,
+            mails: drain(
+                conn,
                 "mail_outbox",
                 "id",
                 "(sent_at IS NOT NULL OR failed_at IS NOT NULL) AND created_at < $1",
                 &[now - r.spent_after],
             )
             .await?,
-        };
-        tx.commit().await?;
-        Ok(Some(counts))
+        })
     }
 }

@@ -96,6 +96,10 @@ pub struct RekeyReport {
     pub rewritten: u64,
     /// Rows with a value no key this process holds can open (left as they are).
     pub unreadable: u64,
+    /// Rows still holding a value under another key after the last pass (locked by
+    /// a request at the time, unreadable, or written meanwhile by a node that still
+    /// seals with the old key). Zero means the old keys can go.
+    pub remaining: u64,
 }
 
 #[async_trait]
@@ -109,18 +113,56 @@ pub trait RekeyStore: Send + Sync {
 impl RekeyStore for PgStore {
     async fn reencrypt_all(&self, batch: i64) -> Result<RekeyReport, StoreError> {
         let mut report = RekeyReport::default();
-        for t in TABLES {
-            let mut after = Uuid::nil();
-            loop {
-                let (done, last) = self.reencrypt_batch(t, after, batch, &mut report).await?;
-                match last {
-                    Some(id) if done > 0 => after = id,
-                    _ => break,
+        // Passes repeat until one rewrites nothing: rows skipped because a request
+        // held them, or written under an old key meanwhile, are taken by a later pass.
+        for _pass in 0..10 {
+            let before = report.rewritten;
+            report.unreadable = 0;
+            for t in TABLES {
+                let mut after = Uuid::nil();
+                loop {
+                    let (seen, last) = self.reencrypt_batch(t, after, batch, &mut report).await?;
+                    match last {
+                        Some(id) if seen > 0 => after = id,
+                        _ => break,
+                    }
                 }
             }
+            if report.rewritten == before {
+                break;
+            }
+        }
+        // The final word counts every row, locked or not.
+        for t in TABLES {
+            let sql = format!(
+                "SELECT count(*) FROM {} WHERE {}",
+                t.table,
+                stale_condition(t)
+            );
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(self.keys.current_key_id().to_vec())
+                .fetch_one(&self.pool)
+                .await?;
+            report.remaining += u64::try_from(n).unwrap_or(0);
         }
         Ok(report)
     }
+}
+
+/// Rows of `t` holding a sealed value or an HMAC under a key other than `$1`.
+fn stale_condition(t: &SealedTable) -> String {
+    let mut stale: Vec<String> = t
+        .sealed
+        .iter()
+        .map(|(c, _)| format!("({c} IS NOT NULL AND substring({c} from 2 for 4) <> $1)"))
+        .collect();
+    stale.extend(t.macs.iter().map(|m| {
+        format!(
+            "({c} IS NOT NULL AND substring({c} from 1 for 4) <> $1)",
+            c = m.column
+        )
+    }));
+    stale.join(" OR ")
 }
 
 impl PgStore {
@@ -134,17 +176,6 @@ impl PgStore {
         report: &mut RekeyReport,
     ) -> Result<(usize, Option<Uuid>), StoreError> {
         let kid = self.keys.current_key_id().to_vec();
-        let mut stale: Vec<String> = t
-            .sealed
-            .iter()
-            .map(|(c, _)| format!("({c} IS NOT NULL AND substring({c} from 2 for 4) <> $1)"))
-            .collect();
-        stale.extend(t.macs.iter().map(|m| {
-            format!(
-                "({c} IS NOT NULL AND substring({c} from 1 for 4) <> $1)",
-                c = m.column
-            )
-        }));
         let cols: Vec<&str> = t.sealed.iter().map(|(c, _)| *c).collect();
         let sql = format!(
             "SELECT id, {cols} FROM {table}
@@ -152,7 +183,7 @@ impl PgStore {
              ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
             cols = cols.join(", "),
             table = t.table,
-            stale = stale.join(" OR "),
+            stale = stale_condition(t),
         );
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))

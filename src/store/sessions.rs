@@ -164,7 +164,7 @@ pub(super) async fn revoke_replaced(
              RETURNING id, user_id
          )
          INSERT INTO security_events (id, user_id, session_id, kind, actor, at, detail)
-         SELECT gen_random_uuid(), r.user_id, r.id, 'session_revoked', 'user', $2, $3 FROM r",
+         SELECT gen_random_uuid(), r.user_id, r.id, 'session_revoked', 'system', $2, $3 FROM r",
     )
     .bind(old.0)
     .bind(now)
@@ -216,13 +216,15 @@ impl SessionStore for PgStore {
         sign_in: &SignIn,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        refund(&mut tx, attempt).await?;
         // The row lock holds off a password reset or a disabling until this commits,
-        // and one that committed first makes the check fail.
+        // and one that committed first makes the check fail. It is the lock
+        // `link_device` needs too (taken here first, so two sign-ins of one user
+        // queue instead of deadlocking on an upgrade); foreign-key checks (KEY
+        // SHARE) do not conflict with it.
         let current: Option<i32> = sqlx::query_scalar(
             "SELECT 1 FROM users
              WHERE id = $1 AND password_hash = $2 AND disabled_at IS NULL
-             FOR SHARE",
+             FOR NO KEY UPDATE",
         )
         .bind(sign_in.session.user_id.0)
         .bind(password_hash)
@@ -231,6 +233,9 @@ impl SessionStore for PgStore {
         if current.is_some() {
             insert_signed_in(&mut tx, &self.keys, sign_in).await?;
         }
+        // Last, so the throttle rows (shared by everyone behind one address) are
+        // locked only for the moment before the commit.
+        refund(&mut tx, attempt).await?;
         tx.commit().await?;
         Ok(current.is_some())
     }

@@ -162,7 +162,7 @@ struct EventView {
     device: Option<String>,
     place: Option<String>,
     ip: Option<String>,
-    by: &'static str,
+    by: Option<&'static str>,
     detail: Option<String>,
 }
 

@@ -6,8 +6,8 @@ use askama::Template;
 use serde::Deserialize;
 
 use crate::auth::RequestContext;
-use crate::auth::login::{self, NewBrowserSession, RegisterOutcome, SignInOutcome};
 use crate::auth::describe::{self, when};
+use crate::auth::login::{self, NewBrowserSession, RegisterOutcome, SignInOutcome};
 use crate::auth::sessions;
 use crate::error::{AppError, human_wait};
 use crate::state::AppState;

@@ -86,8 +86,14 @@ async fn sessions_list_prints_json_lines_and_revoke_ends_one_or_all() {
     assert!(!ok, "a dead session cannot be revoked again");
     assert!(err.contains("no live session"), "{err}");
 
+    let bystander = app.signed_in("bystander@example.com").await;
     let (ok, out, _) = app.cli(&["sessions", "revoke", "--user", "ops@example.com"], &[]);
     assert!(ok);
+    assert_eq!(
+        bystander.get("/account").await.status,
+        200,
+        "only that account"
+    );
     assert!(out.contains("\"revoked\":1"), "{out}");
     assert!(a.get("/account").await.is_sign_in_redirect());
     let admin_events = app
@@ -106,6 +112,7 @@ async fn disabling_a_user_kills_every_session_at_once_and_enabling_lets_them_bac
     // S9
     let app = devices_app().await;
     let a = app.signed_in("disable@example.com").await;
+    let bystander = app.signed_in("bystander@example.com").await;
     let b = app.browser();
     app.login(&b, "disable@example.com", PASSWORD).await;
     let (ok, out, err) = app.cli(&["user", "disable", "--email", "disable@example.com"], &[]);
@@ -119,10 +126,18 @@ async fn disabling_a_user_kills_every_session_at_once_and_enabling_lets_them_bac
         assert_eq!(post.status, 401);
     }
     assert_eq!(
-        app.count("SELECT count(*) FROM sessions WHERE revoked_at IS NULL")
-            .await,
+        app.count(
+            "SELECT count(*) FROM sessions s JOIN users u ON u.id = s.user_id
+             WHERE s.revoked_at IS NULL AND u.email = 'disable@example.com'"
+        )
+        .await,
         0,
         "revoked in the same transaction, not merely hidden"
+    );
+    assert_eq!(
+        bystander.get("/account").await.status,
+        200,
+        "only that account"
     );
     assert_eq!(
         app.login(&app.browser(), "disable@example.com", PASSWORD)
@@ -204,6 +219,7 @@ async fn keys_reencrypt_moves_every_sealed_value_to_the_current_key() {
     let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert!(report["rewritten"].as_u64().unwrap() >= 4, "{out}");
     assert_eq!(report["unreadable"], 0);
+    assert_eq!(report["remaining"], 0, "nothing is left under the old key");
 
     // Now the new key alone opens everything.
     for ip in ips().await {
