@@ -5,7 +5,7 @@ use std::time::Duration;
 use actix_web::cookie::{Cookie, SameSite};
 use time::OffsetDateTime;
 
-use crate::domain::{DeviceToken, SessionToken};
+use crate::domain::{DeviceToken, PendingToken, SessionToken};
 use crate::settings::Settings;
 
 /// Cookie names and attributes, fixed at start-up.
@@ -15,6 +15,7 @@ pub struct CookiePolicy {
     pub session_name: &'static str,
     pub pre_session_name: &'static str,
     pub device_name: &'static str,
+    pub pending_name: &'static str,
 }
 
 impl CookiePolicy {
@@ -28,6 +29,7 @@ impl CookiePolicy {
                 session_name: "gatehouse_session",
                 pre_session_name: "gatehouse_presession",
                 device_name: "gatehouse_device",
+                pending_name: "gatehouse_pending",
             }
         } else {
             Self {
@@ -35,6 +37,7 @@ impl CookiePolicy {
                 session_name: "__Host-gatehouse_session",
                 pre_session_name: "__Host-gatehouse_presession",
                 device_name: "__Host-gatehouse_device",
+                pending_name: "__Host-gatehouse_pending",
             }
         }
     }
@@ -76,6 +79,21 @@ impl CookiePolicy {
     pub fn device_cookie(&self, token: &DeviceToken) -> Cookie<'static> {
         let mut c = self.base(self.device_name, token.expose().to_string());
         c.set_max_age(time::Duration::days(365));
+        c
+    }
+
+    /// A half-finished sign-in waiting for its second factor: lives as long as the
+    /// challenge it names (10 minutes).
+    pub fn pending_cookie(&self, token: &PendingToken) -> Cookie<'static> {
+        let mut c = self.base(self.pending_name, token.expose().to_string());
+        c.set_max_age(time::Duration::minutes(10));
+        c
+    }
+
+    pub fn clear_pending(&self) -> Cookie<'static> {
+        let mut c = self.base(self.pending_name, String::new());
+        c.set_max_age(time::Duration::ZERO);
+        c.set_expires(OffsetDateTime::UNIX_EPOCH);
         c
     }
 

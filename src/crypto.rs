@@ -25,11 +25,18 @@ pub mod columns {
     pub const EVENT_USER_AGENT: &str = "security_events.user_agent";
     pub const EVENT_LOCATION: &str = "security_events.location";
     pub const DEVICE_LABEL: &str = "devices.label";
+    pub const TOTP_SECRET: &str = "totp_credentials.secret";
     pub const MAIL_TEXT: &str = "mail_outbox.text_body";
     pub const MAIL_HTML: &str = "mail_outbox.html_body";
     /// HMAC purposes of `sessions.ip_mac` and `sessions.country_mac`.
     pub const SEEN_IP: &str = "seen/ip";
     pub const SEEN_COUNTRY: &str = "seen/country";
+    /// HMAC purposes of recovery codes and e-mailed codes (bound to their challenge),
+    /// and of the per-user wrong-code counter's key.
+    pub const RECOVERY_CODE: &str = "mfa/recovery-code";
+    pub const EMAIL_CODE: &str = "mfa/email-code";
+    pub const THROTTLE_CODE: &str = "throttle/code";
+    pub const THROTTLE_CODE_MAIL: &str = "throttle/code-mail";
 }
 
 /// Format byte in front of every ciphertext, so the layout can change later.

@@ -38,6 +38,12 @@ pub enum AppError {
     /// `return_to` is the page's path and query.
     #[error("sign-in required")]
     SignInRequired { return_to: String },
+    /// A sensitive action without a second factor proven in the last 10 minutes
+    /// (DESIGN.md "Second factor and step-up"). A page visit (`redirect`) is sent to
+    /// `/step-up` and back to `return_to`; a form POST is refused (403) with a link
+    /// there — it is never replayed.
+    #[error("step-up required")]
+    StepUpRequired { return_to: String, redirect: bool },
     /// The password hash queue is full: try again in a moment (503).
     #[error("overloaded")]
     Overloaded,
@@ -56,6 +62,14 @@ pub struct ErrorPage {
     /// The RFC 6749 §5.2 `error` code, where a handler knows a more precise one than
     /// the status gives (e.g. `invalid_grant`).
     pub oauth_error: Option<&'static str>,
+    /// A way on for the person: a button's label and link.
+    pub action: Option<(&'static str, String)>,
+}
+
+/// `/step-up?return_to=…`
+pub fn step_up_location(return_to: &str) -> String {
+    let encoded: String = url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect();
+    format!("/step-up?return_to={encoded}")
 }
 
 impl ErrorPage {
@@ -104,6 +118,7 @@ impl ErrorPage {
             title,
             message: message.to_string(),
             oauth_error: None,
+            action: None,
         }
     }
 
@@ -154,6 +169,8 @@ impl ResponseError for AppError {
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::SignInRequired { .. } => StatusCode::SEE_OTHER,
+            AppError::StepUpRequired { redirect: true, .. } => StatusCode::SEE_OTHER,
+            AppError::StepUpRequired { .. } => StatusCode::FORBIDDEN,
             AppError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -168,6 +185,15 @@ impl ResponseError for AppError {
             // 303: the browser comes back with a GET (RFC 9110 §15.4.4).
             return HttpResponse::SeeOther()
                 .insert_header(("Location", format!("/login?return_to={encoded}")))
+                .finish();
+        }
+        if let AppError::StepUpRequired {
+            return_to,
+            redirect: true,
+        } = self
+        {
+            return HttpResponse::SeeOther()
+                .insert_header(("Location", step_up_location(return_to)))
                 .finish();
         }
         match self {
@@ -196,6 +222,11 @@ impl ResponseError for AppError {
             AppError::Overloaded => {
                 page.message =
                     "Gatehouse is very busy right now. Please try again in a moment.".into();
+            }
+            AppError::StepUpRequired { return_to, .. } => {
+                page.title = "Confirm it's you";
+                page.message = "For your security, this needs a second factor proven in the last 10 minutes. Confirm it's you, then do it again.".into();
+                page.action = Some(("Confirm it's you", step_up_location(return_to)));
             }
             _ => {}
         }

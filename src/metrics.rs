@@ -19,6 +19,8 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub sign_ins: IntCounterVec,
+    /// Second-factor codes evaluated, by outcome (`right`, `wrong`, `throttled`, `void`).
+    pub second_factor: IntCounterVec,
     pub registrations: IntCounterVec,
     pub argon2_waiting: IntGauge,
     pub argon2_running: IntGauge,
@@ -64,6 +66,13 @@ impl Metrics {
         )?;
         let sign_ins = IntCounterVec::new(
             Opts::new("sign_ins_total", "Sign-in attempts by outcome"),
+            &["outcome"],
+        )?;
+        let second_factor = IntCounterVec::new(
+            Opts::new(
+                "second_factor_codes_total",
+                "Second-factor codes submitted, by outcome",
+            ),
             &["outcome"],
         )?;
         let registrations = IntCounterVec::new(
@@ -125,6 +134,7 @@ impl Metrics {
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(sign_ins.clone()))?;
+        registry.register(Box::new(second_factor.clone()))?;
         registry.register(Box::new(registrations.clone()))?;
         registry.register(Box::new(argon2_waiting.clone()))?;
         registry.register(Box::new(argon2_running.clone()))?;
@@ -133,6 +143,7 @@ impl Metrics {
             http_requests,
             http_duration,
             sign_ins,
+            second_factor,
             registrations,
             argon2_waiting,
             argon2_running,

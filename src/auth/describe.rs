@@ -58,6 +58,12 @@ pub fn event_title(kind: &str) -> &'static str {
         "email_changed" => "E-mail address changed",
         "user_disabled" => "Account disabled",
         "user_enabled" => "Account enabled",
+        "second_factor_required" => "Second factor asked for",
+        "second_factor_failed" => "Wrong second-factor code",
+        "stepped_up" => "Identity confirmed with a second factor",
+        "totp_enabled" => "Two-step verification turned on",
+        "totp_removed" => "Two-step verification turned off",
+        "recovery_codes_regenerated" => "New recovery codes made",
         _ => "Account event",
     }
 }

@@ -76,6 +76,8 @@ pub struct DeviceRow {
     pub expires_at: OffsetDateTime,
     /// "Password", "Password + authenticator code", …
     pub methods: String,
+    /// When a second factor was last proven (`aal2`), if ever.
+    pub second_factor_at: Option<OffsetDateTime>,
     pub current: bool,
     pub risk: Option<String>,
     pub remembered: bool,
@@ -118,6 +120,7 @@ pub fn describe_session(
         last_active_at: s.last_seen_at,
         expires_at: s.idle_expires_at.min(s.absolute_expires_at),
         methods: super::describe::methods(&s.amr),
+        second_factor_at: (s.aal == "aal2").then_some(s.aal_reached_at),
         current: current == Some(SessionId(s.id)),
         risk: s.risk_flagged.then(|| {
             s.risk_reason

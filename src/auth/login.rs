@@ -6,6 +6,7 @@
 
 use crate::auth::devices::{self, DeviceCookie};
 use crate::auth::events::event;
+use crate::auth::second_factor::{self, PendingSignIn};
 use crate::auth::sessions::{self, lifetimes};
 use crate::auth::{RequestContext, after_answer, mailflows};
 use crate::domain::{Email, EmailError, Password, PasswordError, SessionId, SessionToken, UserId};
@@ -33,6 +34,8 @@ pub struct NewBrowserSession {
 
 pub enum SignInOutcome {
     SignedIn(NewBrowserSession),
+    /// The password was right; a second factor must follow at `/login/verify`.
+    SecondFactor(PendingSignIn),
     /// Wrong e-mail or password, unknown account, disabled account: one answer.
     Failed,
     Throttled {
@@ -66,9 +69,14 @@ fn browser_session(
 ) -> NewBrowserSession {
     NewBrowserSession {
         token,
-        persist_for: remember_me.then(|| lifetimes(&state.settings, true).1),
+        persist_for: remembered_for(state, remember_me),
         device,
     }
+}
+
+/// The session cookie's Max-Age: "keep me signed in" outlives the browser.
+pub fn remembered_for(state: &AppState, remember_me: bool) -> Option<std::time::Duration> {
+    remember_me.then(|| lifetimes(&state.settings, true).1)
 }
 
 /// A place in the argon2 queue, or 503 when it is full (nothing has been counted or
@@ -87,6 +95,7 @@ pub async fn sign_in(
     remember_me: bool,
     ctx: &RequestContext,
     replaces: Option<SessionId>,
+    return_to: Option<String>,
 ) -> Result<SignInOutcome, AppError> {
     let email = match Email::parse(email) {
         Ok(e) => e,
@@ -120,7 +129,28 @@ pub async fn sign_in(
             email: user.email.clone(),
         });
     }
-    let (token, session) = sessions::new_session(state, user.id, remember_me, ctx)?;
+    if second_factor::always_required(state, user.id).await? {
+        let pending = second_factor::demand(
+            state,
+            &checked,
+            remember_me,
+            return_to,
+            "authenticator app set up",
+            ctx,
+        )
+        .await?;
+        let Some(pending) = pending else {
+            state.metrics.sign_ins.with_label_values(&["failure"]).inc();
+            return Ok(SignInOutcome::Failed);
+        };
+        state
+            .metrics
+            .sign_ins
+            .with_label_values(&["second_factor"])
+            .inc();
+        return Ok(SignInOutcome::SecondFactor(pending));
+    }
+    let (token, session) = sessions::new_session(state, user.id, remember_me, ctx, &["pwd"])?;
     let (device, cookie) = devices::device_for_sign_in(state, user.id, &user.email, ctx).await?;
     let sign_in = SignIn {
         session,
@@ -155,6 +185,11 @@ pub struct CheckedPassword {
 }
 
 impl CheckedPassword {
+    /// The throttle counts this check holds.
+    pub fn attempt(&self) -> &AttemptKeys {
+        &self.attempt
+    }
+
     /// Takes back what the check counted, when no session follows.
     pub async fn refund(&self, state: &AppState) -> Result<(), AppError> {
         Ok(state.store.sign_in_refund(&self.attempt).await?)
@@ -338,7 +373,7 @@ pub async fn register(
             .inc();
         return Ok(RegisterOutcome::CheckInbox);
     }
-    let (token, session) = sessions::new_session(state, user_id, false, ctx)?;
+    let (token, session) = sessions::new_session(state, user_id, false, ctx, &["pwd"])?;
     let (device, cookie) = devices::device_for_sign_in(state, user_id, email.as_str(), ctx).await?;
     let sign_in = SignIn {
         session,

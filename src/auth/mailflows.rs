@@ -6,6 +6,7 @@ use time::Duration;
 
 use crate::auth::events::event;
 use crate::auth::login::{self, PasswordCheck, hash_slot};
+use crate::auth::second_factor;
 use crate::auth::{RequestContext, after_answer};
 use crate::clock::Clock;
 use crate::crypto;
@@ -14,7 +15,7 @@ use crate::error::AppError;
 use crate::mail::messages;
 use crate::settings::Settings;
 use crate::state::AppState;
-use crate::store::{Attempt, NewEmailToken, NewEvent, StoreError};
+use crate::store::{Attempt, NewEmailToken, NewEvent, SessionRecord, StoreError};
 
 pub const VERIFY_TTL: Duration = Duration::hours(24);
 pub const RESET_TTL: Duration = Duration::minutes(30);
@@ -267,12 +268,15 @@ pub enum ChangeRequest {
 /// the new address, a notice to the current one; nothing changes until the link is used.
 pub async fn request_email_change(
     state: &AppState,
-    user_id: UserId,
-    current_email: &str,
+    session: &SessionRecord,
     current_password: &str,
     new_email: &str,
     ctx: &RequestContext,
 ) -> Result<ChangeRequest, AppError> {
+    // A sensitive action: a second factor proven in the last 10 minutes.
+    second_factor::require_fresh(state, session, "/account/email", false)?;
+    let user_id = session.user_id;
+    let current_email = session.email.as_str();
     let new_email = match Email::parse(new_email) {
         Ok(e) => e,
         Err(e) => return Ok(ChangeRequest::BadEmail(e.to_string())),

@@ -8,8 +8,12 @@ pub mod events;
 pub mod housekeeping;
 pub mod login;
 pub mod mailflows;
+pub mod mfa;
 pub mod operators;
+pub mod password;
+pub mod second_factor;
 pub mod sessions;
+pub mod totp;
 
 use std::future::Future;
 use std::net::IpAddr;

@@ -28,12 +28,14 @@ fn span(d: Duration) -> time::Duration {
     time::Duration::seconds(i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2))
 }
 
-/// A fresh token and the row that goes with it, for a password-only sign-in.
+/// A fresh token and the row that goes with it, for a sign-in proven by `amr`
+/// (RFC 8176 method names): `["pwd"]` is `aal1`; a second factor makes it `aal2`.
 pub fn new_session(
     state: &AppState,
     user_id: UserId,
     remember_me: bool,
     ctx: &RequestContext,
+    amr: &[&str],
 ) -> Result<(SessionToken, NewSession), AppError> {
     let seal = |context: &str, value: &[u8]| {
         state
@@ -55,8 +57,12 @@ pub fn new_session(
         idle_expires_at: (now + span(idle)).min(absolute_expires_at),
         absolute_expires_at,
         remember_me,
-        aal: "aal1",
-        amr: vec!["pwd".to_string()],
+        aal: if amr.iter().any(|m| *m != "pwd") {
+            "aal2"
+        } else {
+            "aal1"
+        },
+        amr: amr.iter().map(|m| m.to_string()).collect(),
         ip_enc: Some(seal(columns::SESSION_IP, ip.as_bytes())?),
         user_agent_enc: ctx
             .user_agent

@@ -5,6 +5,7 @@ mod email;
 mod ids;
 pub mod mail;
 pub mod net;
+pub mod otp;
 mod password;
 mod token;
 
@@ -13,5 +14,6 @@ pub use email::{Email, EmailError};
 pub use ids::{DeviceId, SessionId, UserId};
 pub use mail::{OutboundMail, QueuedMail};
 pub use net::throttle_network;
+pub use otp::SubmittedCode;
 pub use password::{Password, PasswordError};
-pub use token::{DeviceToken, SessionToken};
+pub use token::{DeviceToken, PendingToken, SessionToken};

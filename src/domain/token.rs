@@ -52,6 +52,12 @@ bearer_token!(
     DeviceToken
 );
 
+bearer_token!(
+    /// The cookie of a half-finished sign-in (`__Host-gatehouse_pending`): names the
+    /// challenge waiting for a second factor. Grants nothing; only its SHA-256 is stored.
+    PendingToken
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -183,3 +183,116 @@ pub fn new_device(
         },
     )
 }
+
+/// A six-digit code for a sign-in or a step-up. The code is in the mail only: never in
+/// a page, a response or a log.
+pub fn one_time_code(settings: &Settings, to: &str, code: &str) -> OutboundMail {
+    render(
+        settings,
+        to,
+        Draft {
+            // Not in the subject: subjects are stored and logged in the clear.
+            subject: "Your one-time Gatehouse code".into(),
+            paragraphs: vec![
+                format!("Your one-time code is {code}."),
+                "Type it on the page that asked for it. It works once, for 10 minutes; asking for a new code makes this one stop working.".into(),
+            ],
+            action: None,
+            after: vec![
+                "If you did not just try to sign in, someone knows your password: change it now, and sign out the devices you do not recognise.".into(),
+            ],
+        },
+    )
+}
+
+pub fn totp_enabled(settings: &Settings, to: &str) -> OutboundMail {
+    render(
+        settings,
+        to,
+        Draft {
+            subject: "Two-step verification is on".into(),
+            paragraphs: vec![
+                "An authenticator app was just set up for your Gatehouse account. From now on, signing in asks for a code from it. Your other devices were signed out.".into(),
+            ],
+            action: Some((
+                "Review your account".into(),
+                format!("{}/account/mfa", settings.issuer()),
+            )),
+            after: vec!["If this wasn't you, reset your password at once.".into()],
+        },
+    )
+}
+
+pub fn totp_removed(settings: &Settings, to: &str) -> OutboundMail {
+    render(
+        settings,
+        to,
+        Draft {
+            subject: "Two-step verification was turned off".into(),
+            paragraphs: vec![
+                "The authenticator app and the recovery codes of your Gatehouse account were just removed. Signing in now asks only for your password. Your other devices were signed out.".into(),
+            ],
+            action: Some((
+                "Set it up again".into(),
+                format!("{}/account/mfa", settings.issuer()),
+            )),
+            after: vec!["If this wasn't you, reset your password at once.".into()],
+        },
+    )
+}
+
+pub fn recovery_codes_regenerated(settings: &Settings, to: &str) -> OutboundMail {
+    render(
+        settings,
+        to,
+        Draft {
+            subject: "New recovery codes were made".into(),
+            paragraphs: vec![
+                "A new set of ten recovery codes was just made for your Gatehouse account. The old codes no longer work.".into(),
+            ],
+            action: None,
+            after: vec!["If this wasn't you, reset your password at once.".into()],
+        },
+    )
+}
+
+pub fn recovery_code_used(settings: &Settings, to: &str, left: i64) -> OutboundMail {
+    render(
+        settings,
+        to,
+        Draft {
+            subject: "A recovery code was used".into(),
+            paragraphs: vec![
+                format!(
+                    "One of the recovery codes of your Gatehouse account was just used. {left} of ten are left; each works once."
+                ),
+                "If you lost your authenticator, set it up again and make new recovery codes."
+                    .into(),
+            ],
+            action: Some((
+                "Manage two-step verification".into(),
+                format!("{}/account/mfa", settings.issuer()),
+            )),
+            after: vec![
+                "If this wasn't you, reset your password at once and check your devices.".into(),
+            ],
+        },
+    )
+}
+
+pub fn password_changed_signed_in(settings: &Settings, to: &str) -> OutboundMail {
+    render(
+        settings,
+        to,
+        Draft {
+            subject: "Your password was changed".into(),
+            paragraphs: vec![
+                "The password of your Gatehouse account was just changed from a signed-in browser. Every other device was signed out.".into(),
+            ],
+            action: None,
+            after: vec![
+                "If this wasn't you, reset your password at once with \"Forgot your password?\" on the sign-in page.".into(),
+            ],
+        },
+    )
+}

@@ -69,8 +69,12 @@ impl Transport {
                 smtp.send(message).await.context("SMTP delivery")?;
             }
             Transport::Log { dir } => {
-                // Dev mode only: the content is shown so links can be followed.
-                tracing::info!(to = %mail.to, subject = %mail.subject, body = %mail.text, "mail (dev mode, not sent)");
+                // Dev mode only. Without a mail directory the content is logged so
+                // links and codes can be followed; with one, it goes only to the file
+                // and the log names the file (one-time codes stay out of logs).
+                if dir.is_none() {
+                    tracing::info!(to = %mail.to, subject = %mail.subject, body = %mail.text, "mail (dev mode, not sent)");
+                }
                 if let Some(dir) = dir {
                     tokio::fs::create_dir_all(dir)
                         .await
@@ -79,6 +83,7 @@ impl Transport {
                     tokio::fs::write(&path, message.formatted())
                         .await
                         .context("writing the mail file")?;
+                    tracing::info!(to = %mail.to, subject = %mail.subject, file = %path.display(), "mail (dev mode, written to a file)");
                 }
             }
         }

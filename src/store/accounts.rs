@@ -4,9 +4,11 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::challenges::void_challenges;
 use super::devices::revoke_all_of_user;
 use super::events::{NewEvent, insert_event};
-use super::links::{NewEmailToken, insert_token};
+use super::links::{NewEmailToken, insert_token, void_tokens};
+use super::mfa::{KeepSession, keep_only};
 use super::outbox::insert_mails;
 use super::sessions::{SignIn, insert_signed_in};
 use super::{PgStore, StoreError};
@@ -94,6 +96,19 @@ pub trait AccountStore: Send + Sync {
         event: &NewEvent,
         revoked: &NewEvent,
     ) -> Result<bool, StoreError>;
+    /// A signed-in person changed their password: provided the hash is still
+    /// `old_hash` (no reset or other change landed meanwhile), stores `new_hash`,
+    /// keeps only `keep` (under its new token), voids pending reset links and
+    /// half-finished sign-ins, queues the notice and records the event.
+    async fn change_password(
+        &self,
+        user_id: UserId,
+        old_hash: &str,
+        new_hash: &str,
+        keep: &KeepSession,
+        mails: &[OutboundMail],
+        event: &NewEvent,
+    ) -> Result<bool, StoreError>;
 }
 
 #[async_trait]
@@ -160,9 +175,42 @@ impl AccountStore for PgStore {
             insert_event(&mut tx, user_id.0, None, event).await?;
             if disabled {
                 revoke_all_of_user(&mut tx, user_id, None, "account disabled", revoked).await?;
+                void_challenges(&mut tx, user_id).await?;
             }
         }
         tx.commit().await?;
         Ok(changed)
+    }
+
+    async fn change_password(
+        &self,
+        user_id: UserId,
+        old_hash: &str,
+        new_hash: &str,
+        keep: &KeepSession,
+        mails: &[OutboundMail],
+        event: &NewEvent,
+    ) -> Result<bool, StoreError> {
+        let now = event.at;
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE users SET password_hash = $3, updated_at = $4
+             WHERE id = $1 AND password_hash = $2 AND disabled_at IS NULL",
+        )
+        .bind(user_id.0)
+        .bind(old_hash)
+        .bind(new_hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if changed.rows_affected() != 1 || !keep_only(&mut tx, user_id, keep).await? {
+            return Ok(false);
+        }
+        void_tokens(&mut tx, user_id.0, &["reset"], now).await?;
+        void_challenges(&mut tx, user_id).await?;
+        insert_mails(&mut tx, &self.keys, mails, now).await?;
+        insert_event(&mut tx, user_id.0, Some(keep.id.0), event).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }

@@ -90,6 +90,7 @@ pub struct SessionDetail {
     pub absolute_expires_at: OffsetDateTime,
     pub auth_time: OffsetDateTime,
     pub aal: String,
+    pub aal_reached_at: OffsetDateTime,
     pub amr: Vec<String>,
     pub remember_me: bool,
     pub ip_enc: Option<Vec<u8>>,
@@ -191,7 +192,7 @@ impl DeviceStore for PgStore {
     ) -> Result<Vec<SessionDetail>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT s.id, s.device_id, s.created_at, s.last_seen_at, s.idle_expires_at,
-                    s.absolute_expires_at, s.auth_time, s.aal, s.amr, s.remember_me,
+                    s.absolute_expires_at, s.auth_time, s.aal, s.aal_reached_at, s.amr, s.remember_me,
                     s.ip_enc, s.user_agent_enc, s.location_enc, s.risk_flagged, s.risk_reason,
                     d.first_seen_at AS device_first_seen_at
              FROM sessions s LEFT JOIN devices d ON d.id = s.device_id

@@ -35,11 +35,15 @@ pub struct SweepCounts {
     pub throttle: u64,
     pub events: u64,
     pub mails: u64,
+    /// Expired half-finished sign-ins and step-ups.
+    pub challenges: u64,
+    /// Authenticator enrolments never confirmed.
+    pub enrolments: u64,
 }
 
 impl SweepCounts {
     /// (name, count) pairs, for metrics and logs.
-    pub fn by_kind(&self) -> [(&'static str, u64); 6] {
+    pub fn by_kind(&self) -> [(&'static str, u64); 8] {
         [
             ("sessions", self.sessions),
             ("devices", self.devices),
@@ -47,6 +51,8 @@ impl SweepCounts {
             ("throttle", self.throttle),
             ("events", self.events),
             ("mails", self.mails),
+            ("challenges", self.challenges),
+            ("enrolments", self.enrolments),
         ]
     }
 }
@@ -181,6 +187,15 @@ impl PgStore {
                 "mail_outbox",
                 "id",
                 "(sent_at IS NOT NULL OR failed_at IS NOT NULL) AND created_at < $1",
+                &[now - r.spent_after],
+            )
+            .await?,
+            challenges: drain(conn, "mfa_challenges", "id", "expires_at < $1", &[now]).await?,
+            enrolments: drain(
+                conn,
+                "totp_credentials",
+                "user_id",
+                "confirmed_at IS NULL AND created_at < $1",
                 &[now - r.spent_after],
             )
             .await?,

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::challenges::void_challenges;
 use super::events::{NewEvent, insert_event};
 use super::outbox::insert_mails;
 use super::{PgStore, StoreError};
@@ -62,7 +63,7 @@ pub(super) async fn insert_token(
 }
 
 /// Marks every live link of these purposes for the user as used.
-async fn void_tokens(
+pub(super) async fn void_tokens(
     conn: &mut sqlx::PgConnection,
     user_id: Uuid,
     purposes: &[&str],
@@ -248,6 +249,7 @@ impl LinkStore for PgStore {
         // person does when someone else got in, and that someone may have asked to
         // move the account to their own address.
         void_tokens(&mut tx, link.user_id, &["reset", "change"], now).await?;
+        void_challenges(&mut tx, UserId(link.user_id)).await?;
         insert_mails(&mut tx, &self.keys, mails, now).await?;
         insert_event(&mut tx, link.user_id, None, event).await?;
         tx.commit().await?;

@@ -6,10 +6,12 @@
 //! `Arc<dyn Store>` and import the capability traits they call.
 
 mod accounts;
+mod challenges;
 mod devices;
 mod events;
 mod housekeeping;
 mod links;
+mod mfa;
 mod outbox;
 mod pg;
 mod rekey;
@@ -17,10 +19,15 @@ mod sessions;
 mod throttle;
 
 pub use accounts::{AccountStore, NewAccount, NewUser, UserRecord};
+pub use challenges::{
+    ChallengeRecord, ChallengeStore, CodeAttempt, CodeLimits, Completed, Completion, NewChallenge,
+    Notices, Proof,
+};
 pub use devices::{DeviceLink, DeviceStore, SessionDetail};
 pub use events::{EventRecord, EventStore, NewEvent};
 pub use housekeeping::{HousekeepingStore, SweepCounts, SweepRules};
 pub use links::{EmailTokenRecord, LinkStore, NewEmailToken};
+pub use mfa::{Factors, KeepSession, MfaStore};
 pub use outbox::OutboxStore;
 pub use pg::{
     HealthStore, PgStore, connect_pool, dev_secret_key, is_unavailable, migrate_when_reachable,
@@ -58,6 +65,8 @@ pub trait Store:
     + DeviceStore
     + HousekeepingStore
     + RekeyStore
+    + ChallengeStore
+    + MfaStore
     + Send
     + Sync
 {
@@ -74,6 +83,8 @@ impl<T> Store for T where
         + DeviceStore
         + HousekeepingStore
         + RekeyStore
+        + ChallengeStore
+        + MfaStore
         + Send
         + Sync
 {

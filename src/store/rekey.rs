@@ -27,6 +27,8 @@ struct MacColumn {
 
 struct SealedTable {
     table: &'static str,
+    /// The table's uuid primary key.
+    key: &'static str,
     sealed: &'static [(&'static str, &'static str)],
     macs: &'static [MacColumn],
 }
@@ -45,6 +47,7 @@ fn country_code(plain: &[u8]) -> Option<Vec<u8>> {
 const TABLES: &[SealedTable] = &[
     SealedTable {
         table: "sessions",
+        key: "id",
         sealed: &[
             ("ip_enc", columns::SESSION_IP),
             ("user_agent_enc", columns::SESSION_USER_AGENT),
@@ -67,6 +70,7 @@ const TABLES: &[SealedTable] = &[
     },
     SealedTable {
         table: "security_events",
+        key: "id",
         sealed: &[
             ("ip_enc", columns::EVENT_IP),
             ("user_agent_enc", columns::EVENT_USER_AGENT),
@@ -76,15 +80,23 @@ const TABLES: &[SealedTable] = &[
     },
     SealedTable {
         table: "devices",
+        key: "id",
         sealed: &[("label_enc", columns::DEVICE_LABEL)],
         macs: &[],
     },
     SealedTable {
         table: "mail_outbox",
+        key: "id",
         sealed: &[
             ("text_body", columns::MAIL_TEXT),
             ("html_body", columns::MAIL_HTML),
         ],
+        macs: &[],
+    },
+    SealedTable {
+        table: "totp_credentials",
+        key: "user_id",
+        sealed: &[("secret_enc", columns::TOTP_SECRET)],
         macs: &[],
     },
 ];
@@ -178,9 +190,10 @@ impl PgStore {
         let kid = self.keys.current_key_id().to_vec();
         let cols: Vec<&str> = t.sealed.iter().map(|(c, _)| *c).collect();
         let sql = format!(
-            "SELECT id, {cols} FROM {table}
-             WHERE id > $2 AND ({stale})
-             ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
+            "SELECT {key}, {cols} FROM {table}
+             WHERE {key} > $2 AND ({stale})
+             ORDER BY {key} LIMIT $3 FOR UPDATE SKIP LOCKED",
+            key = t.key,
             cols = cols.join(", "),
             table = t.table,
             stale = stale_condition(t),
@@ -231,7 +244,12 @@ impl PgStore {
                     sets.push(format!("{} = ${}", m.column, values.len() + 1));
                 }
             }
-            let update = format!("UPDATE {} SET {} WHERE id = $1", t.table, sets.join(", "));
+            let update = format!(
+                "UPDATE {} SET {} WHERE {} = $1",
+                t.table,
+                sets.join(", "),
+                t.key
+            );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(update)).bind(id);
             for v in values {
                 q = q.bind(v);

@@ -55,6 +55,8 @@ pub struct SessionRecord {
     pub absolute_expires_at: OffsetDateTime,
     pub auth_time: OffsetDateTime,
     pub aal: String,
+    /// When the session last proved a second factor (or signed in).
+    pub aal_reached_at: OffsetDateTime,
     pub amr: Vec<String>,
     pub remember_me: bool,
 }
@@ -70,6 +72,7 @@ struct SessionRow {
     absolute_expires_at: OffsetDateTime,
     auth_time: OffsetDateTime,
     aal: String,
+    aal_reached_at: OffsetDateTime,
     amr: Vec<String>,
     remember_me: bool,
 }
@@ -86,6 +89,7 @@ impl From<SessionRow> for SessionRecord {
             absolute_expires_at: r.absolute_expires_at,
             auth_time: r.auth_time,
             aal: r.aal,
+            aal_reached_at: r.aal_reached_at,
             amr: r.amr,
             remember_me: r.remember_me,
         }
@@ -247,7 +251,7 @@ impl SessionStore for PgStore {
     ) -> Result<Option<SessionRecord>, StoreError> {
         let row: Option<SessionRow> = sqlx::query_as(
             "SELECT s.id, s.user_id, u.email, s.created_at, s.last_seen_at, s.idle_expires_at,
-                    s.absolute_expires_at, s.auth_time, s.aal, s.amr, s.remember_me
+                    s.absolute_expires_at, s.auth_time, s.aal, s.aal_reached_at, s.amr, s.remember_me
              FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.token_hash = $1
                AND s.revoked_at IS NULL

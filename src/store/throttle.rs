@@ -68,6 +68,72 @@ pub(super) async fn refund(
     Ok(())
 }
 
+/// Counts one event for `key` in a fixed window of `window_secs` that starts at the
+/// first event; blocked (and not counted) once the window holds `max` events. One
+/// conditional upsert: the row lock serialises parallel callers, so none slips past.
+pub(super) async fn count_window(
+    conn: &mut sqlx::PgConnection,
+    scope: &'static str,
+    key: &[u8],
+    now: OffsetDateTime,
+    max: i32,
+    window_secs: i32,
+) -> Result<Attempt, sqlx::Error> {
+    let counted: Option<i32> = sqlx::query_scalar(
+        "INSERT INTO sign_in_throttle AS t (scope, key, failures, window_started_at, updated_at)
+         VALUES ($1, $2, 1, $3, $3)
+         ON CONFLICT (scope, key) DO UPDATE SET
+             failures = CASE WHEN t.window_started_at + make_interval(secs => $5) <= $3
+                             THEN 1 ELSE t.failures + 1 END,
+             window_started_at = CASE WHEN t.window_started_at + make_interval(secs => $5) <= $3
+                             THEN $3 ELSE t.window_started_at END,
+             updated_at = $3
+         WHERE t.window_started_at + make_interval(secs => $5) <= $3 OR t.failures < $4
+         RETURNING failures",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(now)
+    .bind(max)
+    .bind(f64::from(window_secs))
+    .fetch_optional(&mut *conn)
+    .await?;
+    if counted.is_some() {
+        return Ok(Attempt::Allowed);
+    }
+    let started: OffsetDateTime = sqlx::query_scalar(
+        "SELECT window_started_at FROM sign_in_throttle WHERE scope = $1 AND key = $2",
+    )
+    .bind(scope)
+    .bind(key)
+    .fetch_one(conn)
+    .await?;
+    Ok(Attempt::Blocked {
+        retry_after_secs: seconds_until(
+            now,
+            started + time::Duration::seconds(i64::from(window_secs)),
+        ),
+    })
+}
+
+/// Takes back one event counted by `count_window` (it turned out not to be a
+/// failure, e.g. a right code).
+pub(super) async fn uncount(
+    conn: &mut sqlx::PgConnection,
+    scope: &'static str,
+    key: &[u8],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE sign_in_throttle SET failures = GREATEST(failures - 1, 0)
+         WHERE scope = $1 AND key = $2",
+    )
+    .bind(scope)
+    .bind(key)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 pub trait ThrottleStore: Send + Sync {
     /// Starts a sign-in attempt: decides whether it may be evaluated and, if so,
@@ -108,6 +174,8 @@ pub trait ThrottleStore: Send + Sync {
         max: i32,
         window_secs: i32,
     ) -> Result<Attempt, StoreError>;
+    /// Takes back one event `count_in_window` counted.
+    async fn uncount_in_window(&self, scope: &'static str, key: &[u8]) -> Result<(), StoreError>;
 }
 
 #[async_trait]
@@ -258,40 +326,12 @@ impl ThrottleStore for PgStore {
         max: i32,
         window_secs: i32,
     ) -> Result<Attempt, StoreError> {
-        let counted: Option<i32> = sqlx::query_scalar(
-            "INSERT INTO sign_in_throttle AS t (scope, key, failures, window_started_at, updated_at)
-             VALUES ($1, $2, 1, $3, $3)
-             ON CONFLICT (scope, key) DO UPDATE SET
-                 failures = CASE WHEN t.window_started_at + make_interval(secs => $5) <= $3
-                                 THEN 1 ELSE t.failures + 1 END,
-                 window_started_at = CASE WHEN t.window_started_at + make_interval(secs => $5) <= $3
-                                 THEN $3 ELSE t.window_started_at END,
-                 updated_at = $3
-             WHERE t.window_started_at + make_interval(secs => $5) <= $3 OR t.failures < $4
-             RETURNING failures",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(now)
-        .bind(max)
-        .bind(f64::from(window_secs))
-        .fetch_optional(&self.pool)
-        .await?;
-        if counted.is_some() {
-            return Ok(Attempt::Allowed);
-        }
-        let started: OffsetDateTime = sqlx::query_scalar(
-            "SELECT window_started_at FROM sign_in_throttle WHERE scope = $1 AND key = $2",
-        )
-        .bind(scope)
-        .bind(key)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(Attempt::Blocked {
-            retry_after_secs: seconds_until(
-                now,
-                started + time::Duration::seconds(i64::from(window_secs)),
-            ),
-        })
+        let mut conn = self.pool.acquire().await?;
+        Ok(count_window(&mut conn, scope, key, now, max, window_secs).await?)
+    }
+
+    async fn uncount_in_window(&self, scope: &'static str, key: &[u8]) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(uncount(&mut conn, scope, key).await?)
     }
 }

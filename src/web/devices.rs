@@ -35,6 +35,8 @@ struct DeviceView {
     last_active_iso: String,
     last_active_ago: String,
     methods: String,
+    /// "aal2 · second factor 2026-12-02 09:30 UTC", or "aal1".
+    assurance: String,
     current: bool,
     risk: Option<String>,
 }
@@ -62,6 +64,10 @@ fn view(now: time::OffsetDateTime, d: DeviceRow) -> DeviceView {
             describe::ago(now, d.last_active_at)
         },
         methods: d.methods,
+        assurance: match d.second_factor_at {
+            Some(t) => format!("aal2: second factor proven {}", describe::when(t)),
+            None => "aal1: password only".into(),
+        },
         current: d.current,
         risk: d.risk,
     }

@@ -203,9 +203,9 @@ fn render_error_page(
     let kind = representation(res.request());
     let (content_type, body) = match kind {
         Representation::Html => {
-            let Ok(html) =
-                ErrorTemplate::new(state, nonce, page.title, &page.message, status).render()
-            else {
+            let mut template = ErrorTemplate::new(state, nonce, page.title, &page.message, status);
+            template.action = page.action.as_ref().map(|(l, h)| (*l, h.as_str()));
+            let Ok(html) = template.render() else {
                 return res;
             };
             ("text/html; charset=utf-8", html)

@@ -11,7 +11,7 @@ use futures_util::future::LocalBoxFuture;
 
 use crate::auth::sessions;
 use crate::crypto;
-use crate::domain::SessionToken;
+use crate::domain::{PendingToken, SessionToken};
 use crate::error::AppError;
 use crate::state::AppState;
 use crate::store::SessionRecord;
@@ -123,6 +123,14 @@ pub struct Csrf {
 }
 
 impl Csrf {
+    /// The CSRF token for a session's new cookie token, for the page answered in the
+    /// same response that rotated it (the browser sends the new cookie from then on).
+    pub fn for_rotated(state: &AppState, token: &SessionToken) -> Self {
+        Csrf {
+            expected: Some(csrf_token(state, "csrf/session", &token.hash())),
+        }
+    }
+
     pub fn token(&self) -> &str {
         self.expected.as_deref().unwrap_or("")
     }
@@ -216,5 +224,22 @@ impl FromRequest for CspNonce {
                 .cloned()
                 .ok_or_else(|| AppError::Unexpected(anyhow::anyhow!("CSP nonce missing"))),
         )
+    }
+}
+
+/// The pending-sign-in cookie, if it is shaped like ours (whether it names a live
+/// challenge is the service's question).
+pub struct PendingCookie(pub Option<PendingToken>);
+
+impl FromRequest for PendingCookie {
+    type Error = AppError;
+    type Future = std::future::Ready<Result<Self, AppError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let token = state(req).ok().and_then(|state| {
+            req.cookie(state.cookies.pending_name)
+                .and_then(|c| PendingToken::parse(c.value()))
+        });
+        std::future::ready(Ok(PendingCookie(token)))
     }
 }

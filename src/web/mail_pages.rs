@@ -5,8 +5,8 @@ use actix_web::{HttpResponse, web};
 use askama::Template;
 use serde::Deserialize;
 
-use crate::auth::RequestContext;
 use crate::auth::mailflows::{self, ChangeOutcome, ChangeRequest, MailRequest, ResetOutcome};
+use crate::auth::{RequestContext, second_factor};
 use crate::error::AppError;
 use crate::state::AppState;
 use crate::web::edge::CspNonce;
@@ -355,6 +355,7 @@ pub async fn change_email_page(
     csrf: Csrf,
     nonce: CspNonce,
 ) -> Result<HttpResponse, AppError> {
+    second_factor::require_fresh(&state, &session, "/account/email", true)?;
     let page = ChangeEmailTemplate {
         ctx: PageCtx::new(&state, &nonce, &csrf, Some(session.email.clone())),
         current: &session.email,
@@ -383,8 +384,7 @@ pub async fn change_email_submit(
     csrf.verify(&form.csrf_token)?;
     let outcome = mailflows::request_email_change(
         &state,
-        session.user_id,
-        &session.email,
+        &session,
         &form.current_password,
         &form.new_email,
         &ctx,

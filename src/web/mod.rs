@@ -1,77 +1,107 @@
 //! HTTP: the route table, extractors, the edge middleware and the handlers.
 
+pub mod account;
 pub mod client;
 pub mod devices;
 pub mod edge;
 pub mod extract;
 pub mod forms;
 pub mod mail_pages;
+pub mod mfa;
 pub mod ops;
 pub mod pages;
+pub mod second_factor;
 
 use actix_web::web;
 
-/// Every route Gatehouse answers. Anything else is a 404 page; a known path with the
-/// wrong method is a 405 page.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/").route(web::get().to(pages::home)))
-        .service(
-            web::resource("/login")
-                .route(web::get().to(pages::login_page))
-                .route(web::post().to(pages::login_submit)),
-        )
-        .service(
-            web::resource("/register")
-                .route(web::get().to(pages::register_page))
-                .route(web::post().to(pages::register_submit)),
-        )
-        .service(web::resource("/logout").route(web::post().to(pages::logout)))
-        .service(web::resource("/account").route(web::get().to(pages::account)))
-        .service(web::resource("/account/devices").route(web::get().to(devices::devices_page)))
-        .service(
-            web::resource("/account/devices/revoke-others")
-                .route(web::post().to(devices::revoke_others)),
-        )
-        .service(
-            web::resource("/account/devices/revoke-all").route(web::post().to(devices::revoke_all)),
-        )
-        .service(
-            web::resource("/account/devices/{session_id}/revoke")
-                .route(web::post().to(devices::revoke_device)),
-        )
-        .service(web::resource("/account/activity").route(web::get().to(devices::activity_page)))
-        .service(
-            web::resource("/verify-email")
-                .route(web::get().to(mail_pages::verify_email_page))
-                .route(web::post().to(mail_pages::verify_email)),
-        )
-        .service(
-            web::resource("/verify-email/resend")
-                .route(web::post().to(mail_pages::resend_verification)),
-        )
-        .service(
-            web::resource("/password/forgot")
-                .route(web::get().to(mail_pages::forgot_page))
-                .route(web::post().to(mail_pages::forgot_submit)),
-        )
-        .service(
-            web::resource("/password/reset")
-                .route(web::get().to(mail_pages::reset_page))
-                .route(web::post().to(mail_pages::reset_submit)),
-        )
-        .service(
-            web::resource("/account/email")
-                .route(web::get().to(mail_pages::change_email_page))
-                .route(web::post().to(mail_pages::change_email_submit)),
-        )
-        .service(
-            web::resource("/account/email/confirm")
-                .route(web::get().to(mail_pages::change_email_confirm_page))
-                .route(web::post().to(mail_pages::change_email_confirm)),
-        )
-        .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
-        .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
-        .service(web::resource("/metrics").route(web::get().to(ops::metrics)))
-        .service(web::resource("/static/css/gatehouse.css").route(web::get().to(ops::stylesheet)))
-        .default_service(web::to(pages::not_found));
+/// Who may use a route. The route table carries it, so tests can walk every
+/// signed-in route (a half-finished sign-in must open none of them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Answers anyone (sign-in pages, mailed links, operations).
+    Public,
+    /// Needs a live session: a signed-out GET is sent to sign in, anything else is 401.
+    Session,
+}
+
+/// One row of the route table, as data.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteInfo {
+    pub path: &'static str,
+    /// Lower-case HTTP methods: `get`, `post`.
+    pub methods: &'static [&'static str],
+    pub access: Access,
+}
+
+/// Writes the route table once, as both the actix configuration (`routes`) and the
+/// data (`ROUTES`), so the two cannot drift apart.
+macro_rules! route_table {
+    ($( $path:literal [$access:ident] { $($method:ident => $handler:path),+ $(,)? } )*) => {
+        /// Every route Gatehouse answers, with who may use it.
+        pub const ROUTES: &[RouteInfo] = &[
+            $( RouteInfo {
+                path: $path,
+                methods: &[$(stringify!($method)),+],
+                access: Access::$access,
+            }, )*
+        ];
+
+        /// Every route Gatehouse answers. Anything else is a 404 page; a known path
+        /// with the wrong method is a 405 page.
+        pub fn routes(cfg: &mut web::ServiceConfig) {
+            $( cfg.service(web::resource($path)$(.route(web::$method().to($handler)))+); )*
+            cfg.default_service(web::to(pages::not_found));
+        }
+    };
+}
+
+route_table! {
+    "/" [Public] { get => pages::home }
+    "/login" [Public] { get => pages::login_page, post => pages::login_submit }
+    "/login/verify" [Public] {
+        get => second_factor::verify_page,
+        post => second_factor::verify_submit,
+    }
+    "/register" [Public] { get => pages::register_page, post => pages::register_submit }
+    "/logout" [Public] { post => pages::logout }
+    "/step-up" [Session] {
+        get => second_factor::step_up_page,
+        post => second_factor::step_up_submit,
+    }
+    "/account" [Session] { get => account::account }
+    "/account/password" [Session] {
+        get => account::password_page,
+        post => account::password_submit,
+    }
+    "/account/mfa" [Session] { get => mfa::mfa_page, post => mfa::mfa_submit }
+    "/account/devices" [Session] { get => devices::devices_page }
+    "/account/devices/revoke-others" [Session] { post => devices::revoke_others }
+    "/account/devices/revoke-all" [Session] { post => devices::revoke_all }
+    "/account/devices/{session_id}/revoke" [Session] { post => devices::revoke_device }
+    "/account/activity" [Session] { get => devices::activity_page }
+    "/verify-email" [Public] {
+        get => mail_pages::verify_email_page,
+        post => mail_pages::verify_email,
+    }
+    "/verify-email/resend" [Public] { post => mail_pages::resend_verification }
+    "/password/forgot" [Public] {
+        get => mail_pages::forgot_page,
+        post => mail_pages::forgot_submit,
+    }
+    "/password/reset" [Public] {
+        get => mail_pages::reset_page,
+        post => mail_pages::reset_submit,
+    }
+    "/account/email" [Session] {
+        get => mail_pages::change_email_page,
+        post => mail_pages::change_email_submit,
+    }
+    "/account/email/confirm" [Public] {
+        get => mail_pages::change_email_confirm_page,
+        post => mail_pages::change_email_confirm,
+    }
+    "/healthz" [Public] { get => ops::healthz }
+    "/readyz" [Public] { get => ops::readyz }
+    "/metrics" [Public] { get => ops::metrics }
+    "/static/css/gatehouse.css" [Public] { get => ops::stylesheet }
 }

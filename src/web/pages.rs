@@ -6,13 +6,12 @@ use askama::Template;
 use serde::Deserialize;
 
 use crate::auth::RequestContext;
-use crate::auth::describe::{self, when};
 use crate::auth::login::{self, NewBrowserSession, RegisterOutcome, SignInOutcome};
 use crate::auth::sessions;
 use crate::error::{AppError, human_wait};
 use crate::state::AppState;
 use crate::web::edge::{AllowAnyFormAction, CspNonce};
-use crate::web::extract::{Csrf, CurrentSession, MaybeSession};
+use crate::web::extract::{Csrf, MaybeSession};
 use crate::web::forms::{StrictForm, StrictQuery};
 
 /// What every page's layout needs.
@@ -46,7 +45,7 @@ pub fn html(status: StatusCode, page: &impl Template) -> Result<HttpResponse, Ap
         .body(body))
 }
 
-fn see_other(location: &str) -> HttpResponse {
+pub fn see_other(location: &str) -> HttpResponse {
     // 303, never 307/308: the browser must not re-send the credentials (RFC 9700 §4.12).
     HttpResponse::SeeOther()
         .insert_header((header::LOCATION, location))
@@ -76,9 +75,20 @@ pub fn safe_return_to(raw: Option<&str>) -> Option<String> {
     Some(local)
 }
 
-fn signed_in(state: &AppState, new: NewBrowserSession, return_to: Option<&str>) -> HttpResponse {
+/// Completes a sign-in in the browser: the session cookie, the device cookie, and
+/// the pre-session and pending cookies spent.
+pub fn signed_in(
+    state: &AppState,
+    new: NewBrowserSession,
+    return_to: Option<&str>,
+) -> HttpResponse {
     let target = safe_return_to(return_to).unwrap_or_else(|| "/account".into());
     let mut res = see_other(&target);
+    set_signed_in_cookies(state, &mut res, new);
+    res
+}
+
+pub fn set_signed_in_cookies(state: &AppState, res: &mut HttpResponse, new: NewBrowserSession) {
     let _ = res.add_cookie(&state.cookies.session_cookie(&new.token, new.persist_for));
     // The device cookie outlives sign-outs: it is how the next sign-in from this
     // browser is recognised.
@@ -87,7 +97,7 @@ fn signed_in(state: &AppState, new: NewBrowserSession, return_to: Option<&str>) 
     let mut spent = state.cookies.pre_session_cookie(String::new());
     spent.set_max_age(time::Duration::ZERO);
     let _ = res.add_cookie(&spent);
-    res
+    let _ = res.add_cookie(&state.cookies.clear_pending());
 }
 
 #[derive(Template)]
@@ -97,6 +107,8 @@ pub struct ErrorTemplate<'a> {
     title: &'a str,
     message: &'a str,
     status: u16,
+    /// A button on: label and link.
+    pub action: Option<(&'a str, &'a str)>,
 }
 
 impl<'a> ErrorTemplate<'a> {
@@ -118,6 +130,7 @@ impl<'a> ErrorTemplate<'a> {
             title,
             message,
             status: status.as_u16(),
+            action: None,
         }
     }
 }
@@ -209,11 +222,19 @@ pub async fn login_submit(
         remember,
         &ctx,
         replaces,
+        safe_return_to(form.return_to.as_deref()),
     )
     .await?;
     let (status, error, retry_after) = match outcome {
         SignInOutcome::SignedIn(new) => {
             return Ok(signed_in(&state, new, form.return_to.as_deref()));
+        }
+        SignInOutcome::SecondFactor(pending) => {
+            // Not signed in yet: the pending cookie names the half-finished sign-in,
+            // which grants nothing until the second factor is proven.
+            let mut res = see_other("/login/verify");
+            let _ = res.add_cookie(&state.cookies.pending_cookie(&pending.token));
+            return Ok(res);
         }
         SignInOutcome::Failed => (
             StatusCode::UNAUTHORIZED,
@@ -370,35 +391,6 @@ pub async fn logout(
     }
     let _ = res.add_cookie(&state.cookies.clear_session());
     Ok(res)
-}
-
-#[derive(Template)]
-#[template(path = "pages/account.html")]
-struct AccountTemplate {
-    ctx: PageCtx,
-    email: String,
-    signed_in_at: String,
-    expires_at: String,
-    remembered: bool,
-    methods: String,
-}
-
-pub async fn account(
-    state: web::Data<AppState>,
-    CurrentSession(session): CurrentSession,
-    csrf: Csrf,
-    nonce: CspNonce,
-) -> Result<HttpResponse, AppError> {
-    let methods = describe::methods(&session.amr).to_lowercase();
-    let page = AccountTemplate {
-        ctx: PageCtx::new(&state, &nonce, &csrf, Some(session.email.clone())),
-        email: session.email,
-        signed_in_at: when(session.auth_time),
-        expires_at: when(session.idle_expires_at.min(session.absolute_expires_at)),
-        remembered: session.remember_me,
-        methods,
-    };
-    html(StatusCode::OK, &page)
 }
 
 #[cfg(test)]

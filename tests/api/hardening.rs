@@ -705,6 +705,7 @@ async fn defect_10_opening_a_mailed_link_does_not_use_it_up() {
 async fn defect_10_the_address_change_link_is_used_only_by_its_button() {
     let app = spawn_app().await;
     let b = app.signed_in("move@example.com").await;
+    crate::otp::step_up_by_email(&app, &b, "move@example.com", "/account/email").await;
     let page = b.get("/account/email").await;
     let r = b
         .post_form(

@@ -432,6 +432,7 @@ async fn changing_the_address_takes_effect_only_when_the_new_address_confirms() 
     // L9 (address change)
     let app = app().await;
     let b = signed_in(&app, "old@example.com").await;
+    crate::otp::step_up_by_email(&app, &b, "old@example.com", "/account/email").await;
     let page = b.get("/account/email").await;
     assert_eq!(page.status, 200);
     let wrong = b
@@ -459,11 +460,12 @@ async fn changing_the_address_takes_effect_only_when_the_new_address_confirms() 
     assert!(r.body.contains("Check your new inbox"));
 
     let confirm = app.mail.wait_for("new@example.com", 1).await;
-    let told = app.mail.wait_for("old@example.com", 2).await;
-    assert_eq!(
-        told[1].subject(),
-        "A change of your e-mail address was requested"
-    );
+    app.mail
+        .wait_for_subject(
+            "old@example.com",
+            "A change of your e-mail address was requested",
+        )
+        .await;
     assert_eq!(
         app.count("SELECT count(*) FROM users WHERE email = 'old@example.com'")
             .await,
@@ -490,8 +492,9 @@ async fn changing_the_address_takes_effect_only_when_the_new_address_confirms() 
             .await,
         1
     );
-    let notice = app.mail.wait_for("old@example.com", 3).await;
-    assert_eq!(notice[2].subject(), "Your e-mail address was changed");
+    app.mail
+        .wait_for_subject("old@example.com", "Your e-mail address was changed")
+        .await;
     assert_eq!(
         app.login(&app.browser(), "new@example.com", PASSWORD)
             .await
@@ -678,6 +681,7 @@ async fn a_password_reset_kills_a_pending_change_of_address() {
     // the owner resets the password; the intruder's confirmation link must be dead.
     let app = app().await;
     let intruder = signed_in(&app, "victim@example.com").await;
+    crate::otp::step_up_by_email(&app, &intruder, "victim@example.com", "/account/email").await;
     let page = intruder.get("/account/email").await;
     let r = intruder
         .post_form(
@@ -701,11 +705,10 @@ async fn a_password_reset_kills_a_pending_change_of_address() {
             &[("csrf_token", &csrf), ("email", "victim@example.com")],
         )
         .await;
-    let mails = app.mail.wait_for("victim@example.com", 3).await;
-    let reset = mails
-        .iter()
-        .find(|m| m.subject() == "Reset your password")
-        .unwrap()
+    let reset = app
+        .mail
+        .wait_for_subject("victim@example.com", "Reset your password")
+        .await
         .token("/password/reset");
     let form = owner.get(&format!("/password/reset?token={reset}")).await;
     let r = owner
@@ -736,6 +739,7 @@ async fn a_password_reset_kills_a_pending_change_of_address() {
 async fn a_newer_change_request_replaces_an_older_one() {
     let app = app().await;
     let b = signed_in(&app, "typo@example.com").await;
+    crate::otp::step_up_by_email(&app, &b, "typo@example.com", "/account/email").await;
     for to in ["typo@gmial.com", "right@example.com"] {
         let page = b.get("/account/email").await;
         let r = b
@@ -772,6 +776,7 @@ async fn a_newer_change_request_replaces_an_older_one() {
 async fn the_change_of_address_form_is_not_a_password_oracle() {
     let app = app().await;
     let b = signed_in(&app, "oracle@example.com").await;
+    crate::otp::step_up_by_email(&app, &b, "oracle@example.com", "/account/email").await;
     let mut statuses = Vec::new();
     for _ in 0..7 {
         let page = b.get("/account/email").await;

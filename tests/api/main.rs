@@ -15,5 +15,7 @@ mod input;
 mod mail;
 mod operations;
 mod operators;
+mod otp;
+mod second_factor;
 mod sessions;
 mod throttle;

@@ -1,0 +1,435 @@
+//! Second factors at sign-in and at step-up (DESIGN.md "Second factor and step-up",
+//! "Precise rules": wrong codes).
+//!
+//! A sign-in whose password was right but that needs a second factor becomes a
+//! *challenge*: a row that expires in 10 minutes, named by a short-lived cookie. It is
+//! not a session and grants nothing. A step-up is a challenge of a live session. Both
+//! are completed by one code: a TOTP code or a recovery code when the user has an
+//! authenticator app, else a code sent by e-mail. Every code is counted before it is
+//! checked (5 per challenge, 10 per user per 15 minutes, in PostgreSQL), and a right
+//! code is re-checked inside the transaction that completes the challenge, so a code
+//! works once even when two requests bring it at the same moment.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::RequestContext;
+use super::devices;
+use super::events::{event, event_with};
+use super::login::{CheckedPassword, NewBrowserSession, remembered_for};
+use super::sessions;
+use super::totp;
+use crate::crypto::columns;
+use crate::domain::otp::{code_bytes, new_email_code};
+use crate::domain::{OutboundMail, PendingToken, SessionId, SessionToken, SubmittedCode, UserId};
+use crate::error::AppError;
+use crate::mail::messages;
+use crate::state::AppState;
+use crate::store::{
+    Attempt, ChallengeRecord, CodeAttempt, CodeLimits, Completed, Completion, NewChallenge, Proof,
+    SessionRecord, SignIn,
+};
+
+/// A half-finished sign-in or a step-up lasts this long.
+pub const CHALLENGE_TTL: Duration = Duration::from_secs(600);
+/// An e-mailed code works this long (and never past its challenge).
+pub const EMAIL_CODE_TTL: Duration = Duration::from_secs(600);
+/// Sensitive actions need a second factor proven this recently.
+pub const STEP_UP_FRESHNESS: Duration = Duration::from_secs(600);
+/// 5 wrong codes void a challenge; 10 per user per 15 minutes across everything.
+pub const LIMITS: CodeLimits = CodeLimits {
+    per_challenge: 5,
+    per_user: 10,
+    window_secs: 900,
+};
+/// Code mails per user per 15 minutes (first sends and resends alike).
+pub const CODE_MAILS_PER_WINDOW: i32 = 5;
+
+fn span(d: Duration) -> time::Duration {
+    time::Duration::seconds(i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2))
+}
+
+/// The key of the user's wrong-code counter (a keyed HMAC: no user id in the clear
+/// in the throttle table).
+pub fn user_code_key(state: &AppState, user_id: UserId) -> Vec<u8> {
+    state.keys.mac(columns::THROTTLE_CODE, user_id.0.as_bytes())
+}
+
+/// Whether the session proved a second factor in the last 10 minutes.
+pub fn is_fresh(state: &AppState, session: &SessionRecord) -> bool {
+    session.aal == "aal2" && state.clock.now() - session.aal_reached_at < span(STEP_UP_FRESHNESS)
+}
+
+/// The rule every sensitive action starts with: a second factor proven in the last
+/// 10 minutes, else a step-up (`redirect` for a page visit, a 403 for a POST).
+pub fn require_fresh(
+    state: &AppState,
+    session: &SessionRecord,
+    return_to: &str,
+    redirect: bool,
+) -> Result<(), AppError> {
+    if is_fresh(state, session) {
+        return Ok(());
+    }
+    Err(AppError::StepUpRequired {
+        return_to: return_to.to_string(),
+        redirect,
+    })
+}
+
+/// Whether this user must give a second factor at every sign-in: those with an
+/// authenticator app do. (The contextual checks may demand one of anybody, through
+/// `demand`.)
+pub async fn always_required(state: &AppState, user_id: UserId) -> Result<bool, AppError> {
+    Ok(state
+        .store
+        .factors(user_id)
+        .await?
+        .totp_confirmed_at
+        .is_some())
+}
+
+/// A sign-in waiting for its second factor: set this cookie and go to `/login/verify`.
+pub struct PendingSignIn {
+    pub token: PendingToken,
+}
+
+/// Demands a second factor for a sign-in whose password was right: TOTP (or a
+/// recovery code) when the user has an authenticator app, else a code sent by e-mail
+/// at once. `reason` says why, for the account's history. This is the one entry the
+/// contextual checks use to step a sign-in up. `None` if the account changed while
+/// the password was checked (reset, disabled): the sign-in fails.
+pub async fn demand(
+    state: &AppState,
+    checked: &CheckedPassword,
+    remember_me: bool,
+    return_to: Option<String>,
+    reason: &str,
+    ctx: &RequestContext,
+) -> Result<Option<PendingSignIn>, AppError> {
+    let user = &checked.user;
+    let now = state.clock.now();
+    let token = PendingToken::generate();
+    let challenge = NewChallenge {
+        id: uuid::Uuid::new_v4(),
+        user_id: user.id,
+        token_hash: Some(token.hash()),
+        session_id: None,
+        remember_me,
+        return_to,
+        reason: reason.to_string(),
+        now,
+        expires_at: now + span(CHALLENGE_TTL),
+    };
+    let mut mails = Vec::new();
+    let mut code_mac = None;
+    if !always_required(state, user.id).await? && code_mail_allowed(state, user.id).await? {
+        let code = new_email_code();
+        code_mac = Some(email_code_mac(state, challenge.id, &code));
+        mails.push(messages::one_time_code(
+            &state.settings,
+            &user.email,
+            code.expose_secret(),
+        ));
+    }
+    let required = event_with(state, "second_factor_required", Some(ctx), reason)?;
+    let begun = state
+        .store
+        .begin_second_factor(
+            checked.attempt(),
+            &user.password_hash,
+            &challenge,
+            code_mac
+                .as_deref()
+                .map(|mac| (mac, now + span(EMAIL_CODE_TTL))),
+            &mails,
+            &required,
+        )
+        .await?;
+    Ok(begun.then_some(PendingSignIn { token }))
+}
+
+fn email_code_mac(state: &AppState, challenge: uuid::Uuid, code: &SecretString) -> Vec<u8> {
+    state
+        .keys
+        .mac(columns::EMAIL_CODE, &email_code_binding(challenge, code))
+}
+
+/// An e-mailed code is bound to its challenge: the same digits mean nothing elsewhere.
+fn email_code_binding(challenge: uuid::Uuid, code: &SecretString) -> Vec<u8> {
+    let mut data = challenge.as_bytes().to_vec();
+    data.extend_from_slice(code_bytes(code));
+    data
+}
+
+fn recovery_binding(user_id: UserId, code: &SecretString) -> Vec<u8> {
+    let mut data = user_id.0.as_bytes().to_vec();
+    data.extend_from_slice(code_bytes(code));
+    data
+}
+
+/// The MAC a recovery code is stored under (current key).
+pub fn recovery_code_mac(state: &AppState, user_id: UserId, code: &SecretString) -> Vec<u8> {
+    state
+        .keys
+        .mac(columns::RECOVERY_CODE, &recovery_binding(user_id, code))
+}
+
+async fn code_mail_allowed(state: &AppState, user_id: UserId) -> Result<bool, AppError> {
+    Ok(code_mail_allowance(state, user_id).await? == Attempt::Allowed)
+}
+
+async fn code_mail_allowance(state: &AppState, user_id: UserId) -> Result<Attempt, AppError> {
+    let key = state
+        .keys
+        .mac(columns::THROTTLE_CODE_MAIL, user_id.0.as_bytes());
+    Ok(state
+        .store
+        .count_in_window(
+            "code-mail",
+            &key,
+            state.clock.now(),
+            CODE_MAILS_PER_WINDOW,
+            LIMITS.window_secs,
+        )
+        .await?)
+}
+
+/// The half-finished sign-in behind a pending cookie, if it is still live.
+pub async fn pending(
+    state: &AppState,
+    token: &PendingToken,
+) -> Result<Option<ChallengeRecord>, AppError> {
+    Ok(state
+        .store
+        .pending_sign_in(&token.hash(), state.clock.now())
+        .await?)
+}
+
+/// The session's step-up challenge (made on first sight).
+pub async fn step_up_challenge(
+    state: &AppState,
+    session: &SessionRecord,
+) -> Result<ChallengeRecord, AppError> {
+    let now = state.clock.now();
+    let c = NewChallenge {
+        id: uuid::Uuid::new_v4(),
+        user_id: session.user_id,
+        token_hash: None,
+        session_id: Some(session.id),
+        remember_me: false,
+        return_to: None,
+        reason: "step-up".into(),
+        now,
+        expires_at: now + span(CHALLENGE_TTL),
+    };
+    Ok(state.store.step_up_challenge(&c).await?)
+}
+
+pub enum SendOutcome {
+    Sent,
+    Throttled {
+        retry_after_secs: u64,
+    },
+    /// The challenge is gone: start again.
+    Void,
+}
+
+/// Sends (or re-sends) the challenge's e-mailed code. A resend voids the previous
+/// code; sends are limited per user.
+pub async fn send_code(state: &AppState, ch: &ChallengeRecord) -> Result<SendOutcome, AppError> {
+    if let Attempt::Blocked { retry_after_secs } = code_mail_allowance(state, ch.user_id).await? {
+        return Ok(SendOutcome::Throttled { retry_after_secs });
+    }
+    let now = state.clock.now();
+    let code = new_email_code();
+    let mac = email_code_mac(state, ch.id, &code);
+    let mail = messages::one_time_code(&state.settings, &ch.email, code.expose_secret());
+    let sent = state
+        .store
+        .set_email_code(ch.id, &mac, now + span(EMAIL_CODE_TTL), &[mail], now)
+        .await?;
+    Ok(if sent {
+        SendOutcome::Sent
+    } else {
+        SendOutcome::Void
+    })
+}
+
+/// What a submitted code did.
+pub enum CodeOutcome<T> {
+    /// Right: the challenge is complete.
+    Proven { done: T, completed: Completed },
+    /// Wrong; this many tries are left on this challenge.
+    Wrong { tries_left: i32 },
+    /// The challenge is gone (expired, completed, or out of tries): start again.
+    Void,
+    /// The user's allowance of wrong codes is spent.
+    Throttled { retry_after_secs: u64 },
+    /// Not shaped like any code (nothing was counted).
+    Malformed,
+}
+
+/// The proof a code could be, for this challenge; checked for real in the store.
+async fn candidate_proof(
+    state: &AppState,
+    ch: &ChallengeRecord,
+    code: &SubmittedCode,
+) -> Result<Option<(Proof, &'static str)>, AppError> {
+    match code {
+        SubmittedCode::Digits(digits) => {
+            if ch.has_totp
+                && let Some(sealed) = state.store.totp_secret(ch.user_id, true).await?
+                && let Some(step) = totp::matching_step(state, &sealed, digits)?
+            {
+                return Ok(Some((Proof::TotpStep(step), "otp")));
+            }
+            if ch.email_code_live {
+                let macs = state
+                    .keys
+                    .mac_candidates(columns::EMAIL_CODE, &email_code_binding(ch.id, digits));
+                return Ok(Some((Proof::EmailCode(macs), "email")));
+            }
+            Ok(None)
+        }
+        SubmittedCode::Recovery(code) if ch.has_totp => {
+            let macs = state
+                .keys
+                .mac_candidates(columns::RECOVERY_CODE, &recovery_binding(ch.user_id, code));
+            Ok(Some((Proof::RecoveryCode(macs), "recovery")))
+        }
+        SubmittedCode::Recovery(_) => Ok(None),
+    }
+}
+
+/// Evaluates one code for a challenge: counted first, then checked, then (if right)
+/// completed by `complete(method)` in one transaction.
+async fn attempt_code<T>(
+    state: &AppState,
+    ch: &ChallengeRecord,
+    raw: &str,
+    ctx: &RequestContext,
+    complete: impl FnOnce(&'static str) -> Result<(Completion, T), AppError>,
+) -> Result<CodeOutcome<T>, AppError> {
+    let outcome = |label: &str| {
+        state
+            .metrics
+            .second_factor
+            .with_label_values(&[label])
+            .inc()
+    };
+    let Some(code) = SubmittedCode::parse(raw) else {
+        return Ok(CodeOutcome::Malformed);
+    };
+    let key = user_code_key(state, ch.user_id);
+    let attempts = match state
+        .store
+        .reserve_code_attempt(ch.id, &key, LIMITS, state.clock.now())
+        .await?
+    {
+        CodeAttempt::Allowed { attempts } => attempts,
+        CodeAttempt::Blocked { retry_after_secs } => {
+            outcome("throttled");
+            return Ok(CodeOutcome::Throttled { retry_after_secs });
+        }
+        CodeAttempt::Void => {
+            outcome("void");
+            return Ok(CodeOutcome::Void);
+        }
+    };
+    if let Some((proof, method)) = candidate_proof(state, ch, &code).await? {
+        let (completion, done) = complete(method)?;
+        let settings = state.settings.clone();
+        let email = ch.email.clone();
+        let notices = move |c: &Completed| -> Vec<OutboundMail> {
+            c.recovery_codes_left
+                .map(|left| messages::recovery_code_used(&settings, &email, left))
+                .into_iter()
+                .collect()
+        };
+        if let Some(completed) = state
+            .store
+            .complete_challenge(ch.id, ch.user_id, &proof, &key, &completion, &notices)
+            .await?
+        {
+            outcome("right");
+            return Ok(CodeOutcome::Proven { done, completed });
+        }
+    }
+    outcome("wrong");
+    let failed = event(state, "second_factor_failed", Some(ctx))?;
+    let void = state
+        .store
+        .code_rejected(ch.id, ch.user_id, LIMITS, &failed)
+        .await?;
+    Ok(if void {
+        CodeOutcome::Void
+    } else {
+        CodeOutcome::Wrong {
+            tries_left: (LIMITS.per_challenge - attempts).max(0),
+        }
+    })
+}
+
+/// A finished sign-in: the browser's new session and where it goes.
+pub struct FinishedSignIn {
+    pub session: NewBrowserSession,
+    pub return_to: Option<String>,
+}
+
+/// Completes a half-finished sign-in with a code. The session is born `aal2` with
+/// `amr` `["pwd", <method>]`; `replaces` is the browser's earlier session.
+pub async fn finish_sign_in(
+    state: &AppState,
+    ch: &ChallengeRecord,
+    raw: &str,
+    ctx: &RequestContext,
+    replaces: Option<SessionId>,
+) -> Result<CodeOutcome<FinishedSignIn>, AppError> {
+    let (device, cookie) = devices::device_for_sign_in(state, ch.user_id, &ch.email, ctx).await?;
+    let signed_in = event(state, "signed_in", Some(ctx))?;
+    attempt_code(state, ch, raw, ctx, |method| {
+        let (token, session) =
+            sessions::new_session(state, ch.user_id, ch.remember_me, ctx, &["pwd", method])?;
+        let sign_in = SignIn {
+            session,
+            replaces,
+            device,
+            event: signed_in,
+        };
+        let finished = FinishedSignIn {
+            session: NewBrowserSession {
+                token,
+                persist_for: remembered_for(state, ch.remember_me),
+                device: cookie,
+            },
+            return_to: ch.return_to.clone(),
+        };
+        Ok((Completion::SignIn(Box::new(sign_in)), finished))
+    })
+    .await
+}
+
+/// Raises a session to `aal2` with a code; the session gets a new cookie token
+/// (checklist S2), returned here.
+pub async fn step_up(
+    state: &AppState,
+    session: &SessionRecord,
+    raw: &str,
+    ctx: &RequestContext,
+) -> Result<CodeOutcome<SessionToken>, AppError> {
+    let ch = step_up_challenge(state, session).await?;
+    let stepped_up = event(state, "stepped_up", Some(ctx))?;
+    attempt_code(state, &ch, raw, ctx, |method| {
+        let token = SessionToken::generate();
+        let completion = Completion::StepUp {
+            session_id: session.id,
+            new_token_hash: token.hash(),
+            method,
+            event: stepped_up,
+        };
+        Ok((completion, token))
+    })
+    .await
+}

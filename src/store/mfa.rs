@@ -1,0 +1,271 @@
+//! Second factors of an account: its authenticator app (TOTP) and recovery codes.
+//! Every change comes with its notice mail and event in one transaction, and ends
+//! the account's other sessions (checklist S8: a factor change ends them).
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::challenges::{take_totp_step, void_challenges};
+use super::devices::revoke_all_of_user;
+use super::events::{NewEvent, insert_event};
+use super::outbox::insert_mails;
+use super::throttle::uncount;
+use super::{PgStore, StoreError};
+use crate::domain::{OutboundMail, SessionId, UserId};
+
+/// What an account has, for the account pages.
+#[derive(Clone, Debug, Default)]
+pub struct Factors {
+    /// When the authenticator app was confirmed (none: not set up).
+    pub totp_confirmed_at: Option<OffsetDateTime>,
+    /// When an enrolment that is not confirmed yet was started.
+    pub totp_pending_since: Option<OffsetDateTime>,
+    pub recovery_codes_left: i64,
+}
+
+/// The current session of the person making a factor change: it stays, under a
+/// new cookie token, while every other session of the account ends.
+pub struct KeepSession {
+    pub id: SessionId,
+    pub new_token_hash: Vec<u8>,
+    /// The revocation reason and its event for every other session.
+    pub reason: &'static str,
+    pub revoked: NewEvent,
+}
+
+/// Ends every other session of the user and gives `keep` its new token.
+pub(super) async fn keep_only(
+    conn: &mut sqlx::PgConnection,
+    user_id: UserId,
+    keep: &KeepSession,
+) -> Result<bool, sqlx::Error> {
+    let rotated = sqlx::query(
+        "UPDATE sessions SET token_hash = $3
+         WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(keep.id.0)
+    .bind(user_id.0)
+    .bind(&keep.new_token_hash)
+    .execute(&mut *conn)
+    .await?;
+    if rotated.rows_affected() != 1 {
+        return Ok(false);
+    }
+    revoke_all_of_user(conn, user_id, Some(keep.id), keep.reason, &keep.revoked).await?;
+    Ok(true)
+}
+
+#[async_trait]
+pub trait MfaStore: Send + Sync {
+    async fn factors(&self, user_id: UserId) -> Result<Factors, StoreError>;
+    /// The sealed TOTP secret: the confirmed one, or (with `confirmed = false`) the
+    /// enrolment in progress.
+    async fn totp_secret(
+        &self,
+        user_id: UserId,
+        confirmed: bool,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Starts (or restarts) an enrolment with a new sealed secret. False if an
+    /// authenticator is already confirmed (it must be removed first).
+    async fn start_totp_enrolment(
+        &self,
+        user_id: UserId,
+        secret_enc: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+    /// Confirms the enrolment with the step of a valid code (it counts as used),
+    /// stores the recovery codes' MACs, takes back the user's count for the code,
+    /// ends the other sessions, queues the notice, records the event. False, with
+    /// nothing changed, if the enrolment is gone or the step was used.
+    #[allow(clippy::too_many_arguments)]
+    async fn confirm_totp(
+        &self,
+        user_id: UserId,
+        step: i64,
+        recovery_macs: &[Vec<u8>],
+        user_key: &[u8],
+        keep: &KeepSession,
+        mails: &[OutboundMail],
+        event: &NewEvent,
+    ) -> Result<bool, StoreError>;
+    /// Removes the authenticator and the recovery codes. False if there was none.
+    async fn remove_totp(
+        &self,
+        user_id: UserId,
+        keep: &KeepSession,
+        mails: &[OutboundMail],
+        event: &NewEvent,
+    ) -> Result<bool, StoreError>;
+    /// Replaces every recovery code. False if no authenticator is confirmed.
+    async fn replace_recovery_codes(
+        &self,
+        user_id: UserId,
+        recovery_macs: &[Vec<u8>],
+        mails: &[OutboundMail],
+        event: &NewEvent,
+    ) -> Result<bool, StoreError>;
+}
+
+async fn insert_recovery_codes(
+    conn: &mut sqlx::PgConnection,
+    user_id: UserId,
+    macs: &[Vec<u8>],
+    now: OffsetDateTime,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
+        .bind(user_id.0)
+        .execute(&mut *conn)
+        .await?;
+    let ids: Vec<Uuid> = macs.iter().map(|_| Uuid::new_v4()).collect();
+    sqlx::query(
+        "INSERT INTO recovery_codes (id, user_id, code_mac, created_at)
+         SELECT id, $2, mac, $4 FROM unnest($1::uuid[], $3::bytea[]) AS x(id, mac)",
+    )
+    .bind(&ids)
+    .bind(user_id.0)
+    .bind(macs)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl MfaStore for PgStore {
+    async fn factors(&self, user_id: UserId) -> Result<Factors, StoreError> {
+        let row: (Option<OffsetDateTime>, Option<OffsetDateTime>, i64) = sqlx::query_as(
+            "SELECT (SELECT confirmed_at FROM totp_credentials WHERE user_id = $1),
+                    (SELECT created_at FROM totp_credentials
+                      WHERE user_id = $1 AND confirmed_at IS NULL),
+                    (SELECT count(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL)",
+        )
+        .bind(user_id.0)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Factors {
+            totp_confirmed_at: row.0,
+            totp_pending_since: row.1,
+            recovery_codes_left: row.2,
+        })
+    }
+
+    async fn totp_secret(
+        &self,
+        user_id: UserId,
+        confirmed: bool,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT secret_enc FROM totp_credentials
+             WHERE user_id = $1 AND (confirmed_at IS NOT NULL) = $2",
+        )
+        .bind(user_id.0)
+        .bind(confirmed)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn start_totp_enrolment(
+        &self,
+        user_id: UserId,
+        secret_enc: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO totp_credentials (user_id, secret_enc, created_at)
+             VALUES ($1, $2, $3)
+             ON CONFLICT (user_id) DO UPDATE SET
+                 secret_enc = EXCLUDED.secret_enc, created_at = EXCLUDED.created_at,
+                 last_used_step = NULL
+             WHERE totp_credentials.confirmed_at IS NULL",
+        )
+        .bind(user_id.0)
+        .bind(secret_enc)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn confirm_totp(
+        &self,
+        user_id: UserId,
+        step: i64,
+        recovery_macs: &[Vec<u8>],
+        user_key: &[u8],
+        keep: &KeepSession,
+        mails: &[OutboundMail],
+        event: &NewEvent,
+    ) -> Result<bool, StoreError> {
+        let now = event.at;
+        let mut tx = self.pool.begin().await?;
+        if !take_totp_step(&mut tx, user_id, step, false, now).await? {
+            return Ok(false);
+        }
+        if !keep_only(&mut tx, user_id, keep).await? {
+            return Ok(false);
+        }
+        insert_recovery_codes(&mut tx, user_id, recovery_macs, now).await?;
+        uncount(&mut tx, "code", user_key).await?;
+        insert_mails(&mut tx, &self.keys, mails, now).await?;
+        insert_event(&mut tx, user_id.0, Some(keep.id.0), event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn remove_totp(
+        &self,
+        user_id: UserId,
+        keep: &KeepSession,
+        mails: &[OutboundMail],
+        event: &NewEvent,
+    ) -> Result<bool, StoreError> {
+        let now = event.at;
+        let mut tx = self.pool.begin().await?;
+        let removed = sqlx::query(
+            "DELETE FROM totp_credentials WHERE user_id = $1 AND confirmed_at IS NOT NULL",
+        )
+        .bind(user_id.0)
+        .execute(&mut *tx)
+        .await?;
+        if removed.rows_affected() != 1 || !keep_only(&mut tx, user_id, keep).await? {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
+            .bind(user_id.0)
+            .execute(&mut *tx)
+            .await?;
+        // Sign-ins waiting for the removed factor cannot finish with it any more.
+        void_challenges(&mut tx, user_id).await?;
+        insert_mails(&mut tx, &self.keys, mails, now).await?;
+        insert_event(&mut tx, user_id.0, Some(keep.id.0), event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn replace_recovery_codes(
+        &self,
+        user_id: UserId,
+        recovery_macs: &[Vec<u8>],
+        mails: &[OutboundMail],
+        event: &NewEvent,
+    ) -> Result<bool, StoreError> {
+        let now = event.at;
+        let mut tx = self.pool.begin().await?;
+        let enrolled: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM totp_credentials
+             WHERE user_id = $1 AND confirmed_at IS NOT NULL FOR UPDATE",
+        )
+        .bind(user_id.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if enrolled.is_none() {
+            return Ok(false);
+        }
+        insert_recovery_codes(&mut tx, user_id, recovery_macs, now).await?;
+        insert_mails(&mut tx, &self.keys, mails, now).await?;
+        insert_event(&mut tx, user_id.0, None, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
