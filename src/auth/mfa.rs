@@ -27,7 +27,7 @@ pub async fn factors(state: &AppState, session: &SessionRecord) -> Result<Factor
 }
 
 /// The enrolment in progress (secret, URI, QR code), if one was started recently.
-/// Showing the secret is part of adding a factor: it needs a fresh second factor.
+/// Showing the secret is part of adding a factor: only with a fresh second factor.
 pub async fn enrolment(
     state: &AppState,
     session: &SessionRecord,
@@ -39,7 +39,11 @@ pub async fn enrolment(
     if !live || factors.totp_confirmed_at.is_some() {
         return Ok(None);
     }
-    require_fresh(state, session, PAGE, true)?;
+    // Without a fresh second factor the page shows the overview (with its way to
+    // step up), never the secret.
+    if !second_factor::is_fresh(state, session) {
+        return Ok(None);
+    }
     let Some(sealed) = state.store.totp_secret(session.user_id, false).await? else {
         return Ok(None);
     };
@@ -203,9 +207,4 @@ pub async fn regenerate(
         ));
     }
     Ok(codes)
-}
-
-/// Whether this session may see the enrolment secret now (for the page's wording).
-pub fn fresh(state: &AppState, session: &SessionRecord) -> bool {
-    second_factor::is_fresh(state, session)
 }

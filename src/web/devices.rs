@@ -35,7 +35,7 @@ struct DeviceView {
     last_active_iso: String,
     last_active_ago: String,
     methods: String,
-    /// "aal2 · second factor 2026-12-02 09:30 UTC", or "aal1".
+    /// "Second factor proven 2026-12-02 09:30 UTC (aal2)", or "Password only (aal1)".
     assurance: String,
     current: bool,
     risk: Option<String>,
@@ -65,8 +65,8 @@ fn view(now: time::OffsetDateTime, d: DeviceRow) -> DeviceView {
         },
         methods: d.methods,
         assurance: match d.second_factor_at {
-            Some(t) => format!("aal2: second factor proven {}", describe::when(t)),
-            None => "aal1: password only".into(),
+            Some(t) => format!("Second factor proven {} (aal2)", describe::when(t)),
+            None => "Password only (aal1)".into(),
         },
         current: d.current,
         risk: d.risk,

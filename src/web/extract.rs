@@ -164,7 +164,17 @@ pub fn check_origin(req: &HttpRequest, state: &AppState) -> Result<(), AppError>
             ));
         }
     }
+    // Browsers send `Origin: null` on their own same-origin form posts when the
+    // referrer policy is `no-referrer` (Fetch, "serializing a request origin"), which
+    // ours is (checklist W3). Such a `null` is believed only when the browser also
+    // vouches with `Sec-Fetch-Site: same-origin`; a bare `null` (a sandboxed frame,
+    // an old browser) is refused.
+    let vouched_same_origin = req
+        .headers()
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"same-origin");
     if let Some(origin) = req.headers().get(header::ORIGIN)
+        && !(origin.as_bytes() == b"null" && vouched_same_origin)
         && origin.to_str().unwrap_or("") != state.settings.public_origin()
     {
         return Err(AppError::Forbidden(format!(

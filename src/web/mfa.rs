@@ -55,7 +55,15 @@ async fn page(
     let enrol = if codes.is_empty() {
         mfa::enrolment(state, session).await?.map(|e| EnrolView {
             qr_svg: e.qr_svg,
-            secret: e.base32.expose_secret().to_string(),
+            // Groups of four, as people read and type it.
+            secret: e
+                .base32
+                .expose_secret()
+                .as_bytes()
+                .chunks(4)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect::<Vec<_>>()
+                .join(" "),
             uri: e.uri.expose_secret().to_string(),
         })
     } else {

@@ -58,7 +58,13 @@ impl VerifyTemplate {
             },
             has_totp: ch.has_totp,
             email_code_live: ch.email_code_live,
-            to: masked(&ch.email),
+            // Before sign-in the address is masked (a shared screen); a signed-in
+            // person sees their own address in full anyway.
+            to: if action == "/step-up" {
+                ch.email.clone()
+            } else {
+                masked(&ch.email)
+            },
             return_to: None,
             error: None,
             info: None,

@@ -53,6 +53,36 @@ async fn sign_out_without_a_valid_token_or_from_another_site_is_refused_and_chan
     assert_eq!(r.status, 405, "GET never signs out");
     assert_eq!(b.get("/account").await.status, 200);
 
+    // What a real browser sends for its own form under `Referrer-Policy: no-referrer`:
+    // `Origin: null` vouched for by `Sec-Fetch-Site: same-origin`. Without the token it
+    // is still refused; with it, it works.
+    let r = b
+        .send(
+            b.request(reqwest::Method::POST, "/logout")
+                .form(&[("csrf_token", "forged")])
+                .header("origin", "null")
+                .header("sec-fetch-site", "same-origin"),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let second = app.browser();
+    assert_eq!(
+        app.login(&second, "w1@example.com", PASSWORD).await.status,
+        303
+    );
+    let csrf2 = second.get("/account").await.csrf();
+    let r = second
+        .send(
+            second
+                .request(reqwest::Method::POST, "/logout")
+                .form(&[("csrf_token", &csrf2)])
+                .header("origin", "null")
+                .header("sec-fetch-site", "same-origin"),
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(second.get("/account").await.is_sign_in_redirect());
+
     // The same-origin form with its token works.
     let r = b
         .send(

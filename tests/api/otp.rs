@@ -216,7 +216,7 @@ pub async fn enrol(app: &TestApp, b: &Browser, email: &str) -> Enrolled {
     assert_eq!(page.status, 200);
     let secret_b32 = between(&page.body, r#"<code class="secret">"#, "</code>")
         .expect("the key is shown")
-        .to_string();
+        .replace(' ', "");
     let secret = base32_decode(&secret_b32);
     let code = totp(&secret, app.clock.now().unix_timestamp());
     let done = b

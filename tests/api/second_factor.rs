@@ -77,7 +77,9 @@ async fn enrolment_shows_qr_key_and_uri_and_needs_one_right_code() {
     assert_eq!(r.status, 303);
     let page = b.get("/account/mfa").await;
     assert_eq!(page.header("cache-control").as_deref(), Some("no-store"));
-    let key = between(&page.body, r#"<code class="secret">"#, "</code>").unwrap();
+    let shown = between(&page.body, r#"<code class="secret">"#, "</code>").unwrap();
+    // Shown in groups of four for reading; apps accept it with or without spaces.
+    let key = &shown.replace(' ', "");
     let uri = unescape(between(&page.body, r#"<code class="uri">"#, "</code>").unwrap());
     let svg = between(&page.body, r#"<div class="qr">"#, "</div>").unwrap();
 
@@ -93,7 +95,7 @@ async fn enrolment_shows_qr_key_and_uri_and_needs_one_right_code() {
         "label = issuer:e-mail"
     );
     let q: std::collections::HashMap<String, String> = parsed.query_pairs().into_owned().collect();
-    assert_eq!(q.get("secret").map(String::as_str), Some(key));
+    assert_eq!(q.get("secret"), Some(key));
     assert_eq!(q.get("issuer").map(String::as_str), Some("Gatehouse"));
     // SHA-1, 6 digits and 30 s are the defaults an app assumes when absent.
     assert!(q.get("algorithm").is_none_or(|a| a == "SHA1"));
@@ -269,7 +271,8 @@ async fn sign_in_demands_the_code_and_the_password_step_opens_no_signed_in_route
         "{}",
         devices.body
     );
-    assert!(devices.body.contains("aal2: second factor proven"));
+    assert!(devices.body.contains("Second factor proven"));
+    assert!(devices.body.contains("(aal2)"));
     // The pending cookie cannot be used twice.
     let again = b
         .post_form(
@@ -1145,4 +1148,34 @@ async fn a_password_reset_voids_a_half_finished_sign_in() {
         .await;
     assert_eq!(r.status, 400);
     assert!(app.session_cookie(&attacker).is_none());
+}
+
+#[tokio::test]
+async fn an_unfinished_enrolment_shows_its_key_only_while_the_step_up_is_fresh() {
+    // M9: seeing the secret is part of adding a factor
+    let app = spawn_app_with(frozen()).await;
+    let b = app.signed_in("alice@example.com").await;
+    step_up_by_email(&app, &b, "alice@example.com", "/account/mfa").await;
+    let page = b.get("/account/mfa").await;
+    b.post_form(
+        "/account/mfa",
+        &[("csrf_token", &page.csrf()), ("action", "start")],
+    )
+    .await;
+    assert!(
+        b.get("/account/mfa")
+            .await
+            .body
+            .contains(r#"<code class="secret">"#)
+    );
+    app.clock.advance(Duration::from_secs(601));
+    let page = b.get("/account/mfa").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        !page.body.contains(r#"<code class="secret">"#),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("otpauth://"));
+    assert!(page.body.contains("/step-up?return_to=%2Faccount%2Fmfa"));
 }
