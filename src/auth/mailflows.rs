@@ -274,7 +274,7 @@ pub async fn request_email_change(
     ctx: &RequestContext,
 ) -> Result<ChangeRequest, AppError> {
     // A sensitive action: a second factor proven in the last 10 minutes.
-    second_factor::require_fresh(state, session, "/account/email", false)?;
+    second_factor::require_fresh(state, session, "/account/email", false).await?;
     let user_id = session.user_id;
     let current_email = session.email.as_str();
     let new_email = match Email::parse(new_email) {

@@ -1,7 +1,7 @@
 //! Managing second factors at `/account/mfa`: enrol an authenticator app (QR code,
 //! then one valid code to confirm), see and regenerate recovery codes, remove it.
-//! Every change needs a second factor proven in the last 10 minutes, mails a notice,
-//! and ends the account's other sessions.
+//! Every change needs a second factor proven in the last 10 minutes and mails a
+//! notice; setting up and removing the app also end the account's other sessions.
 
 use secrecy::SecretString;
 
@@ -41,7 +41,7 @@ pub async fn enrolment(
     }
     // Without a fresh second factor the page shows the overview (with its way to
     // step up), never the secret.
-    if !second_factor::is_fresh(state, session) {
+    if !second_factor::is_fresh(state, session).await? {
         return Ok(None);
     }
     let Some(sealed) = state.store.totp_secret(session.user_id, false).await? else {
@@ -52,7 +52,7 @@ pub async fn enrolment(
 
 /// Starts an enrolment with a new secret. `Conflict` if an app is already set up.
 pub async fn start(state: &AppState, session: &SessionRecord) -> Result<(), AppError> {
-    require_fresh(state, session, PAGE, false)?;
+    require_fresh(state, session, PAGE, false).await?;
     let sealed = totp::new_secret(state)?;
     if !state
         .store
@@ -105,7 +105,7 @@ pub async fn confirm(
     raw: &str,
     ctx: &RequestContext,
 ) -> Result<ConfirmOutcome, AppError> {
-    require_fresh(state, session, PAGE, false)?;
+    require_fresh(state, session, PAGE, false).await?;
     let Some(SubmittedCode::Digits(code)) = SubmittedCode::parse(raw) else {
         return Ok(ConfirmOutcome::Malformed);
     };
@@ -147,7 +147,16 @@ pub async fn confirm(
     let enabled = event(state, "totp_enabled", Some(ctx))?;
     if !state
         .store
-        .confirm_totp(session.user_id, step, &macs, &key, &keep, &mails, &enabled)
+        .confirm_totp(
+            session.user_id,
+            &sealed,
+            step,
+            &macs,
+            &key,
+            &keep,
+            &mails,
+            &enabled,
+        )
         .await?
     {
         return wrong().await;
@@ -163,7 +172,7 @@ pub async fn remove(
     session: &SessionRecord,
     ctx: &RequestContext,
 ) -> Result<SessionToken, AppError> {
-    require_fresh(state, session, PAGE, false)?;
+    require_fresh(state, session, PAGE, false).await?;
     let (keep, token) = keep(state, session, "two-step verification turned off", ctx)?;
     let mails = [messages::totp_removed(&state.settings, &session.email)];
     let removed = event(state, "totp_removed", Some(ctx))?;
@@ -186,7 +195,7 @@ pub async fn regenerate(
     session: &SessionRecord,
     ctx: &RequestContext,
 ) -> Result<Vec<SecretString>, AppError> {
-    require_fresh(state, session, PAGE, false)?;
+    require_fresh(state, session, PAGE, false).await?;
     let codes = new_recovery_codes();
     let macs: Vec<Vec<u8>> = codes
         .iter()

@@ -36,7 +36,7 @@ pub async fn change(
     repeated: &str,
     ctx: &RequestContext,
 ) -> Result<ChangeOutcome, AppError> {
-    require_fresh(state, session, PAGE, false)?;
+    require_fresh(state, session, PAGE, false).await?;
     if new != repeated {
         return Ok(ChangeOutcome::Mismatch);
     }

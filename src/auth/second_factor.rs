@@ -56,20 +56,34 @@ pub fn user_code_key(state: &AppState, user_id: UserId) -> Vec<u8> {
     state.keys.mac(columns::THROTTLE_CODE, user_id.0.as_bytes())
 }
 
-/// Whether the session proved a second factor in the last 10 minutes.
-pub fn is_fresh(state: &AppState, session: &SessionRecord) -> bool {
-    session.aal == "aal2" && state.clock.now() - session.aal_reached_at < span(STEP_UP_FRESHNESS)
+/// Methods that prove possession of the authenticator itself (RFC 8176 names).
+const STRONG: &[&str] = &["otp", "recovery", "hwk", "swk"];
+
+/// Whether the session proved a second factor in the last 10 minutes — and, for a
+/// user with an authenticator app, proved *that* factor: a code e-mailed to the
+/// account's mailbox does not count then, or whoever holds only the mailbox (a reset
+/// link, then an e-mailed code) could remove the app or move the account.
+pub async fn is_fresh(state: &AppState, session: &SessionRecord) -> Result<bool, AppError> {
+    let recent = session.aal == "aal2"
+        && state.clock.now() - session.aal_reached_at < span(STEP_UP_FRESHNESS);
+    if !recent {
+        return Ok(false);
+    }
+    if session.amr.iter().any(|m| STRONG.contains(&m.as_str())) {
+        return Ok(true);
+    }
+    Ok(!always_required(state, session.user_id).await?)
 }
 
 /// The rule every sensitive action starts with: a second factor proven in the last
 /// 10 minutes, else a step-up (`redirect` for a page visit, a 403 for a POST).
-pub fn require_fresh(
+pub async fn require_fresh(
     state: &AppState,
     session: &SessionRecord,
     return_to: &str,
     redirect: bool,
 ) -> Result<(), AppError> {
-    if is_fresh(state, session) {
+    if is_fresh(state, session).await? {
         return Ok(());
     }
     Err(AppError::StepUpRequired {
@@ -229,6 +243,9 @@ pub async fn step_up_challenge(
 
 pub enum SendOutcome {
     Sent,
+    /// A step-up of a user with an authenticator app takes the app (or a recovery
+    /// code), never the mailbox.
+    NotOffered,
     Throttled {
         retry_after_secs: u64,
     },
@@ -239,6 +256,9 @@ pub enum SendOutcome {
 /// Sends (or re-sends) the challenge's e-mailed code. A resend voids the previous
 /// code; sends are limited per user.
 pub async fn send_code(state: &AppState, ch: &ChallengeRecord) -> Result<SendOutcome, AppError> {
+    if ch.session_id.is_some() && ch.has_totp {
+        return Ok(SendOutcome::NotOffered);
+    }
     if let Attempt::Blocked { retry_after_secs } = code_mail_allowance(state, ch.user_id).await? {
         return Ok(SendOutcome::Throttled { retry_after_secs });
     }
@@ -285,7 +305,8 @@ async fn candidate_proof(
             {
                 return Ok(Some((Proof::TotpStep(step), "otp")));
             }
-            if ch.email_code_live {
+            // At step-up a user with an app proves the app, not the mailbox.
+            if ch.email_code_live && !(ch.has_totp && ch.session_id.is_some()) {
                 let macs = state
                     .keys
                     .mac_candidates(columns::EMAIL_CODE, &email_code_binding(ch.id, digits));

@@ -152,21 +152,14 @@ pub(super) async fn take_totp_step(
     conn: &mut sqlx::PgConnection,
     user_id: UserId,
     step: i64,
-    confirmed: bool,
-    now: OffsetDateTime,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE totp_credentials
-         SET last_used_step = $2,
-             confirmed_at = CASE WHEN $3 THEN confirmed_at ELSE $4 END
-         WHERE user_id = $1
-           AND (confirmed_at IS NOT NULL) = $3
+        "UPDATE totp_credentials SET last_used_step = $2
+         WHERE user_id = $1 AND confirmed_at IS NOT NULL
            AND (last_used_step IS NULL OR last_used_step < $2)",
     )
     .bind(user_id.0)
     .bind(step)
-    .bind(confirmed)
-    .bind(now)
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -262,8 +255,8 @@ pub trait ChallengeStore: Send + Sync {
         limits: CodeLimits,
         now: OffsetDateTime,
     ) -> Result<CodeAttempt, StoreError>;
-    /// A wrong code: records `event`; a challenge whose tries are spent is deleted.
-    /// Returns whether the challenge is now void.
+    /// A wrong code: records `event`; a sign-in whose tries are spent is deleted (a
+    /// step-up's stays, void, until it expires). Returns whether it is now void.
     async fn code_rejected(
         &self,
         challenge_id: Uuid,
@@ -469,19 +462,22 @@ impl ChallengeStore for PgStore {
         event: &NewEvent,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let void =
-            sqlx::query("DELETE FROM mfa_challenges WHERE id = $1 AND attempts >= $2 RETURNING id")
+        let row: Option<(Option<Uuid>, bool)> = sqlx::query_as(
+            "SELECT session_id, attempts >= $2 FROM mfa_challenges WHERE id = $1 FOR UPDATE",
+        )
+        .bind(challenge_id)
+        .bind(limits.per_challenge)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (session, void) = row.unwrap_or((None, true));
+        // A spent sign-in goes (the person starts again with the password); a spent
+        // step-up stays until it expires, so asking again does not reset its count.
+        if void {
+            sqlx::query("DELETE FROM mfa_challenges WHERE id = $1 AND kind = 'sign_in'")
                 .bind(challenge_id)
-                .bind(limits.per_challenge)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
-        let session: Option<Uuid> =
-            sqlx::query_scalar("SELECT session_id FROM mfa_challenges WHERE id = $1")
-                .bind(challenge_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .flatten();
+                .execute(&mut *tx)
+                .await?;
+        }
         insert_event(&mut tx, user_id.0, session, event).await?;
         tx.commit().await?;
         Ok(void)
@@ -535,7 +531,7 @@ impl ChallengeStore for PgStore {
         let mut recovery_codes_left = None;
         match proof {
             Proof::TotpStep(step) => {
-                if !take_totp_step(&mut tx, user_id, *step, true, now).await? {
+                if !take_totp_step(&mut tx, user_id, *step).await? {
                     return Ok(None);
                 }
             }

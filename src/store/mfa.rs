@@ -1,12 +1,13 @@
 //! Second factors of an account: its authenticator app (TOTP) and recovery codes.
-//! Every change comes with its notice mail and event in one transaction, and ends
-//! the account's other sessions (checklist S8: a factor change ends them).
+//! Every change comes with its notice mail and event in one transaction; setting up
+//! and removing the app end the account's other sessions (checklist S8: a factor
+//! change ends them).
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::challenges::{take_totp_step, void_challenges};
+use super::challenges::void_challenges;
 use super::devices::revoke_all_of_user;
 use super::events::{NewEvent, insert_event};
 use super::outbox::insert_mails;
@@ -34,6 +35,18 @@ pub struct KeepSession {
     pub revoked: NewEvent,
 }
 
+/// Takes the user row lock every factor change and challenge completion takes first,
+/// so they queue in one order instead of deadlocking.
+async fn lock_user(conn: &mut sqlx::PgConnection, user_id: UserId) -> Result<bool, sqlx::Error> {
+    let found: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM users WHERE id = $1 AND disabled_at IS NULL FOR NO KEY UPDATE",
+    )
+    .bind(user_id.0)
+    .fetch_optional(conn)
+    .await?;
+    Ok(found.is_some())
+}
+
 /// Ends every other session of the user and gives `keep` its new token.
 pub(super) async fn keep_only(
     conn: &mut sqlx::PgConnection,
@@ -56,6 +69,29 @@ pub(super) async fn keep_only(
     Ok(true)
 }
 
+/// Confirms the unconfirmed enrolment whose secret is `secret_enc`, taking `step`
+/// as its first used step, if it is at most 30 minutes old.
+async fn take_enrolment_step(
+    conn: &mut sqlx::PgConnection,
+    user_id: UserId,
+    secret_enc: &[u8],
+    step: i64,
+    now: OffsetDateTime,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE totp_credentials SET confirmed_at = $4, last_used_step = $3
+         WHERE user_id = $1 AND secret_enc = $2 AND confirmed_at IS NULL
+           AND created_at > $4 - interval '30 minutes'",
+    )
+    .bind(user_id.0)
+    .bind(secret_enc)
+    .bind(step)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 #[async_trait]
 pub trait MfaStore: Send + Sync {
     async fn factors(&self, user_id: UserId) -> Result<Factors, StoreError>;
@@ -74,7 +110,9 @@ pub trait MfaStore: Send + Sync {
         secret_enc: &[u8],
         now: OffsetDateTime,
     ) -> Result<bool, StoreError>;
-    /// Confirms the enrolment with the step of a valid code (it counts as used),
+    /// Confirms the enrolment of `secret_enc` (the secret the code was checked
+    /// against: a restart meanwhile makes this fail), at most 30 minutes old, with the
+    /// step of a valid code (it counts as used),
     /// stores the recovery codes' MACs, takes back the user's count for the code,
     /// ends the other sessions, queues the notice, records the event. False, with
     /// nothing changed, if the enrolment is gone or the step was used.
@@ -82,6 +120,7 @@ pub trait MfaStore: Send + Sync {
     async fn confirm_totp(
         &self,
         user_id: UserId,
+        secret_enc: &[u8],
         step: i64,
         recovery_macs: &[Vec<u8>],
         user_key: &[u8],
@@ -190,6 +229,7 @@ impl MfaStore for PgStore {
     async fn confirm_totp(
         &self,
         user_id: UserId,
+        secret_enc: &[u8],
         step: i64,
         recovery_macs: &[Vec<u8>],
         user_key: &[u8],
@@ -199,12 +239,24 @@ impl MfaStore for PgStore {
     ) -> Result<bool, StoreError> {
         let now = event.at;
         let mut tx = self.pool.begin().await?;
-        if !take_totp_step(&mut tx, user_id, step, false, now).await? {
+        if !lock_user(&mut tx, user_id).await?
+            || !take_enrolment_step(&mut tx, user_id, secret_enc, step, now).await?
+        {
             return Ok(false);
         }
         if !keep_only(&mut tx, user_id, keep).await? {
             return Ok(false);
         }
+        // The valid code just proved the app: this session has now shown it.
+        sqlx::query(
+            "UPDATE sessions SET aal = 'aal2', aal_reached_at = $2,
+                 amr = CASE WHEN 'otp' = ANY(amr) THEN amr ELSE amr || 'otp'::text END
+             WHERE id = $1",
+        )
+        .bind(keep.id.0)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         insert_recovery_codes(&mut tx, user_id, recovery_macs, now).await?;
         uncount(&mut tx, "code", user_key).await?;
         insert_mails(&mut tx, &self.keys, mails, now).await?;
@@ -222,6 +274,9 @@ impl MfaStore for PgStore {
     ) -> Result<bool, StoreError> {
         let now = event.at;
         let mut tx = self.pool.begin().await?;
+        if !lock_user(&mut tx, user_id).await? {
+            return Ok(false);
+        }
         let removed = sqlx::query(
             "DELETE FROM totp_credentials WHERE user_id = $1 AND confirmed_at IS NOT NULL",
         )
@@ -252,6 +307,9 @@ impl MfaStore for PgStore {
     ) -> Result<bool, StoreError> {
         let now = event.at;
         let mut tx = self.pool.begin().await?;
+        if !lock_user(&mut tx, user_id).await? {
+            return Ok(false);
+        }
         let enrolled: Option<i32> = sqlx::query_scalar(
             "SELECT 1 FROM totp_credentials
              WHERE user_id = $1 AND confirmed_at IS NOT NULL FOR UPDATE",

@@ -79,7 +79,7 @@ pub async fn password_page(
     csrf: Csrf,
     nonce: CspNonce,
 ) -> Result<HttpResponse, AppError> {
-    second_factor::require_fresh(&state, &session, password::PAGE, true)?;
+    second_factor::require_fresh(&state, &session, password::PAGE, true).await?;
     let page = PasswordTemplate {
         ctx: PageCtx::new(&state, &nonce, &csrf, Some(session.email.clone())),
         error: None,

@@ -355,7 +355,7 @@ pub async fn change_email_page(
     csrf: Csrf,
     nonce: CspNonce,
 ) -> Result<HttpResponse, AppError> {
-    second_factor::require_fresh(&state, &session, "/account/email", true)?;
+    second_factor::require_fresh(&state, &session, "/account/email", true).await?;
     let page = ChangeEmailTemplate {
         ctx: PageCtx::new(&state, &nonce, &csrf, Some(session.email.clone())),
         current: &session.email,

@@ -79,10 +79,38 @@ async fn page(
             .iter()
             .map(|c| c.expose_secret().to_string())
             .collect(),
-        fresh: second_factor::is_fresh(state, session),
+        fresh: second_factor::is_fresh(state, session).await?,
         error,
         info,
     })
+}
+
+/// The page after a committed change, made from what is known in memory: nothing
+/// here can fail once the change (with its new cookie, or its codes shown once) is
+/// done.
+fn after_change(
+    state: &AppState,
+    session: &SessionRecord,
+    csrf: &Csrf,
+    nonce: &CspNonce,
+    totp_on: bool,
+    codes: Vec<SecretString>,
+    info: &str,
+) -> MfaTemplate {
+    MfaTemplate {
+        ctx: PageCtx::new(state, nonce, csrf, Some(session.email.clone())),
+        totp_on,
+        totp_since: String::new(),
+        recovery_left: if totp_on { 10 } else { 0 },
+        enrol: None,
+        codes: codes
+            .iter()
+            .map(|c| c.expose_secret().to_string())
+            .collect(),
+        fresh: true,
+        error: None,
+        info: Some(info.to_string()),
+    }
 }
 
 pub async fn mfa_page(
@@ -136,16 +164,7 @@ pub async fn mfa_submit(
             ConfirmOutcome::Confirmed { codes, token } => {
                 let info = "Two-step verification is on. Your other devices were signed out.";
                 let csrf = Csrf::for_rotated(&state, &token);
-                let p = page(
-                    &state,
-                    &session,
-                    &csrf,
-                    &nonce,
-                    codes,
-                    None,
-                    Some(info.into()),
-                )
-                .await?;
+                let p = after_change(&state, &session, &csrf, &nonce, true, codes, info);
                 let mut res = render(StatusCode::OK, p)?;
                 set_rotated_cookie(&state, &mut res, &session, &token);
                 Ok(res)
@@ -200,16 +219,7 @@ pub async fn mfa_submit(
             let token = mfa::remove(&state, &session, &ctx).await?;
             let info = "Two-step verification is off. Your other devices were signed out.";
             let csrf = Csrf::for_rotated(&state, &token);
-            let p = page(
-                &state,
-                &session,
-                &csrf,
-                &nonce,
-                Vec::new(),
-                None,
-                Some(info.into()),
-            )
-            .await?;
+            let p = after_change(&state, &session, &csrf, &nonce, false, Vec::new(), info);
             let mut res = render(StatusCode::OK, p)?;
             set_rotated_cookie(&state, &mut res, &session, &token);
             Ok(res)
@@ -217,16 +227,7 @@ pub async fn mfa_submit(
         "regenerate" => {
             let codes = mfa::regenerate(&state, &session, &ctx).await?;
             let info = "New recovery codes are ready. The old ones no longer work.";
-            let p = page(
-                &state,
-                &session,
-                &csrf,
-                &nonce,
-                codes,
-                None,
-                Some(info.into()),
-            )
-            .await?;
+            let p = after_change(&state, &session, &csrf, &nonce, true, codes, info);
             render(StatusCode::OK, p)
         }
         _ => Err(AppError::Validation("Unknown action.".into())),

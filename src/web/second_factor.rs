@@ -39,6 +39,8 @@ struct VerifyTemplate {
     action: &'static str,
     title: &'static str,
     has_totp: bool,
+    /// Whether "e-mail me a code" is offered (not at step-up when an app is set up).
+    offer_email: bool,
     email_code_live: bool,
     to: String,
     return_to: Option<String>,
@@ -57,6 +59,7 @@ impl VerifyTemplate {
                 "Two-step verification"
             },
             has_totp: ch.has_totp,
+            offer_email: !(ch.has_totp && action == "/step-up"),
             email_code_live: ch.email_code_live,
             // Before sign-in the address is masked (a shared screen); a signed-in
             // person sees their own address in full anyway.
@@ -258,6 +261,12 @@ async fn send_code(
             res.extensions_mut().insert(AllowAnyFormAction);
             Ok(with_retry_after(res, retry_after_secs))
         }
+        SendOutcome::NotOffered => {
+            page.error = Some(
+                "Use a code from your authenticator app, or one of your recovery codes.".into(),
+            );
+            html(StatusCode::BAD_REQUEST, &page)
+        }
         SendOutcome::Void => Err(AppError::Validation(EXPIRED.into())),
     }
 }
@@ -319,9 +328,7 @@ pub async fn step_up_submit(
     );
     page.return_to = return_to;
     if let CodeOutcome::Void = outcome {
-        page.error = Some(
-            "Too many wrong codes for this confirmation, so it was reset. Ask for a new e-mailed code or use your app's next code.".into(),
-        );
+        page.error = Some("Too many wrong codes. Wait a few minutes, then try again.".into());
         return html(StatusCode::UNAUTHORIZED, &page);
     }
     let (status, retry) = code_error(&mut page, outcome);

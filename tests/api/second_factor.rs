@@ -20,6 +20,13 @@ fn frozen() -> Options {
     }
 }
 
+fn sha256_hex(token: &str) -> String {
+    gatehouse::crypto::token_hash(token)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn now(app: &TestApp) -> i64 {
     app.clock.now().unix_timestamp()
 }
@@ -616,13 +623,28 @@ async fn an_emailed_code_signs_in_once_and_only_for_its_own_sign_in() {
         )
         .await;
     assert_eq!(r.status, 303, "{}", r.body);
-    let amr: Vec<String> = sqlx::query_scalar(
-        "SELECT amr FROM sessions WHERE revoked_at IS NULL ORDER BY created_at DESC LIMIT 1",
-    )
+    // (The clock is frozen: the session is found by its cookie, not by its age.)
+    let hash = sha256_hex(&app.session_cookie(&a).unwrap());
+    let amr: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT amr FROM sessions WHERE token_hash = '\\x{hash}'::bytea"
+    )))
     .fetch_one(&app.db)
     .await
     .unwrap();
     assert_eq!(amr, vec!["pwd", "email"]);
+    // The mailbox alone is not the authenticator: for sensitive actions this session
+    // must still prove the app (a reset link plus an e-mailed code cannot remove it).
+    let r = a.get("/account/password").await;
+    assert_eq!(r.status, 303);
+    assert!(r.location().starts_with("/step-up"), "{}", r.location());
+    let csrf = a.get("/account").await.csrf();
+    let r = a
+        .post_form(
+            "/account/mfa",
+            &[("csrf_token", &csrf), ("action", "remove")],
+        )
+        .await;
+    assert_eq!(r.status, 403);
     // Reused in the other sign-in: refused.
     let r = other
         .post_form(
@@ -808,19 +830,47 @@ async fn step_up_with_totp_and_a_bad_return_to_stays_on_this_site() {
     .await
     .unwrap();
     assert!(amr.contains(&"otp".to_string()), "{amr:?}");
-    // The same code cannot step up twice.
-    app.clock.advance(Duration::from_secs(601));
+    // The same code, still inside its time step (the clock is frozen), cannot step
+    // up a second time.
+    let code = totp(&e.secret, now(&app));
     let page = b.get("/step-up").await;
+    let r = b
+        .post_form("/step-up", &[("csrf_token", &page.csrf()), ("code", &code)])
+        .await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    // The next step's code works.
     let r = b
         .post_form(
             "/step-up",
             &[
                 ("csrf_token", &page.csrf()),
-                ("code", &totp(&e.secret, now(&app) - 601)),
+                ("code", &totp(&e.secret, now(&app) + 30)),
             ],
         )
         .await;
-    assert_eq!(r.status, 401);
+    assert_eq!(r.status, 303, "{}", r.body);
+    // An e-mailed code is not offered, nor accepted, to a user with an app.
+    app.clock.advance(Duration::from_secs(601));
+    let page = b.get("/step-up").await;
+    assert!(
+        !page.body.contains(r#"name="action" value="email""#),
+        "{}",
+        page.body
+    );
+    let before = code_mails(&app, "alice@example.com");
+    let r = b
+        .post_form(
+            "/step-up",
+            &[("csrf_token", &page.csrf()), ("action", "email")],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        code_mails(&app, "alice@example.com"),
+        before,
+        "no code mailed"
+    );
 }
 
 #[tokio::test]
