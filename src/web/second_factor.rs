@@ -314,9 +314,29 @@ pub async fn step_up_submit(
         return send_code(&state, &ch, page).await;
     }
     let outcome = second_factor::step_up(&state, &session, &form.code, &ctx).await?;
-    if let CodeOutcome::Proven { done: token, .. } = outcome {
+    if let CodeOutcome::Proven {
+        done: token,
+        completed,
+    } = outcome
+    {
+        let target = return_to.unwrap_or_else(|| "/account".into());
+        if let Some(left) = completed.recovery_codes_left {
+            // Worth a pause: the person should know how many are left.
+            let csrf = Csrf::for_rotated(&state, &token);
+            let page = NoticeTemplate {
+                ctx: PageCtx::new(&state, &nonce, &csrf, Some(session.email.clone())),
+                title: "Recovery code used",
+                paragraphs: vec![format!(
+                    "You confirmed it's you with a recovery code. It will not work again; {left} of ten are left."
+                )],
+                link: Some(("Continue", &target)),
+            };
+            let mut res = html(StatusCode::OK, &page)?;
+            set_rotated_cookie(&state, &mut res, &session, &token);
+            return Ok(res);
+        }
         // Back to the page that asked, with a GET: the person submits again there.
-        let mut res = see_other(return_to.as_deref().unwrap_or("/account"));
+        let mut res = see_other(&target);
         set_rotated_cookie(&state, &mut res, &session, &token);
         return Ok(res);
     }

@@ -1005,7 +1005,10 @@ async fn removing_the_authenticator_needs_step_up_mails_a_notice_and_ends_other_
             ],
         )
         .await;
-    assert_eq!(r.status, 303, "{}", r.body);
+    // The page says how many recovery codes are left, and leads back.
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("9 of ten are left"), "{}", r.body);
+    assert!(r.body.contains(r#"href="/account/mfa""#), "{}", r.body);
     let page = a.get("/account/mfa").await;
     let r = a
         .post_form(
