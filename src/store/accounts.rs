@@ -46,6 +46,28 @@ impl std::fmt::Debug for UserRecord {
     }
 }
 
+/// Locks the user's row for the rest of the caller's transaction, if the user is
+/// enabled (and, given `password_hash`, still has that password). Every sign-in,
+/// challenge completion and factor change takes this lock first, so they queue in
+/// one order instead of deadlocking, and a reset or disabling that committed first
+/// makes the check fail. Foreign-key checks (KEY SHARE) do not conflict with it.
+pub(super) async fn lock_live_user(
+    conn: &mut sqlx::PgConnection,
+    user_id: UserId,
+    password_hash: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let found: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM users
+         WHERE id = $1 AND disabled_at IS NULL AND ($2::text IS NULL OR password_hash = $2)
+         FOR NO KEY UPDATE",
+    )
+    .bind(user_id.0)
+    .bind(password_hash)
+    .fetch_optional(conn)
+    .await?;
+    Ok(found.is_some())
+}
+
 #[derive(sqlx::FromRow)]
 pub(super) struct UserRow {
     pub id: Uuid,

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::accounts::lock_live_user;
 use super::events::{NewEvent, insert_event};
 use super::outbox::insert_mails;
 use super::sessions::{SignIn, insert_signed_in};
@@ -293,16 +294,8 @@ impl ChallengeStore for PgStore {
         event: &NewEvent,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let current: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM users
-             WHERE id = $1 AND password_hash = $2 AND disabled_at IS NULL
-             FOR NO KEY UPDATE",
-        )
-        .bind(c.user_id.0)
-        .bind(password_hash)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if current.is_some() {
+        let current = lock_live_user(&mut tx, c.user_id, Some(password_hash)).await?;
+        if current {
             sqlx::query(
                 "INSERT INTO mfa_challenges
                      (id, kind, user_id, token_hash, remember_me, return_to, reason,
@@ -326,7 +319,7 @@ impl ChallengeStore for PgStore {
         }
         refund(&mut tx, attempt).await?;
         tx.commit().await?;
-        Ok(current.is_some())
+        Ok(current)
     }
 
     async fn pending_sign_in(
@@ -499,13 +492,7 @@ impl ChallengeStore for PgStore {
         let mut tx = self.pool.begin().await?;
         // The user row lock first, like a password sign-in: a reset or a disabling
         // that landed meanwhile voided the challenge, so the DELETE below finds nothing.
-        let enabled: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM users WHERE id = $1 AND disabled_at IS NULL FOR NO KEY UPDATE",
-        )
-        .bind(user_id.0)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if enabled.is_none() {
+        if !lock_live_user(&mut tx, user_id, None).await? {
             return Ok(None);
         }
         let email_macs: &[Vec<u8>] = match proof {

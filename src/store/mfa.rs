@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::accounts::lock_live_user;
 use super::challenges::void_challenges;
 use super::devices::revoke_all_of_user;
 use super::events::{NewEvent, insert_event};
@@ -33,18 +34,6 @@ pub struct KeepSession {
     /// The revocation reason and its event for every other session.
     pub reason: &'static str,
     pub revoked: NewEvent,
-}
-
-/// Takes the user row lock every factor change and challenge completion takes first,
-/// so they queue in one order instead of deadlocking.
-async fn lock_user(conn: &mut sqlx::PgConnection, user_id: UserId) -> Result<bool, sqlx::Error> {
-    let found: Option<i32> = sqlx::query_scalar(
-        "SELECT 1 FROM users WHERE id = $1 AND disabled_at IS NULL FOR NO KEY UPDATE",
-    )
-    .bind(user_id.0)
-    .fetch_optional(conn)
-    .await?;
-    Ok(found.is_some())
 }
 
 /// Ends every other session of the user and gives `keep` its new token.
@@ -239,7 +228,7 @@ impl MfaStore for PgStore {
     ) -> Result<bool, StoreError> {
         let now = event.at;
         let mut tx = self.pool.begin().await?;
-        if !lock_user(&mut tx, user_id).await?
+        if !lock_live_user(&mut tx, user_id, None).await?
             || !take_enrolment_step(&mut tx, user_id, secret_enc, step, now).await?
         {
             return Ok(false);
@@ -274,7 +263,7 @@ impl MfaStore for PgStore {
     ) -> Result<bool, StoreError> {
         let now = event.at;
         let mut tx = self.pool.begin().await?;
-        if !lock_user(&mut tx, user_id).await? {
+        if !lock_live_user(&mut tx, user_id, None).await? {
             return Ok(false);
         }
         let removed = sqlx::query(
@@ -307,7 +296,7 @@ impl MfaStore for PgStore {
     ) -> Result<bool, StoreError> {
         let now = event.at;
         let mut tx = self.pool.begin().await?;
-        if !lock_user(&mut tx, user_id).await? {
+        if !lock_live_user(&mut tx, user_id, None).await? {
             return Ok(false);
         }
         let enrolled: Option<i32> = sqlx::query_scalar(

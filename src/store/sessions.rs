@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::accounts::lock_live_user;
 use super::devices::{DeviceLink, link_device};
 use super::events::{
     EVENT_COLUMNS, NewEvent, PgQuery, bind_event, event_at, event_values, insert_event,
@@ -225,23 +226,15 @@ impl SessionStore for PgStore {
         // `link_device` needs too (taken here first, so two sign-ins of one user
         // queue instead of deadlocking on an upgrade); foreign-key checks (KEY
         // SHARE) do not conflict with it.
-        let current: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM users
-             WHERE id = $1 AND password_hash = $2 AND disabled_at IS NULL
-             FOR NO KEY UPDATE",
-        )
-        .bind(sign_in.session.user_id.0)
-        .bind(password_hash)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if current.is_some() {
+        let current = lock_live_user(&mut tx, sign_in.session.user_id, Some(password_hash)).await?;
+        if current {
             insert_signed_in(&mut tx, &self.keys, sign_in).await?;
         }
         // Last, so the throttle rows (shared by everyone behind one address) are
         // locked only for the moment before the commit.
         refund(&mut tx, attempt).await?;
         tx.commit().await?;
-        Ok(current.is_some())
+        Ok(current)
     }
 
     async fn live_session(

@@ -172,8 +172,20 @@ pub async fn mfa_submit(
             ConfirmOutcome::Throttled { retry_after_secs } => {
                 Err(AppError::RateLimited { retry_after_secs })
             }
-            ConfirmOutcome::Wrong => {
-                let error = "That code is not right. Check that your app shows the code for this account, and that your phone's clock is right.";
+            refused => {
+                let (status, error) = match refused {
+                    ConfirmOutcome::Wrong => (
+                        StatusCode::BAD_REQUEST,
+                        "That code is not right. Check that your app shows the code for this account, and that your phone's clock is right.",
+                    ),
+                    ConfirmOutcome::Gone => {
+                        (StatusCode::CONFLICT, "The set-up timed out. Start again.")
+                    }
+                    _ => (
+                        StatusCode::BAD_REQUEST,
+                        "Enter the 6-digit code your authenticator app shows.",
+                    ),
+                };
                 let p = page(
                     &state,
                     &session,
@@ -184,35 +196,7 @@ pub async fn mfa_submit(
                     None,
                 )
                 .await?;
-                render(StatusCode::BAD_REQUEST, p)
-            }
-            ConfirmOutcome::Malformed => {
-                let error = "Enter the 6-digit code your authenticator app shows.";
-                let p = page(
-                    &state,
-                    &session,
-                    &csrf,
-                    &nonce,
-                    Vec::new(),
-                    Some(error.into()),
-                    None,
-                )
-                .await?;
-                render(StatusCode::BAD_REQUEST, p)
-            }
-            ConfirmOutcome::Gone => {
-                let error = "The set-up timed out. Start again.";
-                let p = page(
-                    &state,
-                    &session,
-                    &csrf,
-                    &nonce,
-                    Vec::new(),
-                    Some(error.into()),
-                    None,
-                )
-                .await?;
-                render(StatusCode::CONFLICT, p)
+                render(status, p)
             }
         },
         "remove" => {
