@@ -39,7 +39,12 @@ pub enum Command {
         #[command(subcommand)]
         command: SessionsCommand,
     },
-    /// Manage the keys of data at rest.
+    /// Register and remove the apps that sign people in with Gatehouse.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+    /// Manage the keys of data at rest and the token signing keys.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -66,7 +71,45 @@ pub enum SessionsCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Register an app; prints {"client_id":…,"client_secret":…} (the secret only now).
+    Create {
+        /// The app's name, shown on the consent page.
+        #[arg(long)]
+        name: String,
+        /// Where the app receives its code (exact match; repeat for several).
+        #[arg(long = "redirect-uri", value_name = "URI", required = true)]
+        redirect_uris: Vec<String>,
+        /// A public client (a native or browser app): no secret, PKCE required.
+        #[arg(long)]
+        public: bool,
+        /// Where the app may send people after signing out (repeatable).
+        #[arg(long = "post-logout-redirect-uri", value_name = "URI")]
+        post_logout_redirect_uris: Vec<String>,
+        /// The app's OIDC back-channel logout endpoint.
+        #[arg(long = "backchannel-logout-uri", value_name = "URI")]
+        backchannel_logout_uri: Option<String>,
+        /// An app of your own: no consent page.
+        #[arg(long)]
+        first_party: bool,
+        /// An API that may introspect every token, not only its own.
+        #[arg(long)]
+        introspect_any: bool,
+    },
+    /// Print every registered app, one JSON object per line.
+    List,
+    /// Remove an app, with every token and consent it had.
+    Delete {
+        /// The client_id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum KeysCommand {
+    /// Make a new token signing key sign from now on; the previous one keeps verifying
+    /// until the tokens it signed expire, and any older one is retired.
+    Rotate,
     /// Rewrite every encrypted value under the current GATEHOUSE_SECRET_KEY, so that
     /// keys in GATEHOUSE_OLD_SECRET_KEYS can be dropped. Safe while serving; can be
     /// stopped and run again.

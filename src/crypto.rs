@@ -26,6 +26,7 @@ pub mod columns {
     pub const EVENT_LOCATION: &str = "security_events.location";
     pub const DEVICE_LABEL: &str = "devices.label";
     pub const TOTP_SECRET: &str = "totp_credentials.secret";
+    pub const SIGNING_KEY: &str = "signing_keys.private";
     pub const MAIL_TEXT: &str = "mail_outbox.text_body";
     pub const MAIL_HTML: &str = "mail_outbox.html_body";
     /// HMAC purposes of `sessions.ip_mac` and `sessions.country_mac`.

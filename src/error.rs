@@ -44,6 +44,18 @@ pub enum AppError {
     /// there — it is never replayed.
     #[error("step-up required")]
     StepUpRequired { return_to: String, redirect: bool },
+    /// An OAuth 2.0 error with its RFC 6749 §5.2 code, e.g. `invalid_grant` (400) or
+    /// `invalid_client` (401, with `WWW-Authenticate: Basic`).
+    #[error("oauth error {error}")]
+    OAuth {
+        status: StatusCode,
+        error: &'static str,
+        description: String,
+    },
+    /// A bearer token that is missing, invalid or no longer live (RFC 6750 §3.1):
+    /// 401 with `WWW-Authenticate: Bearer error="invalid_token"`.
+    #[error("invalid token")]
+    InvalidToken,
     /// The password hash queue is full: try again in a moment (503).
     #[error("overloaded")]
     Overloaded,
@@ -137,6 +149,25 @@ impl ErrorPage {
     }
 }
 
+impl AppError {
+    /// An OAuth error answered 400 (RFC 6749 §5.2).
+    pub fn oauth(error: &'static str, description: impl Into<String>) -> Self {
+        AppError::OAuth {
+            status: StatusCode::BAD_REQUEST,
+            error,
+            description: description.into(),
+        }
+    }
+    /// `invalid_client`: 401, the same words whatever was wrong.
+    pub fn invalid_client() -> Self {
+        AppError::OAuth {
+            status: StatusCode::UNAUTHORIZED,
+            error: "invalid_client",
+            description: "Client authentication failed.".into(),
+        }
+    }
+}
+
 impl From<crate::hasher::HashError> for AppError {
     fn from(e: crate::hasher::HashError) -> Self {
         match e {
@@ -171,6 +202,8 @@ impl ResponseError for AppError {
             AppError::SignInRequired { .. } => StatusCode::SEE_OTHER,
             AppError::StepUpRequired { redirect: true, .. } => StatusCode::SEE_OTHER,
             AppError::StepUpRequired { .. } => StatusCode::FORBIDDEN,
+            AppError::OAuth { status, .. } => *status,
+            AppError::InvalidToken => StatusCode::UNAUTHORIZED,
             AppError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -223,6 +256,16 @@ impl ResponseError for AppError {
                 page.message =
                     "Gatehouse is very busy right now. Please try again in a moment.".into();
             }
+            AppError::OAuth {
+                error, description, ..
+            } => {
+                page.oauth_error = Some(error);
+                page.message = description.clone();
+            }
+            AppError::InvalidToken => {
+                page.oauth_error = Some("invalid_token");
+                page.message = "The access token is missing, invalid or no longer active.".into();
+            }
             AppError::StepUpRequired { return_to, .. } => {
                 page.title = "Confirm it's you";
                 page.message = "For your security, this needs a second factor proven in the last 10 minutes. Confirm it's you, then do it again.".into();
@@ -233,6 +276,12 @@ impl ResponseError for AppError {
         let mut builder = HttpResponse::build(status);
         if let AppError::RateLimited { retry_after_secs } = self {
             builder.insert_header(("Retry-After", retry_after_secs.to_string()));
+        }
+        if let AppError::InvalidToken = self {
+            builder.insert_header((
+                "WWW-Authenticate",
+                "Bearer realm=\"gatehouse\", error=\"invalid_token\"",
+            ));
         }
         if let AppError::Overloaded = self {
             builder.insert_header(("Retry-After", "1"));

@@ -3,13 +3,16 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use gatehouse::auth::operators;
-use gatehouse::cli::{Cli, Command, KeysCommand, SessionsCommand, UserCommand, read_password};
+use gatehouse::cli::{
+    Cli, ClientCommand, Command, KeysCommand, SessionsCommand, UserCommand, read_password,
+};
 use gatehouse::clock::Clock;
 use gatehouse::settings::{RawSettings, Settings};
 use gatehouse::startup::Application;
 use gatehouse::state::AppState;
 use gatehouse::store::{connect_pool, migrate_when_reachable};
 use gatehouse::{auth, telemetry};
+use secrecy::ExposeSecret;
 
 fn load_settings(cli: &Cli) -> Result<Settings, String> {
     let (path, given) = match &cli.config {
@@ -109,6 +112,77 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let state = AppState::new(settings, Clock::system(), false).await?;
             let n = operators::revoke_sessions(&state, &user, session.as_deref()).await?;
             println!("{}", serde_json::json!({ "revoked": n }));
+        }
+        Command::Client {
+            command:
+                ClientCommand::Create {
+                    name,
+                    redirect_uris,
+                    public,
+                    post_logout_redirect_uris,
+                    backchannel_logout_uri,
+                    first_party,
+                    introspect_any,
+                },
+        } => {
+            let state = AppState::new(settings, Clock::system(), true).await?;
+            let created = gatehouse::oauth::clients::create(
+                &state,
+                gatehouse::oauth::clients::NewClient {
+                    name,
+                    redirect_uris,
+                    public,
+                    post_logout_redirect_uris,
+                    backchannel_logout_uri,
+                    first_party,
+                    introspect_any,
+                },
+            )
+            .await?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "client_id": created.client_id,
+                    "client_secret": created.client_secret.as_ref().map(|s| s.expose_secret()),
+                })
+            );
+        }
+        Command::Client {
+            command: ClientCommand::List,
+        } => {
+            let state = AppState::new(settings, Clock::system(), false).await?;
+            for c in gatehouse::oauth::clients::list(&state).await? {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "client_id": c.id,
+                        "name": c.name,
+                        "public": c.is_public(),
+                        "redirect_uris": c.redirect_uris,
+                        "post_logout_redirect_uris": c.post_logout_redirect_uris,
+                        "backchannel_logout_uri": c.backchannel_logout_uri,
+                        "first_party": c.first_party,
+                        "introspect_any": c.introspect_any,
+                    })
+                );
+            }
+        }
+        Command::Client {
+            command: ClientCommand::Delete { id },
+        } => {
+            let state = AppState::new(settings, Clock::system(), false).await?;
+            if !gatehouse::oauth::clients::delete(&state, &id).await? {
+                anyhow::bail!("no client has the id {id}");
+            }
+            println!("{}", serde_json::json!({ "deleted": id }));
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate,
+        } => {
+            let state = AppState::new(settings, Clock::system(), true).await?;
+            gatehouse::oauth::keys::ensure(&state).await?;
+            let kid = gatehouse::oauth::keys::rotate(&state).await?;
+            println!("{}", serde_json::json!({ "signing_kid": kid }));
         }
         Command::Keys {
             command: KeysCommand::Reencrypt,

@@ -148,6 +148,12 @@ pub struct Settings {
     pub event_retention: Duration,
     /// How often each node runs housekeeping (`GATEHOUSE_HOUSEKEEPING_INTERVAL`).
     pub housekeeping_interval: Duration,
+    /// Lifetime of an access token (`GATEHOUSE_ACCESS_TOKEN_TTL`, 5–15 min: RFC 9068
+    /// tokens are checked by signature alone by some resource servers, so they stay short).
+    pub access_token_ttl: Duration,
+    /// Lifetime of a refresh token (`GATEHOUSE_REFRESH_TOKEN_TTL`); `None` means the
+    /// session's own absolute lifetime. Either way it never outlives its session.
+    pub refresh_token_ttl: Option<Duration>,
 }
 
 /// The keys this version understands, for the "unknown setting" warning.
@@ -173,6 +179,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "GATEHOUSE_GEOIP_DB",
     "GATEHOUSE_EVENT_RETENTION",
     "GATEHOUSE_HOUSEKEEPING_INTERVAL",
+    "GATEHOUSE_ACCESS_TOKEN_TTL",
+    "GATEHOUSE_REFRESH_TOKEN_TTL",
 ];
 
 /// Raw key → value pairs, already merged from the file and the environment.
@@ -435,6 +443,20 @@ impl RawSettings {
                 d
             },
             housekeeping_interval: self.duration("GATEHOUSE_HOUSEKEEPING_INTERVAL", "10m")?,
+            access_token_ttl: {
+                let d = self.duration("GATEHOUSE_ACCESS_TOKEN_TTL", "10m")?;
+                if d < Duration::from_secs(300) || d > Duration::from_secs(900) {
+                    return Err(err(
+                        "GATEHOUSE_ACCESS_TOKEN_TTL",
+                        "must be between 5m and 15m",
+                    ));
+                }
+                d
+            },
+            refresh_token_ttl: match self.get("GATEHOUSE_REFRESH_TOKEN_TTL") {
+                None => None,
+                Some(_) => Some(self.duration("GATEHOUSE_REFRESH_TOKEN_TTL", "12h")?),
+            },
         })
     }
 }

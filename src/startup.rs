@@ -43,6 +43,11 @@ impl Application {
         let worker = tokio::spawn(worker.run(state.settings.outbox_poll));
         // Housekeeping: every node runs it; one at a time does a round.
         let housekeeping = tokio::spawn(crate::auth::housekeeping::run(state.clone().into_inner()));
+        // The token signing key: created at first start. A database that is down now
+        // only delays it to the first token request.
+        if let Err(e) = crate::oauth::keys::ensure(&state).await {
+            tracing::warn!(error = format!("{e:#}"), "signing keys not loaded yet");
+        }
         if dev {
             tracing::warn!("DEVELOPMENT MODE: do not put real users on this instance");
         }

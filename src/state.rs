@@ -13,6 +13,7 @@ use crate::geoip::GeoIp;
 use crate::hasher::PasswordHasher;
 use crate::metrics::Metrics;
 use crate::settings::{SecretKey, Settings};
+use crate::signing::SigningKeys;
 use crate::store::{PgStore, Store, connect_pool, dev_secret_key, migrate_when_reachable};
 
 /// Shared by every request handler.
@@ -26,6 +27,8 @@ pub struct AppState {
     pub cookies: CookiePolicy,
     /// The GeoIP database (or none: every place unknown).
     pub geo: Arc<GeoIp>,
+    /// This node's copy of the token signing keys (`oauth::keys` keeps it current).
+    pub signing: Arc<SigningKeys>,
     /// Work done after a request was answered (so its timing tells nothing); the
     /// server waits for it on shutdown.
     pub background: tokio_util::task::TaskTracker,
@@ -74,6 +77,7 @@ impl AppState {
             hasher,
             metrics,
             geo,
+            signing: Arc::new(SigningKeys::default()),
             background: tokio_util::task::TaskTracker::new(),
         })
     }

@@ -5,6 +5,7 @@ mod email;
 mod ids;
 pub mod mail;
 pub mod net;
+pub mod oauth;
 pub mod otp;
 mod password;
 mod token;

@@ -12,11 +12,13 @@ mod events;
 mod housekeeping;
 mod links;
 mod mfa;
+mod oauth;
 mod outbox;
 mod pg;
 mod rekey;
 mod sessions;
 mod throttle;
+mod tokens;
 
 pub use accounts::{AccountStore, NewAccount, NewUser, UserRecord};
 pub use challenges::{
@@ -28,6 +30,7 @@ pub use events::{EventRecord, EventStore, NewEvent};
 pub use housekeeping::{HousekeepingStore, SweepCounts, SweepRules};
 pub use links::{EmailTokenRecord, LinkStore, NewEmailToken};
 pub use mfa::{Factors, KeepSession, MfaStore};
+pub use oauth::{ClientRecord, ClientStore, ConsentRecord, SigningKeyRecord};
 pub use outbox::OutboxStore;
 pub use pg::{
     HealthStore, PgStore, connect_pool, dev_secret_key, is_unavailable, migrate_when_reachable,
@@ -36,6 +39,10 @@ pub use pg::{
 pub use rekey::{RekeyReport, RekeyStore};
 pub use sessions::{NewSession, SessionRecord, SessionStore, SignIn};
 pub use throttle::{Attempt, AttemptKeys, ThrottleLimits, ThrottleStore};
+pub use tokens::{
+    CodeRecord, CodeVerdict, LiveRefresh, LiveToken, NewCode, NewTokens, Redemption, RefreshRecord,
+    RefreshVerdict, Rotation, TokenStore,
+};
 
 /// Storage failures, split by what the caller should tell the person.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +74,8 @@ pub trait Store:
     + RekeyStore
     + ChallengeStore
     + MfaStore
+    + ClientStore
+    + TokenStore
     + Send
     + Sync
 {
@@ -85,6 +94,8 @@ impl<T> Store for T where
         + RekeyStore
         + ChallengeStore
         + MfaStore
+        + ClientStore
+        + TokenStore
         + Send
         + Sync
 {

@@ -99,6 +99,12 @@ const TABLES: &[SealedTable] = &[
         sealed: &[("secret_enc", columns::TOTP_SECRET)],
         macs: &[],
     },
+    SealedTable {
+        table: "signing_keys",
+        key: "id",
+        sealed: &[("private_enc", columns::SIGNING_KEY)],
+        macs: &[],
+    },
 ];
 
 /// What one pass over the tables did.

@@ -43,6 +43,7 @@ struct AccountTemplate {
     methods: String,
     totp_on: bool,
     recovery_left: i64,
+    apps: Vec<crate::oauth::consents::AllowedApp>,
 }
 
 pub async fn account(
@@ -53,6 +54,7 @@ pub async fn account(
 ) -> Result<HttpResponse, AppError> {
     let factors = mfa::factors(&state, &session).await?;
     let methods = describe::methods(&session.amr).to_lowercase();
+    let apps = crate::oauth::consents::allowed_apps(&state, session.user_id).await?;
     let page = AccountTemplate {
         ctx: PageCtx::new(&state, &nonce, &csrf, Some(session.email.clone())),
         email: session.email,
@@ -62,8 +64,28 @@ pub async fn account(
         methods,
         totp_on: factors.totp_confirmed_at.is_some(),
         recovery_left: factors.recovery_codes_left,
+        apps,
     };
     html(StatusCode::OK, &page)
+}
+
+#[derive(Deserialize)]
+pub struct WithdrawForm {
+    #[serde(default)]
+    csrf_token: String,
+}
+
+/// `POST /account/apps/{client_id}/withdraw`: the app loses its permission and tokens.
+pub async fn withdraw_app(
+    state: web::Data<AppState>,
+    CurrentSession(session): CurrentSession,
+    csrf: Csrf,
+    path: web::Path<String>,
+    StrictForm(form): StrictForm<WithdrawForm>,
+) -> Result<HttpResponse, AppError> {
+    csrf.verify(&form.csrf_token)?;
+    crate::oauth::consents::withdraw(&state, session.user_id, &path.into_inner()).await?;
+    Ok(crate::web::pages::see_other("/account"))
 }
 
 #[derive(Template)]

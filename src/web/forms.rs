@@ -69,6 +69,49 @@ pub fn check_urlencoded(bytes: &[u8]) -> Result<(), AppError> {
     Ok(())
 }
 
+/// Reads a urlencoded body with the size cap (chunked bodies counted as they arrive)
+/// and checks it strictly: content type, escapes, no repeated field.
+fn read_form(
+    req: &HttpRequest,
+    payload: &mut Payload,
+) -> LocalBoxFuture<'static, Result<web::BytesMut, AppError>> {
+    let content_type_ok = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| {
+            essence
+                .trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    let declared_len = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut payload = payload.take();
+    Box::pin(async move {
+        if !content_type_ok {
+            return Err(AppError::UnsupportedMediaType);
+        }
+        if declared_len.is_some_and(|n| n > BODY_LIMIT) {
+            return Err(AppError::PayloadTooLarge);
+        }
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk
+                .map_err(|_| AppError::Validation("The request body could not be read.".into()))?;
+            if body.len() + chunk.len() > BODY_LIMIT {
+                return Err(AppError::PayloadTooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        check_urlencoded(&body)?;
+        Ok(body)
+    })
+}
+
 /// A urlencoded form body, read with a size cap and parsed strictly.
 pub struct StrictForm<T>(pub T);
 
@@ -77,44 +120,31 @@ impl<T: DeserializeOwned + 'static> FromRequest for StrictForm<T> {
     type Future = LocalBoxFuture<'static, Result<Self, AppError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let content_type_ok = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|essence| {
-                essence
-                    .trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            });
-        let declared_len = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        let mut payload = payload.take();
+        let body = read_form(req, payload);
         Box::pin(async move {
-            if !content_type_ok {
-                return Err(AppError::UnsupportedMediaType);
-            }
-            if declared_len.is_some_and(|n| n > BODY_LIMIT) {
-                return Err(AppError::PayloadTooLarge);
-            }
-            // Chunked bodies have no length up front: count as they arrive.
-            let mut body = web::BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|_| {
-                    AppError::Validation("The request body could not be read.".into())
-                })?;
-                if body.len() + chunk.len() > BODY_LIMIT {
-                    return Err(AppError::PayloadTooLarge);
-                }
-                body.extend_from_slice(&chunk);
-            }
-            check_urlencoded(&body)?;
+            let body = body.await?;
             serde_urlencoded::from_bytes::<T>(&body)
                 .map(StrictForm)
                 .map_err(|_| AppError::Validation("The form was incomplete or malformed.".into()))
+        })
+    }
+}
+
+/// A urlencoded body checked like `StrictForm` but kept as text, for endpoints whose
+/// parameters are read by name (the OAuth endpoints).
+pub struct RawForm(pub String);
+
+impl FromRequest for RawForm {
+    type Error = AppError;
+    type Future = LocalBoxFuture<'static, Result<Self, AppError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let body = read_form(req, payload);
+        Box::pin(async move {
+            let body = body.await?;
+            String::from_utf8(body.to_vec())
+                .map(RawForm)
+                .map_err(|_| AppError::Validation("The request body is not text.".into()))
         })
     }
 }

@@ -8,6 +8,8 @@ pub mod extract;
 pub mod forms;
 pub mod mail_pages;
 pub mod mfa;
+pub mod oauth;
+pub mod oauth_pages;
 pub mod ops;
 pub mod pages;
 pub mod second_factor;
@@ -99,6 +101,23 @@ route_table! {
     "/account/email/confirm" [Public] {
         get => mail_pages::change_email_confirm_page,
         post => mail_pages::change_email_confirm,
+    }
+    "/account/apps/{client_id}/withdraw" [Session] { post => account::withdraw_app }
+    "/.well-known/openid-configuration" [Public] { get => oauth::openid_configuration }
+    "/.well-known/oauth-authorization-server" [Public] { get => oauth::openid_configuration }
+    "/jwks.json" [Public] { get => oauth::jwks }
+    "/oauth2/authorize" [Public] { get => oauth_pages::authorize_page }
+    "/oauth2/consent" [Public] {
+        get => oauth_pages::consent_get,
+        post => oauth_pages::consent_post,
+    }
+    "/oauth2/token" [Public] { post => oauth::token_endpoint }
+    "/oauth2/introspect" [Public] { post => oauth::introspect_endpoint }
+    "/oauth2/revoke" [Public] { post => oauth::revoke_endpoint }
+    "/oauth2/userinfo" [Public] { get => oauth::userinfo_get, post => oauth::userinfo_post }
+    "/oauth2/logout" [Public] {
+        get => oauth_pages::logout_get,
+        post => oauth_pages::logout_post,
     }
     "/healthz" [Public] { get => ops::healthz }
     "/readyz" [Public] { get => ops::readyz }

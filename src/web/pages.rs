@@ -159,6 +159,9 @@ pub async fn home(session: MaybeSession) -> HttpResponse {
 #[derive(Deserialize)]
 pub struct ReturnToQuery {
     return_to: Option<String>,
+    /// `login`: an app asked for a fresh sign-in (OIDC `prompt=login`, `max_age`),
+    /// so the form is shown even to a signed-in browser.
+    prompt: Option<String>,
 }
 
 #[derive(Template)]
@@ -179,7 +182,8 @@ pub async fn login_page(
     StrictQuery(q): StrictQuery<ReturnToQuery>,
 ) -> Result<HttpResponse, AppError> {
     let return_to = safe_return_to(q.return_to.as_deref());
-    if session.0.is_some() {
+    let again = q.prompt.as_deref() == Some("login");
+    if session.0.is_some() && !again {
         return Ok(see_other(return_to.as_deref().unwrap_or("/account")));
     }
     let page = LoginTemplate {

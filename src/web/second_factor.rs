@@ -290,7 +290,10 @@ pub async fn step_up_page(
         &ch,
     );
     page.return_to = safe_return_to(q.return_to.as_deref());
-    html(StatusCode::OK, &page)
+    let mut res = html(StatusCode::OK, &page)?;
+    // A step-up asked for by an app (acr_values) ends in a redirect to it.
+    res.extensions_mut().insert(AllowAnyFormAction);
+    Ok(res)
 }
 
 pub async fn step_up_submit(

@@ -65,6 +65,9 @@ pub struct Options {
     pub argon2_threads: usize,
     pub argon2_queue: usize,
     pub argon2_max_wait: Duration,
+    /// Dev mode with the issuer (public URL) equal to the address the server
+    /// listens on, so that relying-party libraries can discover it.
+    pub issuer_is_address: bool,
 }
 
 impl Default for Options {
@@ -87,6 +90,7 @@ impl Default for Options {
             argon2_threads: 2,
             argon2_queue: 64,
             argon2_max_wait: Duration::from_secs(10),
+            issuer_is_address: false,
         }
     }
 }
@@ -159,7 +163,17 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     raw.set("GATEHOUSE_DATABASE_URL", &app_db_url);
     raw.set("GATEHOUSE_BIND", "127.0.0.1:0");
     raw.set("GATEHOUSE_SECRET_KEY", &random_key());
-    if options.dev {
+    if options.issuer_is_address {
+        // A free port, taken back at once and given to the server (the issuer must be
+        // known before it starts).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        raw.set("GATEHOUSE_DEV", "true");
+        raw.set("GATEHOUSE_BIND", &format!("127.0.0.1:{port}"));
+        raw.set("GATEHOUSE_PUBLIC_URL", &format!("http://127.0.0.1:{port}"));
+    } else if options.dev {
         raw.set("GATEHOUSE_DEV", "true");
         raw.set("GATEHOUSE_PUBLIC_URL", "http://localhost:8080");
     } else {

@@ -3,6 +3,7 @@
 //! comments where a test proves one.
 
 mod helpers;
+mod oauth_helpers;
 
 mod accounts;
 mod cli;
@@ -13,6 +14,7 @@ mod hardening;
 mod headers;
 mod input;
 mod mail;
+mod oauth;
 mod operations;
 mod operators;
 mod otp;

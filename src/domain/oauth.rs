@@ -1,0 +1,459 @@
+//! The pure rules of the OAuth 2.0 / OIDC provider: what a registered redirect URI may
+//! be, which scopes exist, how an authorization request is read, and the PKCE check.
+//! No I/O, so each rule has a unit test beside it.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+
+/// The scopes Gatehouse knows (DESIGN.md "Precise rules": Scopes).
+pub const SCOPES: &[&str] = &["openid", "profile", "email", "offline_access"];
+
+/// The `acr` of a session that has proven a second factor, and of one that has not.
+pub const ACR_AAL2: &str = "urn:gatehouse:aal2";
+pub const ACR_AAL1: &str = "urn:gatehouse:aal1";
+
+/// A set of known scopes, kept sorted so that equal sets print equally (consent is
+/// remembered per scope set).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Scopes(Vec<&'static str>);
+
+impl Scopes {
+    /// Parses a space-separated `scope` (RFC 6749 §3.3). An unknown scope is refused
+    /// (`invalid_scope`), not silently dropped.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut out: Vec<&'static str> = Vec::new();
+        for item in text.split(' ').filter(|s| !s.is_empty()) {
+            let known = SCOPES
+                .iter()
+                .find(|s| **s == item)
+                .ok_or_else(|| "The requested scope is not offered.".to_string())?;
+            if !out.contains(known) {
+                out.push(known);
+            }
+        }
+        out.sort_unstable();
+        Ok(Self(out))
+    }
+    pub fn contains(&self, scope: &str) -> bool {
+        self.0.contains(&scope)
+    }
+    pub fn is_subset_of(&self, other: &Scopes) -> bool {
+        self.0.iter().all(|s| other.contains(s))
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.0.iter().copied()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Display for Scopes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(" "))
+    }
+}
+
+/// Whether `uri` may be registered as a redirect URI (DESIGN.md "Precise rules"):
+/// `https://`, `http://` only on a loopback host, or a private-use scheme for native
+/// apps (RFC 8252 §7.1, a reverse domain name); never with a fragment or user info.
+pub fn check_redirect_uri(uri: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(uri).map_err(|_| format!("{uri:?} is not an absolute URI"))?;
+    if parsed.fragment().is_some() || uri.contains('#') {
+        return Err(format!("{uri:?} has a fragment (RFC 6749 §3.1.2)"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(format!("{uri:?} carries user information"));
+    }
+    // The URI is stored as written and compared as a string; it must already be in
+    // the form a client will send, or it could never match.
+    if parsed.as_str() != uri {
+        return Err(format!(
+            "{uri:?} is not in normal form (write it as {:?})",
+            parsed.as_str()
+        ));
+    }
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" => match parsed.host() {
+            Some(url::Host::Domain("localhost")) => Ok(()),
+            Some(url::Host::Ipv4(ip)) if ip.is_loopback() => Ok(()),
+            Some(url::Host::Ipv6(ip)) if ip.is_loopback() => Ok(()),
+            _ => Err(format!(
+                "{uri:?}: plain http is allowed only for loopback hosts"
+            )),
+        },
+        "javascript" | "data" | "file" | "vbscript" | "blob" | "about" => {
+            Err(format!("{uri:?}: this scheme cannot be a redirect URI"))
+        }
+        scheme if scheme.contains('.') => Ok(()),
+        _ => Err(format!(
+            "{uri:?}: use https, http on loopback, or a private-use scheme such as com.example.app"
+        )),
+    }
+}
+
+/// RFC 7636 §4.1: 43–128 characters of `[A-Z] / [a-z] / [0-9] / "-" / "." / "_" / "~"`.
+fn is_pkce_text(s: &str) -> bool {
+    (43..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+}
+
+/// A code challenge as sent with `code_challenge_method=S256`: base64url of 32 bytes.
+pub fn is_s256_challenge(s: &str) -> bool {
+    s.len() == 43
+        && URL_SAFE_NO_PAD
+            .decode(s)
+            .is_ok_and(|bytes| bytes.len() == 32)
+}
+
+/// RFC 7636 §4.6: `BASE64URL(SHA256(code_verifier)) == code_challenge`, compared in
+/// constant time. A malformed verifier never matches.
+pub fn pkce_matches(verifier: &str, challenge: &str) -> bool {
+    if !is_pkce_text(verifier) {
+        return false;
+    }
+    let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    crate::crypto::constant_time_eq(computed.as_bytes(), challenge.as_bytes())
+}
+
+/// `prompt` (OIDC Core §3.1.2.1), as far as Gatehouse acts on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Prompt {
+    pub none: bool,
+    pub login: bool,
+    pub consent: bool,
+}
+
+impl Prompt {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut p = Prompt::default();
+        let mut count = 0;
+        for item in text.split(' ').filter(|s| !s.is_empty()) {
+            count += 1;
+            match item {
+                "none" => p.none = true,
+                "login" => p.login = true,
+                "consent" => p.consent = true,
+                // `select_account`: there is one account per browser session.
+                "select_account" => {}
+                _ => return Err(format!("prompt value {item:?} is not supported")),
+            }
+        }
+        if p.none && count > 1 {
+            return Err("prompt=none cannot be combined with another value".into());
+        }
+        Ok(p)
+    }
+}
+
+/// Query or form parameters, each name at most once: RFC 6749 §3.1 says request and
+/// response parameters must not be included more than once.
+pub struct Params(Vec<(String, String)>);
+
+impl Params {
+    /// Splits `application/x-www-form-urlencoded` text; a repeated name is an error
+    /// naming it. Empty values count as absent (RFC 6749 §3.1).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for (k, v) in url::form_urlencoded::parse(text.as_bytes()) {
+            if out.iter().any(|(n, _)| *n == k) {
+                return Err(format!("the parameter {k} is given more than once"));
+            }
+            out.push((k.into_owned(), v.into_owned()));
+        }
+        Ok(Self(out))
+    }
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+    /// The parameters again, without `drop`, as a query string.
+    pub fn encode_without(&self, drop: &[&str]) -> String {
+        let mut ser = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &self.0 {
+            if !drop.contains(&k.as_str()) {
+                ser.append_pair(k, v);
+            }
+        }
+        ser.finish()
+    }
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
+}
+
+/// An authorization request whose `client_id` and `redirect_uri` are not yet
+/// checked against the client (that needs the store), with everything else parsed.
+#[derive(Clone, Debug)]
+pub struct AuthorizeRequest {
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub state: Option<String>,
+    pub nonce: Option<String>,
+    pub scopes: Scopes,
+    pub code_challenge: Option<String>,
+    pub prompt: Prompt,
+    pub max_age: Option<u64>,
+    /// `acr_values` asked for `urn:gatehouse:aal2`.
+    pub wants_aal2: bool,
+}
+
+/// Why an authorization request fails, before or after its redirect URI is trusted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthorizeError {
+    /// `client_id` or `redirect_uri` is missing, repeated or unknown: the person sees a
+    /// page and nothing is sent anywhere (RFC 6749 §4.1.2.1).
+    Page(String),
+    /// An error for the client, sent to its (validated) redirect URI.
+    Redirect {
+        error: &'static str,
+        description: String,
+    },
+}
+
+fn redirect(error: &'static str, description: impl Into<String>) -> AuthorizeError {
+    AuthorizeError::Redirect {
+        error,
+        description: description.into(),
+    }
+}
+
+/// The two parameters that must be trusted before any error may be redirected.
+pub fn client_and_redirect(query: &str) -> Result<(Params, String, String), AuthorizeError> {
+    let params = Params::parse(query).map_err(AuthorizeError::Page)?;
+    let client_id = params
+        .get("client_id")
+        .ok_or_else(|| {
+            AuthorizeError::Page("The request names no application (client_id).".into())
+        })?
+        .to_string();
+    let redirect_uri = params
+        .get("redirect_uri")
+        .ok_or_else(|| {
+            AuthorizeError::Page("The request names no return address (redirect_uri).".into())
+        })?
+        .to_string();
+    Ok((params, client_id, redirect_uri))
+}
+
+/// Reads the rest of an authorization request once its client and redirect URI are
+/// trusted. `public` clients must use PKCE; `S256` is the only method (RFC 9700 §2.1.1).
+pub fn parse_authorize(
+    params: &Params,
+    client_id: String,
+    redirect_uri: String,
+    public: bool,
+) -> Result<AuthorizeRequest, AuthorizeError> {
+    match params.get("response_type") {
+        Some("code") => {}
+        None => return Err(redirect("invalid_request", "response_type is missing")),
+        Some(_) => {
+            return Err(redirect(
+                "unsupported_response_type",
+                "only response_type=code is offered",
+            ));
+        }
+    }
+    if params.get("request").is_some() {
+        return Err(redirect(
+            "request_not_supported",
+            "request objects are not supported",
+        ));
+    }
+    if params.get("request_uri").is_some() {
+        return Err(redirect(
+            "request_uri_not_supported",
+            "request_uri is not supported",
+        ));
+    }
+    if let Some(mode) = params.get("response_mode")
+        && mode != "query"
+    {
+        return Err(redirect(
+            "invalid_request",
+            "only response_mode=query is offered",
+        ));
+    }
+    let scopes = Scopes::parse(params.get("scope").unwrap_or(""))
+        .map_err(|d| redirect("invalid_scope", d))?;
+    let prompt = Prompt::parse(params.get("prompt").unwrap_or(""))
+        .map_err(|d| redirect("invalid_request", d))?;
+    let max_age = params
+        .get("max_age")
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| redirect("invalid_request", "max_age must be a number of seconds"))
+        })
+        .transpose()?;
+    // Without a method the default is `plain` (RFC 7636 §4.3), which is refused too.
+    let code_challenge = match (
+        params.get("code_challenge"),
+        params.get("code_challenge_method"),
+    ) {
+        (None, None) if public => {
+            return Err(redirect(
+                "invalid_request",
+                "PKCE is required: send code_challenge with code_challenge_method=S256",
+            ));
+        }
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(redirect("invalid_request", "code_challenge is missing"));
+        }
+        (Some(c), Some("S256")) if is_s256_challenge(c) => Some(c.to_string()),
+        (Some(_), Some("S256")) => {
+            return Err(redirect(
+                "invalid_request",
+                "code_challenge is not a S256 challenge",
+            ));
+        }
+        (Some(_), _) => {
+            return Err(redirect(
+                "invalid_request",
+                "code_challenge_method must be S256 (plain is refused)",
+            ));
+        }
+    };
+    let nonce = params.get("nonce").map(str::to_string);
+    if nonce.as_ref().is_some_and(|n| n.len() > 512) {
+        return Err(redirect("invalid_request", "nonce is too long"));
+    }
+    let state = params.get("state").map(str::to_string);
+    if state.as_ref().is_some_and(|s| s.len() > 2048) {
+        return Err(redirect("invalid_request", "state is too long"));
+    }
+    let wants_aal2 = params
+        .get("acr_values")
+        .is_some_and(|v| v.split(' ').any(|a| a == ACR_AAL2));
+    Ok(AuthorizeRequest {
+        client_id,
+        redirect_uri,
+        state,
+        nonce,
+        scopes,
+        code_challenge,
+        prompt,
+        max_age,
+        wants_aal2,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_redirect_uris_follow_the_precise_rules() {
+        for ok in [
+            "https://rp.test/cb",
+            "http://localhost:3000/cb",
+            "http://127.0.0.1:9/cb",
+            "http://[::1]:8080/cb",
+            "com.example.app:/oauth",
+        ] {
+            assert_eq!(check_redirect_uri(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://rp.test/cb",
+            "https://rp.test/cb#x",
+            "https://user@rp.test/cb",
+            "javascript:alert(1)",
+            "/cb",
+            "https://RP.test/cb",
+            "custom:/cb",
+        ] {
+            assert!(check_redirect_uri(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn scopes_are_known_sorted_and_deduplicated() {
+        let s = Scopes::parse("openid email openid offline_access").unwrap();
+        assert_eq!(s.to_string(), "email offline_access openid");
+        assert!(Scopes::parse("openid admin").is_err());
+        assert!(Scopes::parse("email").unwrap().is_subset_of(&s));
+        assert!(!Scopes::parse("profile").unwrap().is_subset_of(&s));
+    }
+
+    #[test]
+    fn pkce_s256_matches_rfc7636_appendix_b() {
+        let verifier = "dBjftJeZ4CVP-mJ92K9D0SGYHgOxUW2ZeFvRrZzV5E0";
+        let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+        assert!(is_s256_challenge(challenge));
+        assert!(pkce_matches(verifier, challenge));
+        assert!(!pkce_matches(
+            "dBjftJeZ4CVP-mJ92K9D0SGYHgOxUW2ZeFvRrZzV5E1",
+            challenge
+        ));
+        assert!(!pkce_matches("short", challenge));
+        assert!(!pkce_matches(challenge, challenge));
+    }
+
+    #[test]
+    fn prompt_none_stands_alone() {
+        assert!(Prompt::parse("none").unwrap().none);
+        assert!(Prompt::parse("none login").is_err());
+        let p = Prompt::parse("login consent").unwrap();
+        assert!(p.login && p.consent && !p.none);
+        assert!(Prompt::parse("bogus").is_err());
+    }
+
+    fn parse(query: &str, public: bool) -> Result<AuthorizeRequest, AuthorizeError> {
+        let (p, c, r) = client_and_redirect(query)?;
+        parse_authorize(&p, c, r, public)
+    }
+
+    #[test]
+    fn pkce_cannot_be_downgraded_by_omission_or_plain() {
+        let base = "client_id=a&redirect_uri=https%3A%2F%2Frp.test%2Fcb&response_type=code";
+        let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+        assert!(matches!(
+            parse(base, true),
+            Err(AuthorizeError::Redirect {
+                error: "invalid_request",
+                ..
+            })
+        ));
+        assert!(parse(base, false).unwrap().code_challenge.is_none());
+        let plain = format!("{base}&code_challenge={challenge}&code_challenge_method=plain");
+        assert!(matches!(
+            parse(&plain, false),
+            Err(AuthorizeError::Redirect {
+                error: "invalid_request",
+                ..
+            })
+        ));
+        let no_method = format!("{base}&code_challenge={challenge}");
+        assert!(parse(&no_method, false).is_err());
+        let s256 = format!("{base}&code_challenge={challenge}&code_challenge_method=S256");
+        assert_eq!(
+            parse(&s256, true).unwrap().code_challenge.as_deref(),
+            Some(challenge)
+        );
+    }
+
+    #[test]
+    fn repeated_or_missing_client_parameters_are_a_page_not_a_redirect() {
+        assert!(matches!(
+            client_and_redirect("client_id=a&client_id=b&redirect_uri=x"),
+            Err(AuthorizeError::Page(_))
+        ));
+        assert!(matches!(
+            client_and_redirect("client_id=a"),
+            Err(AuthorizeError::Page(_))
+        ));
+        assert!(matches!(
+            parse("client_id=a&redirect_uri=x&response_type=token", false),
+            Err(AuthorizeError::Redirect {
+                error: "unsupported_response_type",
+                ..
+            })
+        ));
+    }
+}

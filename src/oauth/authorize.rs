@@ -1,0 +1,330 @@
+//! `/oauth2/authorize` and its consent step (RFC 6749 §4.1, OIDC Core §3.1.2,
+//! RFC 9700 §2.1, RFC 9207). The request is judged in a fixed order: until the client
+//! and its exact redirect URI are known, every error is a page and nothing is sent
+//! anywhere; after that, errors go back to the app, but only once the person has
+//! signed in (RFC 9700 §4.11.2), except `prompt=none`'s own answers.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use time::Duration;
+
+use crate::crypto::{constant_time_eq, random_token, token_hash};
+use crate::domain::oauth::{
+    ACR_AAL1, ACR_AAL2, AuthorizeError, AuthorizeRequest, Params, Scopes, client_and_redirect,
+    parse_authorize,
+};
+use crate::domain::{SessionId, UserId};
+use crate::error::AppError;
+use crate::state::AppState;
+use crate::store::{ClientRecord, NewCode, SessionRecord};
+
+/// How long a code lives (DESIGN.md "Apps").
+pub const CODE_TTL: Duration = Duration::seconds(60);
+/// The parameter Gatehouse adds to the request it sends through sign-in: when the
+/// sign-in was asked for, MAC'd, so `prompt=login` and `max_age` are satisfied by a
+/// sign-in made after it and not by the old session.
+pub const LOGIN_MARK: &str = "gh_login";
+const LOGIN_MARK_TTL: Duration = Duration::minutes(30);
+
+/// What to do with the browser.
+pub enum Outcome {
+    /// Redirect to the app (a code, or an error for it).
+    ToClient(String),
+    /// Sign in (again, if `force`), then come back to `return_to`.
+    SignIn { return_to: String, force: bool },
+    /// Prove a second factor, then come back (`acr_values=urn:gatehouse:aal2`).
+    StepUp { return_to: String },
+    /// Ask the person (third-party client, no remembered consent).
+    Consent(ConsentView),
+}
+
+pub struct ConsentView {
+    pub client_name: String,
+    pub scopes: Vec<&'static str>,
+    /// The authorization request, to be sent back with the answer.
+    pub request: String,
+}
+
+/// The person's answer on the consent page, if this is its POST.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    None,
+    Allow,
+    Deny,
+}
+
+fn page(message: impl Into<String>) -> AppError {
+    AppError::Validation(message.into())
+}
+
+/// `redirect_uri` with the response parameters, `iss` always (RFC 9207 §2).
+fn to_client(
+    state: &AppState,
+    redirect_uri: &str,
+    state_param: Option<&str>,
+    params: &[(&str, &str)],
+) -> Result<Outcome, AppError> {
+    let mut url =
+        url::Url::parse(redirect_uri).map_err(|_| page("The return address is not valid."))?;
+    {
+        let mut q = url.query_pairs_mut();
+        for (k, v) in params {
+            q.append_pair(k, v);
+        }
+        if let Some(s) = state_param {
+            q.append_pair("state", s);
+        }
+        q.append_pair("iss", &state.settings.issuer());
+    }
+    Ok(Outcome::ToClient(url.to_string()))
+}
+
+fn error_to_client(
+    state: &AppState,
+    req_redirect: &str,
+    state_param: Option<&str>,
+    error: &str,
+    description: &str,
+) -> Result<Outcome, AppError> {
+    to_client(
+        state,
+        req_redirect,
+        state_param,
+        &[("error", error), ("error_description", description)],
+    )
+}
+
+fn login_mark(state: &AppState, client_id: &str) -> String {
+    let at = state.clock.now().unix_timestamp();
+    let mac = state
+        .keys
+        .mac("oauth/login-mark", format!("{at}|{client_id}").as_bytes());
+    format!("{at}.{}", URL_SAFE_NO_PAD.encode(mac))
+}
+
+/// When the sign-in this request went through was asked for, if its mark is ours,
+/// for this client and recent.
+fn marked_at(state: &AppState, params: &Params, client_id: &str) -> Option<time::OffsetDateTime> {
+    let (at, mac) = params.get(LOGIN_MARK)?.split_once('.')?;
+    let at: i64 = at.parse().ok()?;
+    let given = URL_SAFE_NO_PAD.decode(mac).ok()?;
+    let ok = state
+        .keys
+        .mac_candidates("oauth/login-mark", format!("{at}|{client_id}").as_bytes())
+        .iter()
+        .any(|m| constant_time_eq(m, &given));
+    let at = time::OffsetDateTime::from_unix_timestamp(at).ok()?;
+    let now = state.clock.now();
+    (ok && at <= now && now - at < LOGIN_MARK_TTL).then_some(at)
+}
+
+fn again(params: &Params, mark: Option<String>) -> String {
+    let mut query = params.encode_without(&[LOGIN_MARK]);
+    if let Some(m) = mark {
+        let mut ser = url::form_urlencoded::Serializer::new(String::new());
+        ser.append_pair(LOGIN_MARK, &m);
+        if !query.is_empty() {
+            query.push('&');
+        }
+        query.push_str(&ser.finish());
+    }
+    format!("/oauth2/authorize?{query}")
+}
+
+/// The session's assurance as an `acr` value.
+pub fn session_acr(session: &SessionRecord) -> &'static str {
+    if session.aal == "aal2" {
+        ACR_AAL2
+    } else {
+        ACR_AAL1
+    }
+}
+
+/// Judges an authorization request (`query`, as sent) for the browser's `session`.
+pub async fn authorize(
+    state: &AppState,
+    session: Option<&SessionRecord>,
+    query: &str,
+    answer: Answer,
+) -> Result<Outcome, AppError> {
+    let (params, client_id, redirect_uri) = match client_and_redirect(query) {
+        Ok(v) => v,
+        Err(AuthorizeError::Page(m)) => return Err(page(m)),
+        Err(AuthorizeError::Redirect { description, .. }) => return Err(page(description)),
+    };
+    let client = state
+        .store
+        .client(&client_id)
+        .await?
+        .ok_or_else(|| page("The application that sent you here is not registered."))?;
+    // Exact string match, no normalisation (checklist O1; authentik CVE-2024-52289).
+    if !client.redirect_uris.iter().any(|u| *u == redirect_uri) {
+        return Err(page(
+            "The application asked to return to an address it has not registered.",
+        ));
+    }
+    let state_param = params.get("state").map(str::to_string);
+    let parsed = parse_authorize(
+        &params,
+        client_id.clone(),
+        redirect_uri.clone(),
+        client.is_public(),
+    );
+    let wants_none = matches!(&parsed, Ok(r) if r.prompt.none);
+
+    let Some(session) = session else {
+        if wants_none {
+            return error_to_client(
+                state,
+                &redirect_uri,
+                state_param.as_deref(),
+                "login_required",
+                "The person is not signed in.",
+            );
+        }
+        return Ok(Outcome::SignIn {
+            return_to: again(&params, Some(login_mark(state, &client_id))),
+            force: false,
+        });
+    };
+    let req = match parsed {
+        Ok(r) => r,
+        Err(AuthorizeError::Redirect { error, description }) => {
+            return error_to_client(
+                state,
+                &redirect_uri,
+                state_param.as_deref(),
+                error,
+                &description,
+            );
+        }
+        Err(AuthorizeError::Page(m)) => return Err(page(m)),
+    };
+    let now = state.clock.now();
+
+    // prompt=login and max_age (OIDC Core §3.1.2.1): a sign-in made after this
+    // request sent the person to sign in satisfies them.
+    let fresh_enough = req.max_age.is_none_or(|m| {
+        now - session.auth_time <= Duration::seconds(m.min(i64::MAX as u64) as i64)
+    });
+    let signed_in_since_mark =
+        marked_at(state, &params, &client_id).is_some_and(|at| session.auth_time >= at);
+    if (req.prompt.login || !fresh_enough) && !signed_in_since_mark {
+        if req.prompt.none {
+            return error_to_client(
+                state,
+                &redirect_uri,
+                req.state.as_deref(),
+                "login_required",
+                "A new sign-in is required.",
+            );
+        }
+        return Ok(Outcome::SignIn {
+            return_to: again(&params, Some(login_mark(state, &client_id))),
+            force: true,
+        });
+    }
+    // acr_values=urn:gatehouse:aal2: never an answer with a lower acr (checklist O9).
+    if req.wants_aal2 && session.aal != "aal2" {
+        if req.prompt.none {
+            return error_to_client(
+                state,
+                &redirect_uri,
+                req.state.as_deref(),
+                "interaction_required",
+                "A second factor is required.",
+            );
+        }
+        return Ok(Outcome::StepUp {
+            return_to: again(&params, params.get(LOGIN_MARK).map(str::to_string)),
+        });
+    }
+    if answer == Answer::Deny {
+        return error_to_client(
+            state,
+            &redirect_uri,
+            req.state.as_deref(),
+            "access_denied",
+            "The person declined.",
+        );
+    }
+    if !client.first_party {
+        let scope = req.scopes.to_string();
+        let remembered = state
+            .store
+            .has_consent(session.user_id, &client.id, &scope)
+            .await?;
+        if answer == Answer::Allow {
+            state
+                .store
+                .grant_consent(session.user_id, &client.id, &scope, now)
+                .await?;
+        } else if !remembered || req.prompt.consent {
+            if req.prompt.none {
+                return error_to_client(
+                    state,
+                    &redirect_uri,
+                    req.state.as_deref(),
+                    "consent_required",
+                    "The person has not allowed this application.",
+                );
+            }
+            return Ok(Outcome::Consent(ConsentView {
+                client_name: client.name.clone(),
+                scopes: req.scopes.iter().collect(),
+                request: params.encode_without(&[]),
+            }));
+        }
+    }
+    issue_code(state, &client, session, &req).await
+}
+
+async fn issue_code(
+    state: &AppState,
+    client: &ClientRecord,
+    session: &SessionRecord,
+    req: &AuthorizeRequest,
+) -> Result<Outcome, AppError> {
+    let now = state.clock.now();
+    let code = random_token();
+    state
+        .store
+        .insert_code(&NewCode {
+            code_hash: token_hash(&code),
+            client_id: client.id.clone(),
+            user_id: UserId(session.user_id.0),
+            session_id: SessionId(session.id.0),
+            redirect_uri: req.redirect_uri.clone(),
+            scope: req.scopes.to_string(),
+            nonce: req.nonce.clone(),
+            code_challenge: req.code_challenge.clone(),
+            acr: session_acr(session).to_string(),
+            amr: session.amr.clone(),
+            auth_time: session.auth_time,
+            created_at: now,
+            expires_at: now + CODE_TTL,
+        })
+        .await?;
+    to_client(
+        state,
+        &req.redirect_uri,
+        req.state.as_deref(),
+        &[("code", &code)],
+    )
+}
+
+/// Scopes as the consent page words them.
+pub fn describe_scope(scope: &str) -> &'static str {
+    match scope {
+        "openid" => "Know who you are (your account id)",
+        "profile" => "See your basic profile",
+        "email" => "See your e-mail address",
+        "offline_access" => "Stay connected while you are away",
+        _ => "Unknown permission",
+    }
+}
+
+/// Whether `scopes` parse (for the consent page's own checks).
+pub fn scopes_of(text: &str) -> Option<Scopes> {
+    Scopes::parse(text).ok()
+}
