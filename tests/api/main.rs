@@ -4,6 +4,7 @@
 
 mod helpers;
 mod oauth_helpers;
+mod oidc_crate;
 
 mod accounts;
 mod cli;
@@ -14,6 +15,7 @@ mod hardening;
 mod headers;
 mod input;
 mod mail;
+mod node_rp;
 mod oauth;
 mod operations;
 mod operators;
