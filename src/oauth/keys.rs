@@ -37,10 +37,11 @@ pub async fn load(state: &AppState) -> anyhow::Result<()> {
             _ => Arc::new(Verifier::new(&row.kid, &row.n, &row.e, row.verify_until)),
         };
         if row.verify_until.is_none() {
-            let signer = match known_signer {
-                Some(s) => s,
-                None => {
-                    let pkcs8 = state
+            let signer =
+                match known_signer {
+                    Some(s) => s,
+                    None => {
+                        let pkcs8 = state
                         .keys
                         .open(columns::SIGNING_KEY, &row.private_enc)
                         .map_err(|_| {
@@ -49,13 +50,11 @@ pub async fn load(state: &AppState) -> anyhow::Result<()> {
                                 row.kid
                             )
                         })?;
-                    Arc::new(
-                        Signer::from_pkcs8(&row.kid, &pkcs8).ok_or_else(|| {
+                        Arc::new(Signer::from_pkcs8(&row.kid, &pkcs8).ok_or_else(|| {
                             anyhow!("signing key {} is not a valid RSA key", row.kid)
-                        })?,
-                    )
-                }
-            };
+                        })?)
+                    }
+                };
             current = Some(signer);
         }
         if verifier.verify_until.is_none_or(|t| t > now) {

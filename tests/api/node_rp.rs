@@ -24,7 +24,10 @@ async fn openid_client_signs_in_refreshes_introspects_and_revokes_for_both_kinds
     })
     .await;
     let conf = create_client(&app, &["--redirect-uri", REDIRECT, "--first-party"]);
-    let public = create_client(&app, &["--redirect-uri", REDIRECT, "--first-party", "--public"]);
+    let public = create_client(
+        &app,
+        &["--redirect-uri", REDIRECT, "--first-party", "--public"],
+    );
     let b = app.signed_in("alice@example.com").await;
     let out = tokio::process::Command::new("node")
         .arg(node_dir.join("rp.mjs"))
@@ -40,12 +43,16 @@ async fn openid_client_signs_in_refreshes_introspects_and_revokes_for_both_kinds
         .expect("node runs (Node.js 20 is needed for the tests)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "openid-client failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "openid-client failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains(", 0 failed"), "{stdout}");
     assert!(!stdout.contains("not ok"), "{stdout}");
     // The public client's replayed refresh token revoked its family and the session.
     assert_eq!(
-        app.count("SELECT count(*) FROM sessions WHERE revoked_reason = 'refresh_token_reuse'").await,
+        app.count("SELECT count(*) FROM sessions WHERE revoked_reason = 'refresh_token_reuse'")
+            .await,
         1
     );
 }

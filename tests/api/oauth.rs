@@ -225,3 +225,458 @@ async fn the_code_flow_issues_truthful_tokens_and_revoking_the_device_kills_them
             .starts_with("Bearer")
     );
 }
+
+#[tokio::test]
+async fn pkce_is_required_for_public_clients_and_cannot_be_downgraded() {
+    // O3 (authentik CVE-2023-48228, CVE-2024-23647)
+    let app = spawn_app().await;
+    let public = create_client(&app, &["--first-party", "--public"]);
+    let conf = app_client(&app);
+    let b = app.signed_in("alice@example.com").await;
+    let (verifier, challenge) = pkce();
+    // A public client without a challenge, or with `plain`: invalid_request.
+    for params in [
+        vec![],
+        vec![
+            ("code_challenge", verifier.as_str()),
+            ("code_challenge_method", "plain"),
+        ],
+        vec![("code_challenge", challenge.as_str())],
+    ] {
+        let r = b.get(&authorize_url(&public, &params)).await;
+        assert_eq!(r.status, 303);
+        assert_eq!(
+            param(&location_params(&r), "error").as_deref(),
+            Some("invalid_request"),
+            "{params:?}"
+        );
+    }
+    let s256 = [
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ];
+    // Verifier missing, wrong, or the challenge itself: invalid_grant.
+    for bad in [None, Some("x".repeat(43)), Some(challenge.clone())] {
+        let code = code_for(&b, &public, &s256).await;
+        let (s, body) = exchange(&app, &public, &code, bad.as_deref()).await;
+        assert_eq!(
+            (s, body["error"].as_str()),
+            (400, Some("invalid_grant")),
+            "{bad:?}"
+        );
+    }
+    // A verifier sent for a code issued with no challenge (confidential client).
+    let code = code_for(&b, &conf, &[]).await;
+    let (s, body) = exchange(&app, &conf, &code, Some(&verifier)).await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("invalid_grant")));
+    // The right verifier works.
+    let code = code_for(&b, &public, &s256).await;
+    let (s, body) = exchange(&app, &public, &code, Some(&verifier)).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(app.count("SELECT count(*) FROM oauth_grants").await, 1);
+}
+
+#[tokio::test]
+async fn a_replayed_code_is_refused_and_revokes_what_it_issued() {
+    // O4
+    let app = spawn_app().await;
+    let client = app_client(&app);
+    let b = app.signed_in("alice@example.com").await;
+    let (verifier, challenge) = pkce();
+    let code = code_for(
+        &b,
+        &client,
+        &[
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+        ],
+    )
+    .await;
+    let (s, first) = exchange(&app, &client, &code, Some(&verifier)).await;
+    assert_eq!(s, 200);
+    let access = first["access_token"].as_str().unwrap();
+    assert_eq!(introspect(&app, &client, access).await["active"], true);
+    let (s, second) = exchange(&app, &client, &code, Some(&verifier)).await;
+    assert_eq!((s, second["error"].as_str()), (400, Some("invalid_grant")));
+    assert_eq!(introspect(&app, &client, access).await, inactive());
+    let (s, body) = refresh(&app, &client, first["refresh_token"].as_str().unwrap()).await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("invalid_grant")));
+}
+
+#[tokio::test]
+async fn codes_are_bound_to_their_client_redirect_uri_and_sixty_seconds() {
+    // O5
+    let app = spawn_app_with(Options {
+        frozen_clock: true,
+        ..Options::default()
+    })
+    .await;
+    let client = create_client(
+        &app,
+        &[
+            "--first-party",
+            "--redirect-uri",
+            CB,
+            "--redirect-uri",
+            "https://rp.test/other",
+        ],
+    );
+    let other = app_client(&app);
+    let b = app.signed_in("alice@example.com").await;
+    let code = code_for(&b, &client, &[]).await;
+    let (s, body) = exchange(&app, &other, &code, None).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "another client"
+    );
+    let (s, _, body) = post(
+        &app,
+        "/oauth2/token",
+        &client,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", "https://rp.test/other"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "another redirect_uri"
+    );
+    app.clock.advance(std::time::Duration::from_secs(61));
+    let (s, body) = exchange(&app, &client, &code, None).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "expired"
+    );
+    // Within its minute it works (the refusals above did not spend it).
+    let code = code_for(&b, &client, &[]).await;
+    app.clock.advance(std::time::Duration::from_secs(59));
+    let (s, _) = exchange(&app, &client, &code, None).await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn prompt_and_max_age_are_honoured() {
+    // O8
+    let app = spawn_app_with(Options {
+        frozen_clock: true,
+        ..Options::default()
+    })
+    .await;
+    let client = app_client(&app);
+    let b = app.browser();
+    // Signed out with prompt=none: login_required, straight back to the app.
+    let r = b.get(&authorize_url(&client, &[("prompt", "none")])).await;
+    assert_eq!(r.status, 303);
+    assert_eq!(
+        param(&location_params(&r), "error").as_deref(),
+        Some("login_required")
+    );
+    assert_eq!(
+        param(&location_params(&r), "state").as_deref(),
+        Some("st-123")
+    );
+    app.register(&b, "alice@example.com", crate::helpers::PASSWORD)
+        .await;
+    let t1 = sign_in_app(&app, &b, &client, &[]).await;
+    let (_, id1) = jwt_parts(t1.id.as_deref().unwrap());
+    // none with another value.
+    let r = b
+        .get(&authorize_url(&client, &[("prompt", "none login")]))
+        .await;
+    assert_eq!(
+        param(&location_params(&r), "error").as_deref(),
+        Some("invalid_request")
+    );
+    app.clock.advance(std::time::Duration::from_secs(5));
+    for ask in [[("prompt", "login")], [("max_age", "0")]] {
+        let url = authorize_url(&client, &ask);
+        let r = b.get(&url).await;
+        assert_eq!(r.status, 303);
+        let login = r.location();
+        assert!(
+            login.starts_with("/login?return_to=") && login.ends_with("&prompt=login"),
+            "{login}"
+        );
+        // The sign-in form is shown although the browser is signed in.
+        let page = b.get(&login).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(page.body.contains("name=\"password\""));
+        let return_to = url::Url::parse(&format!("https://x{login}"))
+            .unwrap()
+            .query_pairs()
+            .find(|(k, _)| k == "return_to")
+            .unwrap()
+            .1
+            .into_owned();
+        let r = b
+            .post_form(
+                "/login",
+                &[
+                    ("csrf_token", &page.csrf()),
+                    ("email", "alice@example.com"),
+                    ("password", crate::helpers::PASSWORD),
+                    ("return_to", &return_to),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        assert!(
+            r.location().starts_with("/oauth2/authorize?"),
+            "{}",
+            r.location()
+        );
+        // Back at authorize: now a code, not another sign-in.
+        let (verifier, challenge) = pkce();
+        let back = format!(
+            "{}&code_challenge={challenge}&code_challenge_method=S256",
+            r.location()
+        );
+        let r = b.get(&back).await;
+        assert_eq!(r.status, 303);
+        assert!(r.location().starts_with(CB), "{}", r.location());
+        let code = param(&location_params(&r), "code").unwrap();
+        let (s, body) = exchange(&app, &client, &code, Some(&verifier)).await;
+        assert_eq!(s, 200, "{body}");
+        let (_, id2) = jwt_parts(body["id_token"].as_str().unwrap());
+        assert!(
+            id2["auth_time"].as_i64() > id1["auth_time"].as_i64(),
+            "{ask:?}"
+        );
+        assert_ne!(
+            id2["sid"], id1["sid"],
+            "{ask:?}: a new sign-in is a new session"
+        );
+        assert_eq!(id2["sub"], id1["sub"]);
+        app.clock.advance(std::time::Duration::from_secs(5));
+    }
+    // A mark from the sign-in path is bound to its client: pasted onto another
+    // client's request it does not satisfy prompt=login.
+    let other = app_client(&app);
+    let r = b.get(&authorize_url(&client, &[("prompt", "login")])).await;
+    let login = r.location();
+    let mark = login
+        .split("gh_login%3D")
+        .nth(1)
+        .unwrap()
+        .split("%26")
+        .next()
+        .unwrap()
+        .split("&")
+        .next()
+        .unwrap()
+        .to_string();
+    let mark = url::form_urlencoded::parse(format!("m={}", mark.replace("%25", "%")).as_bytes())
+        .next()
+        .unwrap()
+        .1
+        .into_owned();
+    let r = b
+        .get(&authorize_url(
+            &other,
+            &[("prompt", "login"), ("gh_login", &mark)],
+        ))
+        .await;
+    assert!(r.location().starts_with("/login?"), "{}", r.location());
+}
+
+#[tokio::test]
+async fn prompt_login_signing_in_as_someone_else_gives_their_sub_and_a_new_sid() {
+    // Keycloak CVE-2023-6787: a new sub must never keep the old session id.
+    let app = spawn_app().await;
+    let client = app_client(&app);
+    app.user("bob@example.com").await;
+    let b = app.signed_in("alice@example.com").await;
+    let alice = sign_in_app(&app, &b, &client, &[]).await;
+    let (_, a) = jwt_parts(alice.id.as_deref().unwrap());
+    let r = b.get(&authorize_url(&client, &[("prompt", "login")])).await;
+    let login = r.location();
+    let page = b.get(&login).await;
+    let return_to = url::Url::parse(&format!("https://x{login}"))
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "return_to")
+        .unwrap()
+        .1
+        .into_owned();
+    let r = b
+        .post_form(
+            "/login",
+            &[
+                ("csrf_token", &page.csrf()),
+                ("email", "bob@example.com"),
+                ("password", crate::helpers::PASSWORD),
+                ("return_to", &return_to),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let r = b.get(&r.location()).await;
+    let code = param(&location_params(&r), "code").expect("a code for bob");
+    let (s, body) = exchange(&app, &client, &code, None).await;
+    assert_eq!(s, 200);
+    let (_, bob) = jwt_parts(body["id_token"].as_str().unwrap());
+    assert_eq!(bob["email"], "bob@example.com");
+    assert_ne!(bob["sub"], a["sub"]);
+    assert_ne!(bob["sid"], a["sid"]);
+    // Alice's session ended with the new sign-in, and her tokens with it.
+    assert_eq!(introspect(&app, &client, &alice.access).await, inactive());
+}
+
+#[tokio::test]
+async fn acr_and_amr_are_truthful_and_aal2_is_never_answered_with_less() {
+    // O9
+    let app = spawn_app().await;
+    let client = app_client(&app);
+    let b = app.signed_in("alice@example.com").await;
+    let t = sign_in_app(&app, &b, &client, &[]).await;
+    let (_, id) = jwt_parts(t.id.as_deref().unwrap());
+    assert_eq!(id["amr"], json!(["pwd"]));
+    assert_eq!(id["acr"], "urn:gatehouse:aal1");
+    let url = authorize_url(&client, &[("acr_values", "urn:gatehouse:aal2")]);
+    let r = b.get(&url).await;
+    assert_eq!(r.status, 303);
+    assert!(
+        r.location().starts_with("/step-up?return_to="),
+        "{}",
+        r.location()
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM oauth_codes").await,
+        1,
+        "no code with a lower acr"
+    );
+    // prompt=none cannot do the step-up: interaction_required.
+    let r = b
+        .get(&authorize_url(
+            &client,
+            &[("acr_values", "urn:gatehouse:aal2"), ("prompt", "none")],
+        ))
+        .await;
+    assert_eq!(
+        param(&location_params(&r), "error").as_deref(),
+        Some("interaction_required")
+    );
+    let done = crate::otp::step_up_by_email(&app, &b, "alice@example.com", &url).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    let t = sign_in_app(&app, &b, &client, &[("acr_values", "urn:gatehouse:aal2")]).await;
+    let (_, id) = jwt_parts(t.id.as_deref().unwrap());
+    assert_eq!(id["acr"], "urn:gatehouse:aal2");
+    assert!(id["amr"].as_array().unwrap().len() >= 2, "{}", id["amr"]);
+    assert_eq!(
+        introspect(&app, &client, &t.access).await["acr"],
+        "urn:gatehouse:aal2"
+    );
+}
+
+#[tokio::test]
+async fn third_party_apps_get_a_csrf_protected_consent_page_remembered_until_withdrawn() {
+    // O10
+    let app = spawn_app().await;
+    let client = create_client(&app, &[]);
+    let b = app.signed_in("alice@example.com").await;
+    let url = authorize_url(&client, &[("scope", "openid email")]);
+    let r = b.get(&url).await;
+    assert_eq!(r.status, 303);
+    assert!(
+        r.location().starts_with("/oauth2/consent?"),
+        "{}",
+        r.location()
+    );
+    let page = b.get(&r.location()).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("Test app"));
+    assert!(page.body.contains("See your e-mail address"));
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(
+        !csp.contains("form-action"),
+        "the consent POST redirects to the app: {csp}"
+    );
+    let request: String = page
+        .body
+        .split("name=\"request\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let request = crate::otp::unescape(&request);
+    // Without the CSRF token: refused, nothing remembered.
+    let r = b
+        .post_form(
+            "/oauth2/consent",
+            &[("request", &request), ("decision", "allow")],
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(app.count("SELECT count(*) FROM oauth_consents").await, 0);
+    // prompt=none without consent: consent_required.
+    let r = b.get(&authorize_url(&client, &[("prompt", "none")])).await;
+    assert_eq!(
+        param(&location_params(&r), "error").as_deref(),
+        Some("consent_required")
+    );
+    // Deny: access_denied to the app, nothing remembered.
+    let r = b
+        .post_form(
+            "/oauth2/consent",
+            &[
+                ("csrf_token", &page.csrf()),
+                ("request", &request),
+                ("decision", "deny"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(
+        param(&location_params(&r), "error").as_deref(),
+        Some("access_denied")
+    );
+    // Allow: a code, and the next request skips the page.
+    let r = b
+        .post_form(
+            "/oauth2/consent",
+            &[
+                ("csrf_token", &page.csrf()),
+                ("request", &request),
+                ("decision", "allow"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303);
+    let code = param(&location_params(&r), "code").expect("a code");
+    let (s, tokens) = exchange(&app, &client, &code, None).await;
+    assert_eq!(s, 200);
+    let r = b.get(&url).await;
+    assert!(r.location().starts_with(CB), "remembered: {}", r.location());
+    // A wider scope set asks again.
+    let r = b
+        .get(&authorize_url(
+            &client,
+            &[("scope", "openid email offline_access")],
+        ))
+        .await;
+    assert!(r.location().starts_with("/oauth2/consent?"));
+    // Withdrawn on the account page: the app's tokens die and the page is back.
+    let account = b.get("/account").await;
+    assert!(account.body.contains("Apps you have allowed") && account.body.contains("Test app"));
+    let r = b
+        .post_form(
+            &format!("/account/apps/{}/withdraw", client.id),
+            &[("csrf_token", &account.csrf())],
+        )
+        .await;
+    assert_eq!(r.status, 303);
+    assert_eq!(
+        introspect(&app, &client, tokens["access_token"].as_str().unwrap()).await,
+        inactive()
+    );
+    let r = b.get(&url).await;
+    assert!(r.location().starts_with("/oauth2/consent?"));
+}

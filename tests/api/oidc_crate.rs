@@ -115,7 +115,8 @@ async fn openidconnect_crate_signs_in_with_code_and_pkce_refreshes_and_reads_use
     })
     .await;
     let b = app.signed_in(EMAIL).await;
-    let c = crate::oauth_helpers::create_client(&app, &["--redirect-uri", REDIRECT, "--first-party"]);
+    let c =
+        crate::oauth_helpers::create_client(&app, &["--redirect-uri", REDIRECT, "--first-party"]);
     let (client_id, secret) = (c.id, c.secret);
     let secret = secret.expect("a confidential client has a secret");
 
