@@ -80,15 +80,15 @@ pub async fn create(state: &AppState, new: NewClient) -> anyhow::Result<Created>
 }
 
 pub async fn list(state: &AppState) -> anyhow::Result<Vec<ClientRecord>> {
-    Ok(state.store.clients().await.context("reading clients")?)
+    state.store.clients().await.context("reading clients")
 }
 
 pub async fn delete(state: &AppState, id: &str) -> anyhow::Result<bool> {
-    Ok(state
+    state
         .store
         .delete_client(id)
         .await
-        .context("deleting the client")?)
+        .context("deleting the client")
 }
 
 /// Credentials as a request presented them (RFC 6749 §2.3.1): HTTP Basic or the form.

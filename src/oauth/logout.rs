@@ -39,7 +39,7 @@ pub async fn check(
     session: Option<&SessionRecord>,
     query: &str,
 ) -> Result<LogoutRequest, AppError> {
-    let params = Params::parse(query).map_err(|m| AppError::Validation(m))?;
+    let params = Params::parse(query).map_err(AppError::Validation)?;
     let hint = match params.get("id_token_hint") {
         None => None,
         Some(t) => {

@@ -73,7 +73,7 @@ pub enum Redemption {
     /// A spent code came back: the grant it created is revoked now.
     Replayed,
     Refused(&'static str),
-    Issued(CodeRecord),
+    Issued(Box<CodeRecord>),
 }
 
 /// A refresh token with its grant, as the rotation rule sees it.
@@ -110,7 +110,7 @@ pub enum Rotation {
     Refused(&'static str),
     /// Reuse detected; the family and its session are revoked.
     Reused,
-    Rotated(RefreshRecord),
+    Rotated(Box<RefreshRecord>),
 }
 
 /// An access token's row with everything its liveness depends on, checked at call time.
@@ -332,7 +332,7 @@ impl TokenStore for PgStore {
         .await?;
         insert_tokens(&mut tx, t.grant_id, t).await?;
         tx.commit().await?;
-        Ok(Redemption::Issued(code))
+        Ok(Redemption::Issued(Box::new(code)))
     }
 
     async fn rotate_refresh(
@@ -413,7 +413,7 @@ impl TokenStore for PgStore {
                     .await?;
                 }
                 tx.commit().await?;
-                Ok(Rotation::Rotated(rec))
+                Ok(Rotation::Rotated(Box::new(rec)))
             }
         }
     }

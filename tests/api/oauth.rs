@@ -680,3 +680,641 @@ async fn third_party_apps_get_a_csrf_protected_consent_page_remembered_until_wit
     let r = b.get(&url).await;
     assert!(r.location().starts_with("/oauth2/consent?"));
 }
+
+#[tokio::test]
+async fn refresh_tokens_rotate_and_a_reused_one_revokes_its_family_and_the_session() {
+    // O11
+    let app = spawn_app().await;
+    let client = app_client(&app);
+    let b = app.signed_in("alice@example.com").await;
+    let t = sign_in_app(&app, &b, &client, &[]).await;
+    let (s, second) = refresh(&app, &client, &t.refresh).await;
+    assert_eq!(s, 200, "{second}");
+    let r2 = second["refresh_token"].as_str().unwrap();
+    assert_ne!(r2, t.refresh);
+    let (_, id) = jwt_parts(second["id_token"].as_str().unwrap());
+    let (_, first_id) = jwt_parts(t.id.as_deref().unwrap());
+    assert_eq!(
+        (
+            id["sub"].clone(),
+            id["sid"].clone(),
+            id["auth_time"].clone()
+        ),
+        (
+            first_id["sub"].clone(),
+            first_id["sid"].clone(),
+            first_id["auth_time"].clone()
+        )
+    );
+    // Another client cannot use it (and learns nothing).
+    let thief = app_client(&app);
+    let (s, body) = refresh(&app, &thief, r2).await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("invalid_grant")));
+    // The spent one again: theft. Everything of the family dies, and the session.
+    let (s, body) = refresh(&app, &client, &t.refresh).await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("invalid_grant")));
+    let (s, body) = refresh(&app, &client, r2).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "the rotated token died too"
+    );
+    assert_eq!(
+        introspect(&app, &client, second["access_token"].as_str().unwrap()).await,
+        inactive()
+    );
+    assert!(
+        b.get("/account").await.is_sign_in_redirect(),
+        "the browser session was revoked"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM security_events WHERE kind = 'refresh_token_reused'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn refresh_tokens_never_outlive_their_session() {
+    // O11: an absolute expiry, the session's.
+    let app = spawn_app_with(Options {
+        frozen_clock: true,
+        ..Options::default()
+    })
+    .await;
+    let client = app_client(&app);
+    let b = app.signed_in("alice@example.com").await;
+    let t = sign_in_app(&app, &b, &client, &[]).await;
+    let expires: i64 = app
+        .count("SELECT extract(epoch FROM expires_at)::bigint FROM oauth_refresh_tokens")
+        .await;
+    let session_end: i64 = app.count("SELECT extract(epoch FROM absolute_expires_at)::bigint FROM sessions WHERE revoked_at IS NULL").await;
+    assert!(expires <= session_end, "{expires} > {session_end}");
+    // Refreshing keeps the session alive while idle rules allow, never past 12 h.
+    let mut token = t.refresh.clone();
+    for round in 1..=25 {
+        app.clock.advance(std::time::Duration::from_secs(29 * 60));
+        let (s, body) = refresh(&app, &client, &token).await;
+        if s != 200 {
+            assert_eq!(body["error"], "invalid_grant");
+            // 24 × 29 min = 11 h 36 min were fine: refreshing kept the idle session
+            // alive; the 25th (12 h 5 min) is past the absolute lifetime.
+            assert_eq!(round, 25, "refused too early");
+            return;
+        }
+        token = body["refresh_token"].as_str().unwrap().to_string();
+    }
+    panic!("a refresh token outlived the session's 12 h");
+}
+
+#[tokio::test]
+async fn rp_logout_needs_a_hint_of_this_session_or_the_persons_confirmation() {
+    // O12
+    let app = spawn_app().await;
+    let client = create_client(
+        &app,
+        &[
+            "--first-party",
+            "--post-logout-redirect-uri",
+            "https://rp.test/bye",
+        ],
+    );
+    let b = app.signed_in("alice@example.com").await;
+    let t = sign_in_app(&app, &b, &client, &[]).await;
+    let hint = t.id.clone().unwrap();
+    // An unregistered post_logout_redirect_uri: a page, no redirect, still signed in.
+    for bad in ["https://rp.test/bye/", "https://evil.test/bye"] {
+        let r = b
+            .get(&format!(
+                "/oauth2/logout?id_token_hint={hint}&post_logout_redirect_uri={}",
+                urlenc(bad)
+            ))
+            .await;
+        assert_eq!(r.status, 400, "{bad}");
+        assert!(r.header("location").is_none());
+    }
+    // No hint: a confirmation page (a GET alone signs no one out).
+    let r = b
+        .get(&format!(
+            "/oauth2/logout?client_id={}&post_logout_redirect_uri={}&state=s1",
+            client.id,
+            urlenc("https://rp.test/bye")
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("Sign out of Gatehouse?"));
+    assert_eq!(introspect(&app, &client, &t.access).await["active"], true);
+    // A forged hint: a page.
+    let forged = format!("{}x", &hint[..hint.len() - 1]);
+    let r = b
+        .get(&format!("/oauth2/logout?id_token_hint={forged}"))
+        .await;
+    assert_eq!(r.status, 400);
+    // The confirmation needs the CSRF token.
+    let page = b
+        .get(&format!(
+            "/oauth2/logout?client_id={}&post_logout_redirect_uri={}&state=s1",
+            client.id,
+            urlenc("https://rp.test/bye")
+        ))
+        .await;
+    let request = crate::otp::unescape(
+        page.body
+            .split("name=\"request\" value=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap(),
+    );
+    let r = b
+        .post_form("/oauth2/logout", &[("request", &request)])
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(introspect(&app, &client, &t.access).await["active"], true);
+    // With the hint of this session: signed out at once, back to the app with state.
+    let r = b
+        .get(&format!(
+            "/oauth2/logout?id_token_hint={hint}&post_logout_redirect_uri={}&state=s2",
+            urlenc("https://rp.test/bye")
+        ))
+        .await;
+    assert_eq!(r.status, 303);
+    assert_eq!(r.location(), "https://rp.test/bye?state=s2");
+    assert!(b.get("/account").await.is_sign_in_redirect());
+    assert_eq!(introspect(&app, &client, &t.access).await, inactive());
+    // Confirmed sign-out of a second session.
+    let b2 = app.browser();
+    app.login(&b2, "alice@example.com", crate::helpers::PASSWORD)
+        .await;
+    let page = b2
+        .get(&format!(
+            "/oauth2/logout?client_id={}&post_logout_redirect_uri={}&state=s3",
+            client.id,
+            urlenc("https://rp.test/bye")
+        ))
+        .await;
+    let request = crate::otp::unescape(
+        page.body
+            .split("name=\"request\" value=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap(),
+    );
+    let r = b2
+        .post_form(
+            "/oauth2/logout",
+            &[("csrf_token", &page.csrf()), ("request", &request)],
+        )
+        .await;
+    assert_eq!(r.status, 303);
+    assert_eq!(r.location(), "https://rp.test/bye?state=s3");
+    assert!(b2.get("/account").await.is_sign_in_redirect());
+}
+
+fn urlenc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn clients_must_authenticate_and_bad_credentials_get_401_invalid_client() {
+    // I1
+    let app = spawn_app().await;
+    let client = app_client(&app);
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/oauth2/introspect", app.address))
+        .form(&[("token", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic")
+    );
+    let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "invalid_client");
+    let wrong = Client {
+        id: client.id.clone(),
+        secret: Some("wrong".into()),
+    };
+    for path in ["/oauth2/token", "/oauth2/revoke", "/oauth2/introspect"] {
+        let (s, h, body) = post(
+            &app,
+            path,
+            &wrong,
+            &[("grant_type", "client_credentials"), ("token", "x")],
+        )
+        .await;
+        assert_eq!(
+            (s, body["error"].as_str()),
+            (401, Some("invalid_client")),
+            "{path}"
+        );
+        assert!(h.contains_key("www-authenticate"), "{path}");
+    }
+    // The secret in the form works too; both at once is refused.
+    let (s, _, _) = post(
+        &app,
+        "/oauth2/introspect",
+        &Client {
+            id: client.id.clone(),
+            secret: None,
+        },
+        &[
+            ("client_secret", client.secret.as_deref().unwrap()),
+            ("token", "x"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, body) = post(
+        &app,
+        "/oauth2/introspect",
+        &client,
+        &[
+            ("client_secret", client.secret.as_deref().unwrap()),
+            ("token", "x"),
+        ],
+    )
+    .await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("invalid_request")));
+    let r = http
+        .get(format!("{}/oauth2/introspect?token=x", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    // Repeated parameters are refused (RFC 6749 §3.1).
+    let (s, _, body) = post(
+        &app,
+        "/oauth2/token",
+        &client,
+        &[
+            ("grant_type", "client_credentials"),
+            ("grant_type", "client_credentials"),
+        ],
+    )
+    .await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("invalid_request")));
+}
+
+#[tokio::test]
+async fn inactive_tokens_get_exactly_active_false() {
+    // I2
+    let app = spawn_app_with(Options {
+        frozen_clock: true,
+        ..Options::default()
+    })
+    .await;
+    let client = app_client(&app);
+    let b = app.signed_in("alice@example.com").await;
+    let t = sign_in_app(&app, &b, &client, &[]).await;
+    for garbage in [
+        "",
+        "x",
+        "a.b.c",
+        "eyJhbGciOiJub25lIn0.e30.",
+        &"A".repeat(5000),
+    ] {
+        if garbage.is_empty() {
+            continue;
+        }
+        assert_eq!(
+            introspect(&app, &client, garbage).await,
+            inactive(),
+            "{garbage}"
+        );
+    }
+    let revoked = sign_in_app(&app, &b, &client, &[]).await;
+    let (s, _, _) = post(
+        &app,
+        "/oauth2/revoke",
+        &client,
+        &[("token", &revoked.access)],
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(introspect(&app, &client, &revoked.access).await, inactive());
+    app.clock.advance(std::time::Duration::from_secs(11 * 60));
+    assert_eq!(
+        introspect(&app, &client, &t.access).await,
+        inactive(),
+        "expired"
+    );
+}
+
+#[tokio::test]
+async fn clients_cannot_see_or_revoke_each_others_tokens() {
+    // I3, T4 (authentik CVE-2024-47077)
+    let app = spawn_app().await;
+    let a = app_client(&app);
+    let bclient = app_client(&app);
+    let api = create_client(&app, &["--introspect-any"]);
+    let b = app.signed_in("alice@example.com").await;
+    let t = sign_in_app(&app, &b, &a, &[]).await;
+    let (_, claims) = jwt_parts(&t.access);
+    assert_eq!(claims["aud"], a.id.as_str(), "the token names its audience");
+    assert_eq!(introspect(&app, &bclient, &t.access).await, inactive());
+    assert_eq!(introspect(&app, &bclient, &t.refresh).await, inactive());
+    let (s, _, _) = post(&app, "/oauth2/revoke", &bclient, &[("token", &t.access)]).await;
+    assert_eq!(s, 200);
+    let (s, _, _) = post(&app, "/oauth2/revoke", &bclient, &[("token", &t.refresh)]).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        introspect(&app, &a, &t.access).await["active"],
+        true,
+        "B's revocation did nothing"
+    );
+    let (s, _) = refresh(&app, &a, &t.refresh).await;
+    assert_eq!(s, 200);
+    // An --introspect-any API sees it.
+    assert_eq!(introspect(&app, &api, &t.access).await["active"], true);
+}
+
+#[tokio::test]
+async fn revoking_a_refresh_token_kills_its_grant_and_unknown_tokens_answer_200() {
+    // I4, I5
+    let app = spawn_app().await;
+    let client = app_client(&app);
+    let b = app.signed_in("alice@example.com").await;
+    let t = sign_in_app(&app, &b, &client, &[]).await;
+    let live = introspect(&app, &client, &t.refresh).await;
+    assert_eq!(live["active"], true);
+    assert_eq!(live["token_type"], "refresh_token");
+    // A wrong hint: still found.
+    let (s, _, _) = post(
+        &app,
+        "/oauth2/revoke",
+        &client,
+        &[("token", &t.refresh), ("token_type_hint", "access_token")],
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(introspect(&app, &client, &t.refresh).await, inactive());
+    assert_eq!(
+        introspect(&app, &client, &t.access).await,
+        inactive(),
+        "the grant's access token died"
+    );
+    let (s, body) = refresh(&app, &client, &t.refresh).await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("invalid_grant")));
+    let (s, _, _) = post(
+        &app,
+        "/oauth2/revoke",
+        &client,
+        &[("token", "never-issued")],
+    )
+    .await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn forged_tokens_never_pass_introspection_or_userinfo() {
+    // T1
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let app = spawn_app().await;
+    let client = app_client(&app);
+    let b = app.signed_in("alice@example.com").await;
+    let t = sign_in_app(&app, &b, &client, &[]).await;
+    let parts: Vec<&str> = t.access.split('.').collect();
+    let (header, mut claims) = jwt_parts(&t.access);
+    let enc = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
+    let mut none = header.clone();
+    none["alg"] = json!("none");
+    claims["scope"] = json!("openid email profile offline_access");
+    let jwks: Value = serde_json::from_str(&b.get("/jwks.json").await.body).unwrap();
+    let n = jwks["keys"][0]["n"].as_str().unwrap();
+    let mut hs = header.clone();
+    hs["alg"] = json!("HS256");
+    let hs_msg = format!("{}.{}", enc(&hs), parts[1]);
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(n.as_bytes()).unwrap();
+    mac.update(hs_msg.as_bytes());
+    let hs_token = format!(
+        "{hs_msg}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    );
+    let mut jwk = header.clone();
+    jwk["jwk"] = jwks["keys"][0].clone();
+    jwk["kid"] = json!("attacker");
+    let forged = [
+        format!("{}.{}.", enc(&none), parts[1]),
+        hs_token,
+        format!("{}.{}.", parts[0], parts[1]),
+        format!("{}.{}.{}", parts[0], enc(&claims), parts[2]),
+        format!("{}.{}.{}", enc(&jwk), parts[1], parts[2]),
+        // An ID token is not an access token.
+        t.id.clone().unwrap(),
+    ];
+    for f in &forged {
+        assert_eq!(introspect(&app, &client, f).await, inactive(), "{f}");
+        let (s, _, _) = userinfo(&app, f).await;
+        assert_eq!(s, 401, "{f}");
+    }
+    assert_eq!(introspect(&app, &client, &t.access).await["active"], true);
+}
+
+#[tokio::test]
+async fn key_rotation_keeps_verifying_the_previous_key_and_refuses_a_retired_ones_tokens() {
+    // T2
+    let app = spawn_app().await;
+    let client = app_client(&app);
+    let b = app.signed_in("alice@example.com").await;
+    let t1 = sign_in_app(&app, &b, &client, &[]).await;
+    let (h1, _) = jwt_parts(&t1.access);
+    let (ok, out, err) = app.cli(&["keys", "rotate"], &[]);
+    assert!(ok, "{err}");
+    let new_kid: Value = serde_json::from_str(out.trim()).unwrap();
+    // Within the node's refresh bound, the new key signs.
+    tokio::time::sleep(std::time::Duration::from_millis(5200)).await;
+    let t2 = sign_in_app(&app, &b, &client, &[]).await;
+    let (h2, _) = jwt_parts(&t2.access);
+    assert_eq!(h2["kid"], new_kid["signing_kid"]);
+    assert_ne!(h1["kid"], h2["kid"]);
+    let jwks: Value = serde_json::from_str(&b.get("/jwks.json").await.body).unwrap();
+    assert_eq!(
+        jwks["keys"].as_array().unwrap().len(),
+        2,
+        "current and previous"
+    );
+    assert_eq!(
+        introspect(&app, &client, &t1.access).await["active"],
+        true,
+        "the previous key still verifies"
+    );
+    // A second rotation retires the first key: its tokens are refused at once.
+    let (ok, _, err) = app.cli(&["keys", "rotate"], &[]);
+    assert!(ok, "{err}");
+    assert_eq!(introspect(&app, &client, &t1.access).await, inactive());
+    assert_eq!(userinfo(&app, &t1.access).await.0, 401);
+    assert_eq!(introspect(&app, &client, &t2.access).await["active"], true);
+    assert_eq!(
+        app.count("SELECT count(*) FROM signing_keys WHERE verify_until IS NULL")
+            .await,
+        1
+    );
+    // The private halves are sealed, not stored as DER.
+    let clear: i64 = app
+        .count(
+            "SELECT count(*) FROM signing_keys WHERE position('\\x3082'::bytea in private_enc) = 1",
+        )
+        .await;
+    assert_eq!(clear, 0);
+}
+
+#[tokio::test]
+async fn a_disabled_user_loses_every_token_at_once() {
+    // S9 (ZITADEL CVE-2023-22492)
+    let app = spawn_app().await;
+    let client = app_client(&app);
+    let b = app.signed_in("alice@example.com").await;
+    let t = sign_in_app(&app, &b, &client, &[]).await;
+    let (ok, _, err) = app.cli(&["user", "disable", "--email", "alice@example.com"], &[]);
+    assert!(ok, "{err}");
+    assert_eq!(introspect(&app, &client, &t.access).await, inactive());
+    assert_eq!(introspect(&app, &client, &t.refresh).await, inactive());
+    let (s, body) = refresh(&app, &client, &t.refresh).await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("invalid_grant")));
+    assert_eq!(userinfo(&app, &t.access).await.0, 401);
+}
+
+#[tokio::test]
+async fn cors_never_reflects_an_origin_on_token_or_authorize() {
+    // W4
+    let app = spawn_app().await;
+    let client = app_client(&app);
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/oauth2/token", app.address))
+        .header("origin", "https://evil.test")
+        .basic_auth(&client.id, client.secret.as_deref())
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let b = app.browser();
+    let mut b2 = b.clone();
+    b2.extra_headers
+        .push(("origin".into(), "https://evil.test".into()));
+    let r = b2.get(&authorize_url(&client, &[])).await;
+    assert!(r.header("access-control-allow-origin").is_none());
+    let r = b2.get("/.well-known/openid-configuration").await;
+    assert_eq!(
+        r.header("access-control-allow-origin").as_deref(),
+        Some("*")
+    );
+    assert!(r.header("access-control-allow-credentials").is_none());
+}
+
+#[tokio::test]
+async fn client_credentials_tokens_have_no_session_and_no_refresh_token() {
+    let app = spawn_app().await;
+    let api = app_client(&app);
+    let public = create_client(&app, &["--public"]);
+    let (s, _, body) = post(
+        &app,
+        "/oauth2/token",
+        &api,
+        &[("grant_type", "client_credentials")],
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.get("refresh_token").is_none());
+    let (_, c) = jwt_parts(body["access_token"].as_str().unwrap());
+    assert_eq!(c["sub"], api.id.as_str());
+    assert!(c.get("sid").is_none());
+    let live = introspect(&app, &api, body["access_token"].as_str().unwrap()).await;
+    assert_eq!(live["active"], true);
+    assert_eq!(
+        userinfo(&app, body["access_token"].as_str().unwrap())
+            .await
+            .0,
+        403
+    );
+    let (s, _, body) = post(
+        &app,
+        "/oauth2/token",
+        &public,
+        &[("grant_type", "client_credentials")],
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (400, Some("unauthorized_client"))
+    );
+    let (s, _, body) = post(
+        &app,
+        "/oauth2/token",
+        &api,
+        &[("grant_type", "client_credentials"), ("scope", "openid")],
+    )
+    .await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("invalid_scope")));
+}
+
+#[tokio::test]
+async fn with_the_database_down_introspection_and_revocation_fail_closed() {
+    // R2, I5 (Ory fosite CVE-2020-15223)
+    let app = spawn_app_with(Options {
+        db_proxy: true,
+        ..Options::default()
+    })
+    .await;
+    let client = app_client(&app);
+    let b = app.signed_in("alice@example.com").await;
+    let t = sign_in_app(&app, &b, &client, &[]).await;
+    app.proxy.as_ref().unwrap().cut();
+    for path in ["/oauth2/introspect", "/oauth2/revoke"] {
+        let (s, _, body) = post(&app, path, &client, &[("token", &t.access)]).await;
+        assert_eq!(s, 503, "{path}: {body}");
+        assert_ne!(body["active"], true);
+    }
+    let (s, _) = refresh(&app, &client, &t.refresh).await;
+    assert_eq!(s, 503);
+    app.proxy.as_ref().unwrap().restore();
+    assert_eq!(
+        introspect(&app, &client, &t.access).await["active"],
+        true,
+        "the failed revocation changed nothing"
+    );
+}
+
+#[tokio::test]
+async fn nodes_starting_at_once_agree_on_one_signing_key() {
+    let app = spawn_app().await;
+    sqlx::query("DELETE FROM signing_keys")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let mut nodes = Vec::new();
+    for _ in 0..4 {
+        nodes.push(
+            gatehouse::state::AppState::new(
+                app.settings.clone(),
+                gatehouse::clock::Clock::system(),
+                false,
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let results =
+        futures_util::future::join_all(nodes.iter().map(gatehouse::oauth::keys::ensure)).await;
+    for r in results {
+        r.unwrap();
+    }
+    assert_eq!(app.count("SELECT count(*) FROM signing_keys").await, 1);
+    let kids: Vec<Option<String>> = nodes.iter().map(|n| n.signing.current_kid()).collect();
+    assert!(kids[0].is_some());
+    assert!(kids.iter().all(|k| *k == kids[0]), "{kids:?}");
+}

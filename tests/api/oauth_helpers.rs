@@ -133,7 +133,6 @@ pub struct Tokens {
     pub access: String,
     pub refresh: String,
     pub id: Option<String>,
-    pub body: Value,
 }
 
 pub async fn exchange(
@@ -180,7 +179,6 @@ pub async fn sign_in_app(
             .expect("refresh_token")
             .to_string(),
         id: body["id_token"].as_str().map(str::to_string),
-        body,
     }
 }
 
