@@ -11,7 +11,6 @@
 //! Figures are printed, never asserted: targets are judged by people, not by a timed
 //! test. Knobs: BENCH_SECONDS (per phase, default 15), GATEHOUSE_TEST_DATABASE_URL.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,14 +18,10 @@ use std::time::{Duration, Instant};
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine;
-use sqlx::{Connection, Executor, PgConnection};
 
-const PASSWORD: &str = "correct horse battery staple";
+mod common;
 
-fn base_url() -> String {
-    std::env::var("GATEHOUSE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
-}
+use common::{PASSWORD, create_user, rss_kib, start_server};
 
 fn argon2_bound(seconds: u64) -> f64 {
     let params = Params::new(19_456, 2, 1, None).unwrap();
@@ -68,18 +63,6 @@ fn argon2_bound(seconds: u64) -> f64 {
         t.join().unwrap();
     }
     done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 struct Client {
@@ -210,45 +193,6 @@ async fn phase(
     }
 }
 
-fn gatehouse(db_url: &str, key: &str) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
-    c.env("GATEHOUSE_DATABASE_URL", db_url)
-        .env("GATEHOUSE_SECRET_KEY", key)
-        .env("GATEHOUSE_PUBLIC_URL", "https://gatehouse.bench")
-        // No mail is sent in this benchmark; the outbox would keep it if it were.
-        .env("GATEHOUSE_SMTP_URL", "smtp://127.0.0.1:25")
-        .env("GATEHOUSE_REQUIRE_VERIFIED_EMAIL", "false")
-        // Every client comes from 127.0.0.1, and attempts in flight count against the
-        // address until they succeed: lift the per-address limit for the load test.
-        .env("GATEHOUSE_IP_MAX_FAILURES", "100000")
-        .env("GATEHOUSE_LOG_FORMAT", "json");
-    c
-}
-
-fn create_user(db_url: &str, key: &str, email: &str) {
-    let mut child = gatehouse(db_url, key)
-        .args(["user", "create", "--email", email])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    std::io::Write::write_all(&mut stdin, PASSWORD.as_bytes()).unwrap();
-    drop(stdin);
-    assert!(child.wait().unwrap().success(), "creating {email}");
-}
-
-fn start_server(db_url: &str, key: &str, port: u16) -> Child {
-    gatehouse(db_url, key)
-        .arg("serve")
-        .env("GATEHOUSE_BIND", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting gatehouse")
-}
-
 #[tokio::main]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -264,46 +208,22 @@ async fn main() {
     let bound = argon2_bound(seconds);
     println!("argon2id bound: {bound:.1} verifications/s");
 
-    let name = format!("gatehouse_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&base_url())
-        .await
-        .expect("PostgreSQL for the benchmark");
-    admin
-        .execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
-        .await
-        .unwrap();
-    let mut db_url = url::Url::parse(&base_url()).unwrap();
-    db_url.set_path(&format!("/{name}"));
-
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (mut admin, name, db_url) = common::create_database().await;
+    let port = common::free_port();
     let key =
         base64::engine::general_purpose::STANDARD.encode(gatehouse::crypto::random_bytes::<32>());
     println!("creating 64 accounts …");
     for i in 0..64 {
         create_user(db_url.as_str(), &key, &format!("bench{i}@example.com"));
     }
-    let mut server = start_server(db_url.as_str(), &key, port);
+    let server = start_server(db_url.as_str(), &key, port);
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(128)
         .build()
         .unwrap();
-    for _ in 0..200 {
-        if http
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_ready(&http, &base).await;
     let idle_rss = rss_kib(server.id()) as f64 / 1024.0;
 
     let mut phases = Vec::new();
@@ -316,16 +236,8 @@ async fn main() {
     // The machine's speed drifts; judge against the better of the two measurements.
     let bound_before = bound;
     let bound = bound_before.max(bound_after);
-    let _ = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status();
-    let _ = server.wait();
-    admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
-        )))
-        .await
-        .ok();
+    common::stop(server);
+    common::drop_database(&mut admin, &name).await;
 
     println!();
     println!(

@@ -3,6 +3,11 @@
 -- revoking the session, disabling the user or revoking the grant is seen at the next
 -- introspection, refresh or userinfo call.
 
+-- The SHA-256 of the `gh_login` mark of the authorization request whose sign-in made
+-- this session: `prompt=login` and `max_age` are satisfied by that sign-in, and by no
+-- other (a mark copied from history or another browser never matches).
+ALTER TABLE sessions ADD COLUMN login_mark bytea;
+
 CREATE TABLE oauth_clients (
     -- Public identifier (random, URL-safe). Not a secret.
     id                         text PRIMARY KEY,

@@ -150,7 +150,8 @@ pub async fn sign_in(
             .inc();
         return Ok(SignInOutcome::SecondFactor(pending));
     }
-    let (token, session) = sessions::new_session(state, user.id, remember_me, ctx, &["pwd"])?;
+    let (token, mut session) = sessions::new_session(state, user.id, remember_me, ctx, &["pwd"])?;
+    session.login_mark = crate::domain::oauth::login_mark_hash(return_to.as_deref());
     let (device, cookie) = devices::device_for_sign_in(state, user.id, &user.email, ctx).await?;
     let sign_in = SignIn {
         session,

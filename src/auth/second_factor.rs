@@ -411,8 +411,9 @@ pub async fn finish_sign_in(
     let (device, cookie) = devices::device_for_sign_in(state, ch.user_id, &ch.email, ctx).await?;
     let signed_in = event(state, "signed_in", Some(ctx))?;
     attempt_code(state, ch, raw, ctx, |method| {
-        let (token, session) =
+        let (token, mut session) =
             sessions::new_session(state, ch.user_id, ch.remember_me, ctx, &["pwd", method])?;
+        session.login_mark = crate::domain::oauth::login_mark_hash(ch.return_to.as_deref());
         let sign_in = SignIn {
             session,
             replaces,

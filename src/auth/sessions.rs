@@ -80,6 +80,7 @@ pub fn new_session(
             .country_code
             .as_ref()
             .map(|c| state.keys.mac(columns::SEEN_COUNTRY, c.as_bytes())),
+        login_mark: None,
     };
     Ok((token, session))
 }

@@ -13,6 +13,24 @@ pub const SCOPES: &[&str] = &["openid", "profile", "email", "offline_access"];
 pub const ACR_AAL2: &str = "urn:gatehouse:aal2";
 pub const ACR_AAL1: &str = "urn:gatehouse:aal1";
 
+/// The parameter Gatehouse adds to an authorization request it sends through
+/// sign-in for `prompt=login` or `max_age`: a random value, whose hash the sign-in
+/// stores on the session it creates. Only that session satisfies the request.
+pub const LOGIN_MARK: &str = "gh_login";
+
+/// The hash of the `gh_login` mark in a sign-in's `return_to`, if it leads back to
+/// an authorization request carrying one.
+pub fn login_mark_hash(return_to: Option<&str>) -> Option<Vec<u8>> {
+    let (path, query) = return_to?.split_once('?')?;
+    if path != "/oauth2/authorize" {
+        return None;
+    }
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == LOGIN_MARK)
+        .filter(|(_, v)| v.len() == 43)
+        .map(|(_, v)| crate::crypto::token_hash(&v))
+}
+
 /// A set of known scopes, kept sorted so that equal sets print equally (consent is
 /// remembered per scope set).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -159,6 +177,15 @@ impl Params {
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut out: Vec<(String, String)> = Vec::new();
         for (k, v) in url::form_urlencoded::parse(text.as_bytes()) {
+            // RFC 6749 Appendix A: parameter values are printable (VSCHAR and the
+            // like); a control character is never a real value, and NUL cannot even
+            // be stored.
+            if k.chars().chain(v.chars()).any(char::is_control) {
+                return Err(format!(
+                    "the parameter {} holds a control character",
+                    k.escape_default()
+                ));
+            }
             if out.iter().any(|(n, _)| *n == k) {
                 return Err(format!("the parameter {k} is given more than once"));
             }
@@ -383,12 +410,12 @@ mod tests {
 
     #[test]
     fn pkce_s256_matches_rfc7636_appendix_b() {
-        let verifier = "dBjftJeZ4CVP-mJ92K9D0SGYHgOxUW2ZeFvRrZzV5E0";
+        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
         let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
         assert!(is_s256_challenge(challenge));
         assert!(pkce_matches(verifier, challenge));
         assert!(!pkce_matches(
-            "dBjftJeZ4CVP-mJ92K9D0SGYHgOxUW2ZeFvRrZzV5E1",
+            "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXj",
             challenge
         ));
         assert!(!pkce_matches("short", challenge));

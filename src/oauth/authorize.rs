@@ -4,14 +4,12 @@
 //! anywhere; after that, errors go back to the app, but only once the person has
 //! signed in (RFC 9700 §4.11.2), except `prompt=none`'s own answers.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use time::Duration;
 
 use crate::crypto::{constant_time_eq, random_token, token_hash};
 use crate::domain::oauth::{
-    ACR_AAL1, ACR_AAL2, AuthorizeError, AuthorizeRequest, Params, Scopes, client_and_redirect,
-    parse_authorize,
+    ACR_AAL1, ACR_AAL2, AuthorizeError, AuthorizeRequest, LOGIN_MARK, Params, Scopes,
+    client_and_redirect, login_mark_hash, parse_authorize,
 };
 use crate::domain::{SessionId, UserId};
 use crate::error::AppError;
@@ -20,11 +18,9 @@ use crate::store::{ClientRecord, NewCode, SessionRecord};
 
 /// How long a code lives (DESIGN.md "Apps").
 pub const CODE_TTL: Duration = Duration::seconds(60);
-/// The parameter Gatehouse adds to the request it sends through sign-in: when the
-/// sign-in was asked for, MAC'd, so `prompt=login` and `max_age` are satisfied by a
-/// sign-in made after it and not by the old session.
-pub const LOGIN_MARK: &str = "gh_login";
-const LOGIN_MARK_TTL: Duration = Duration::minutes(30);
+/// How soon after the sign-in a mark is honoured (the way back from `/login`,
+/// through a second factor if needed).
+const LOGIN_MARK_TTL: Duration = Duration::minutes(10);
 
 /// What to do with the browser.
 pub enum Outcome {
@@ -94,28 +90,17 @@ fn error_to_client(
     )
 }
 
-fn login_mark(state: &AppState, client_id: &str) -> String {
-    let at = state.clock.now().unix_timestamp();
-    let mac = state
-        .keys
-        .mac("oauth/login-mark", format!("{at}|{client_id}").as_bytes());
-    format!("{at}.{}", URL_SAFE_NO_PAD.encode(mac))
-}
-
-/// When the sign-in this request went through was asked for, if its mark is ours,
-/// for this client and recent.
-fn marked_at(state: &AppState, params: &Params, client_id: &str) -> Option<time::OffsetDateTime> {
-    let (at, mac) = params.get(LOGIN_MARK)?.split_once('.')?;
-    let at: i64 = at.parse().ok()?;
-    let given = URL_SAFE_NO_PAD.decode(mac).ok()?;
-    let ok = state
-        .keys
-        .mac_candidates("oauth/login-mark", format!("{at}|{client_id}").as_bytes())
-        .iter()
-        .any(|m| constant_time_eq(m, &given));
-    let at = time::OffsetDateTime::from_unix_timestamp(at).ok()?;
-    let now = state.clock.now();
-    (ok && at <= now && now - at < LOGIN_MARK_TTL).then_some(at)
+/// Whether this session's sign-in was made for this very request (its `gh_login`
+/// mark), recently. A mark copied from history, another browser or another request
+/// never matches another session's.
+fn signed_in_for(state: &AppState, params: &Params, session: &SessionRecord) -> Option<Vec<u8>> {
+    let hash = login_mark_hash(Some(&format!(
+        "/oauth2/authorize?{}",
+        params.encode_without(&[])
+    )))?;
+    let stored = session.login_mark.as_ref()?;
+    let recent = state.clock.now() - session.auth_time <= LOGIN_MARK_TTL;
+    (recent && constant_time_eq(stored, &hash)).then_some(hash)
 }
 
 fn again(params: &Params, mark: Option<String>) -> String {
@@ -183,7 +168,7 @@ pub async fn authorize(
             );
         }
         return Ok(Outcome::SignIn {
-            return_to: again(&params, Some(login_mark(state, &client_id))),
+            return_to: again(&params, Some(random_token())),
             force: false,
         });
     };
@@ -207,9 +192,9 @@ pub async fn authorize(
     let fresh_enough = req.max_age.is_none_or(|m| {
         now - session.auth_time <= Duration::seconds(m.min(i64::MAX as u64) as i64)
     });
-    let signed_in_since_mark =
-        marked_at(state, &params, &client_id).is_some_and(|at| session.auth_time >= at);
-    if (req.prompt.login || !fresh_enough) && !signed_in_since_mark {
+    let needs_sign_in = req.prompt.login || !fresh_enough;
+    let mark = signed_in_for(state, &params, session);
+    if needs_sign_in && mark.is_none() {
         if req.prompt.none {
             return error_to_client(
                 state,
@@ -220,7 +205,7 @@ pub async fn authorize(
             );
         }
         return Ok(Outcome::SignIn {
-            return_to: again(&params, Some(login_mark(state, &client_id))),
+            return_to: again(&params, Some(random_token())),
             force: true,
         });
     }
@@ -275,6 +260,17 @@ pub async fn authorize(
                 request: params.encode_without(&[]),
             }));
         }
+    }
+    // The mark answers one request: spent with the code it lets through, so the same
+    // address replayed later signs in again.
+    if needs_sign_in
+        && let Some(hash) = &mark
+        && !state.store.spend_login_mark(session.id, hash).await?
+    {
+        return Ok(Outcome::SignIn {
+            return_to: again(&params, Some(random_token())),
+            force: true,
+        });
     }
     issue_code(state, &client, session, &req).await
 }

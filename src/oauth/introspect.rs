@@ -173,7 +173,8 @@ pub async fn userinfo(state: &AppState, token: &str) -> Result<Value, AppError> 
     let Some((claims, live)) = live_access(state, token).await? else {
         return Err(AppError::InvalidToken);
     };
-    let scopes = Scopes::parse(&live.scope).unwrap_or_default();
+    // The token's own scope: a refresh may have narrowed it below the grant's.
+    let scopes = Scopes::parse(&claims.scope).unwrap_or_default();
     let (Some(user), true) = (live.user_id, scopes.contains("openid")) else {
         return Err(AppError::OAuth {
             status: actix_web::http::StatusCode::FORBIDDEN,
@@ -191,6 +192,5 @@ pub async fn userinfo(state: &AppState, token: &str) -> Result<Value, AppError> 
             json!(live.email_verified.unwrap_or(false)),
         );
     }
-    let _ = claims;
     Ok(out)
 }

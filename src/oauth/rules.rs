@@ -6,7 +6,7 @@
 use time::OffsetDateTime;
 
 use crate::crypto::{constant_time_eq, token_hash};
-use crate::domain::oauth::pkce_matches;
+use crate::domain::oauth::{Scopes, pkce_matches};
 use crate::store::{ClientRecord, CodeRecord, CodeVerdict, RefreshRecord, RefreshVerdict};
 
 /// RFC 6749 §4.1.3 and RFC 7636 §4.6: the code was issued to this client for this
@@ -22,6 +22,11 @@ pub fn check_code(
 ) -> CodeVerdict {
     if code.client_id != client_id {
         return CodeVerdict::Refuse("the code was issued to another client");
+    }
+    // Only its own client's replay counts: another client cannot revoke a grant by
+    // presenting a code it saw.
+    if code.used {
+        return CodeVerdict::Replay;
     }
     if redirect_uri != Some(code.redirect_uri.as_str()) {
         return CodeVerdict::Refuse("redirect_uri differs from the authorization request");
@@ -47,7 +52,15 @@ pub fn check_code(
 /// RFC 6749 §6 and RFC 9700 §4.14.2: a refresh token works once, for the client it
 /// was issued to, while its grant and session live. A spent one presented again by
 /// its own client means two parties hold it: the family and the session are revoked.
-pub fn check_refresh(rec: &RefreshRecord, client_id: &str, now: OffsetDateTime) -> RefreshVerdict {
+///
+/// `asked` is the request's `scope`: narrower than the grant's is fine (RFC 6749 §6),
+/// wider is refused before anything is spent.
+pub fn check_refresh(
+    rec: &RefreshRecord,
+    client_id: &str,
+    asked: Option<&Scopes>,
+    now: OffsetDateTime,
+) -> RefreshVerdict {
     if rec.client_id != client_id {
         return RefreshVerdict::Refuse("the refresh token was issued to another client");
     }
@@ -62,6 +75,11 @@ pub fn check_refresh(rec: &RefreshRecord, client_id: &str, now: OffsetDateTime) 
     }
     if !rec.live {
         return RefreshVerdict::Refuse("the session behind the refresh token has ended");
+    }
+    if let Some(asked) = asked
+        && !asked.is_subset_of(&Scopes::parse(&rec.scope).unwrap_or_default())
+    {
+        return RefreshVerdict::WiderScope;
     }
     RefreshVerdict::Rotate
 }
@@ -83,7 +101,7 @@ mod tests {
     use time::Duration;
     use uuid::Uuid;
 
-    const VERIFIER: &str = "dBjftJeZ4CVP-mJ92K9D0SGYHgOxUW2ZeFvRrZzV5E0";
+    const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
     const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 
     fn code(now: OffsetDateTime) -> CodeRecord {
@@ -161,6 +179,22 @@ mod tests {
             ),
             CodeVerdict::Refuse(_)
         ));
+        let mut used = c.clone();
+        used.used = true;
+        assert_eq!(
+            ok(
+                &used,
+                "app",
+                Some("https://rp.test/cb"),
+                Some(VERIFIER),
+                now
+            ),
+            CodeVerdict::Replay
+        );
+        assert!(matches!(
+            ok(&used, "other", Some("https://rp.test/cb"), None, now),
+            CodeVerdict::Refuse(_)
+        ));
         let mut dead = c.clone();
         dead.live = false;
         assert!(matches!(
@@ -199,32 +233,35 @@ mod tests {
     fn a_refresh_token_rotates_once_and_its_reuse_is_theft() {
         let now = OffsetDateTime::UNIX_EPOCH + Duration::days(20000);
         let r = refresh(now);
-        assert_eq!(check_refresh(&r, "app", now), RefreshVerdict::Rotate);
+        assert_eq!(check_refresh(&r, "app", None, now), RefreshVerdict::Rotate);
         assert!(matches!(
-            check_refresh(&r, "other", now),
+            check_refresh(&r, "other", None, now),
             RefreshVerdict::Refuse(_)
         ));
         let mut used = r.clone();
         used.used = true;
-        assert_eq!(check_refresh(&used, "app", now), RefreshVerdict::Reuse);
+        assert_eq!(
+            check_refresh(&used, "app", None, now),
+            RefreshVerdict::Reuse
+        );
         // Another client presenting it learns nothing and revokes nothing.
         assert!(matches!(
-            check_refresh(&used, "other", now),
+            check_refresh(&used, "other", None, now),
             RefreshVerdict::Refuse(_)
         ));
         used.grant_revoked = true;
         assert!(matches!(
-            check_refresh(&used, "app", now),
+            check_refresh(&used, "app", None, now),
             RefreshVerdict::Refuse(_)
         ));
         assert!(matches!(
-            check_refresh(&r, "app", now + Duration::hours(1)),
+            check_refresh(&r, "app", None, now + Duration::hours(1)),
             RefreshVerdict::Refuse(_)
         ));
         let mut dead = r.clone();
         dead.live = false;
         assert!(matches!(
-            check_refresh(&dead, "app", now),
+            check_refresh(&dead, "app", None, now),
             RefreshVerdict::Refuse(_)
         ));
     }

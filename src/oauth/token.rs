@@ -184,7 +184,7 @@ async fn refresh(
     let mut t = new_tokens(state, signing_kid(state).await?, Some(&next), now);
     // The refresh keeps its grant; the store uses the grant it finds.
     let reuse = event_with(state, "refresh_token_reused", None, &client.id)?;
-    let rule = |r: &crate::store::RefreshRecord| check_refresh(r, &client.id, now);
+    let rule = |r: &crate::store::RefreshRecord| check_refresh(r, &client.id, asked.as_ref(), now);
     let rec = match state
         .store
         .rotate_refresh(&token_hash(presented), now, &rule, &t, &reuse)
@@ -193,6 +193,12 @@ async fn refresh(
         Rotation::Rotated(r) => r,
         Rotation::Unknown => return Err(invalid_grant("unknown refresh token")),
         Rotation::Refused(why) => return Err(invalid_grant(why)),
+        Rotation::WiderScope => {
+            return Err(AppError::oauth(
+                "invalid_scope",
+                "The scope is wider than the grant's.",
+            ));
+        }
         Rotation::Reused => {
             tracing::warn!(client_id = %client.id, "refresh token reused; its family and session are revoked");
             return Err(invalid_grant("the refresh token has already been used"));
@@ -200,17 +206,8 @@ async fn refresh(
     };
     t.grant_id = rec.grant_id;
     let granted = Scopes::parse(&rec.scope).unwrap_or_default();
-    // RFC 6749 §6: a narrower scope may be asked for, never a wider one.
-    let scope = match asked {
-        Some(a) if !a.is_subset_of(&granted) => {
-            return Err(AppError::oauth(
-                "invalid_scope",
-                "The scope is wider than the grant's.",
-            ));
-        }
-        Some(a) => a,
-        None => granted.clone(),
-    };
+    // RFC 6749 §6: a narrower scope may be asked for (the rule refused a wider one).
+    let scope = asked.unwrap_or(granted);
     let (Some(user), Some(session), Some(auth_time)) = (rec.user_id, rec.session_id, rec.auth_time)
     else {
         return Err(invalid_grant("the grant has no session"));

@@ -39,11 +39,19 @@ pub struct SweepCounts {
     pub challenges: u64,
     /// Authenticator enrolments never confirmed.
     pub enrolments: u64,
+    /// Expired authorization codes.
+    pub oauth_codes: u64,
+    /// Expired access and refresh tokens.
+    pub oauth_tokens: u64,
+    /// Grants with no token left (or revoked long ago).
+    pub oauth_grants: u64,
+    /// Retired signing keys no token names any more.
+    pub signing_keys: u64,
 }
 
 impl SweepCounts {
     /// (name, count) pairs, for metrics and logs.
-    pub fn by_kind(&self) -> [(&'static str, u64); 8] {
+    pub fn by_kind(&self) -> [(&'static str, u64); 12] {
         [
             ("sessions", self.sessions),
             ("devices", self.devices),
@@ -53,6 +61,10 @@ impl SweepCounts {
             ("mails", self.mails),
             ("challenges", self.challenges),
             ("enrolments", self.enrolments),
+            ("oauth_codes", self.oauth_codes),
+            ("oauth_tokens", self.oauth_tokens),
+            ("oauth_grants", self.oauth_grants),
+            ("signing_keys", self.signing_keys),
         ]
     }
 }
@@ -139,7 +151,57 @@ impl PgStore {
         r: &SweepRules,
     ) -> Result<SweepCounts, StoreError> {
         let now = r.now;
+        let spent = now - r.spent_after;
+        // Codes and tokens are kept a while past expiry, so that a late replay is
+        // still recognised (and revokes its grant) rather than merely unknown.
+        let oauth_codes = drain(
+            conn,
+            "oauth_codes",
+            "code_hash",
+            "expires_at < $1",
+            &[spent],
+        )
+        .await?;
+        let oauth_tokens = drain(
+            conn,
+            "oauth_access_tokens",
+            "jti",
+            "expires_at < $1",
+            &[spent],
+        )
+        .await?
+            + drain(
+                conn,
+                "oauth_refresh_tokens",
+                "token_hash",
+                "expires_at < $1",
+                &[spent],
+            )
+            .await?;
+        let oauth_grants = drain(
+            conn,
+            "oauth_grants",
+            "id",
+            "created_at < $1
+             AND NOT EXISTS (SELECT 1 FROM oauth_access_tokens a WHERE a.grant_id = oauth_grants.id)
+             AND NOT EXISTS (SELECT 1 FROM oauth_refresh_tokens r WHERE r.grant_id = oauth_grants.id)",
+            &[spent],
+        )
+        .await?;
+        let signing_keys = drain(
+            conn,
+            "signing_keys",
+            "id",
+            "verify_until < $1
+             AND NOT EXISTS (SELECT 1 FROM oauth_access_tokens a WHERE a.kid = signing_keys.kid)",
+            &[spent],
+        )
+        .await?;
         Ok(SweepCounts {
+            oauth_codes,
+            oauth_tokens,
+            oauth_grants,
+            signing_keys,
             sessions: drain(
                 conn,
                 "sessions",

@@ -270,6 +270,12 @@ impl ClientStore for PgStore {
             .bind(client_id)
             .execute(&mut *tx)
             .await?;
+        // Codes handed out but not yet redeemed die too.
+        sqlx::query("DELETE FROM oauth_codes WHERE user_id = $1 AND client_id = $2")
+            .bind(user.0)
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "UPDATE oauth_grants SET revoked_at = $3, revoked_reason = 'consent_withdrawn'
              WHERE user_id = $1 AND client_id = $2 AND revoked_at IS NULL",

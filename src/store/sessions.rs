@@ -33,6 +33,9 @@ pub struct NewSession {
     /// Keyed HMACs of the address and of the country code ("seen before").
     pub ip_mac: Vec<u8>,
     pub country_mac: Option<Vec<u8>>,
+    /// SHA-256 of the `gh_login` mark the sign-in came back with (see
+    /// `domain::oauth::login_mark_hash`).
+    pub login_mark: Option<Vec<u8>>,
 }
 
 /// A sign-in to complete: the session, the browser's earlier session it replaces,
@@ -60,6 +63,8 @@ pub struct SessionRecord {
     pub aal_reached_at: OffsetDateTime,
     pub amr: Vec<String>,
     pub remember_me: bool,
+    /// SHA-256 of the authorization request mark this session's sign-in answered.
+    pub login_mark: Option<Vec<u8>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -76,6 +81,7 @@ struct SessionRow {
     aal_reached_at: OffsetDateTime,
     amr: Vec<String>,
     remember_me: bool,
+    login_mark: Option<Vec<u8>>,
 }
 
 impl From<SessionRow> for SessionRecord {
@@ -93,17 +99,18 @@ impl From<SessionRow> for SessionRecord {
             aal_reached_at: r.aal_reached_at,
             amr: r.amr,
             remember_me: r.remember_me,
+            login_mark: r.login_mark,
         }
     }
 }
 
-/// The session columns and their parameters `$1`–`$16`, as bound by `bind_session`.
+/// The session columns and their parameters `$1`–`$17`, as bound by `bind_session`.
 const SESSION_COLUMNS: &str = "(id, token_hash, user_id, created_at, last_seen_at,
      idle_timeout_secs, idle_expires_at, absolute_expires_at, remember_me,
      auth_time, aal, aal_reached_at, amr, ip_enc, user_agent_enc,
-     location_enc, ip_mac, country_mac, device_id)";
+     location_enc, ip_mac, country_mac, device_id, login_mark)";
 const SESSION_VALUES: &str =
-    "$1, $2, $3, $4, $4, $5, $6, $7, $8, $4, $9, $4, $10, $11, $12, $13, $14, $15, $16";
+    "$1, $2, $3, $4, $4, $5, $6, $7, $8, $4, $9, $4, $10, $11, $12, $13, $14, $15, $16, $17";
 
 fn bind_session<'q>(q: PgQuery<'q>, s: &'q NewSession, device: DeviceId) -> PgQuery<'q> {
     q.bind(s.id.0)
@@ -122,6 +129,7 @@ fn bind_session<'q>(q: PgQuery<'q>, s: &'q NewSession, device: DeviceId) -> PgQu
         .bind(&s.ip_mac)
         .bind(&s.country_mac)
         .bind(device.0)
+        .bind(&s.login_mark)
 }
 
 /// Creates a signed-in session inside the caller's transaction: links its device
@@ -202,6 +210,9 @@ pub trait SessionStore: Send + Sync {
     ) -> Result<Option<SessionRecord>, StoreError>;
     /// Records activity: last-seen and a new idle expiry (never past the absolute one).
     async fn touch_session(&self, id: SessionId, now: OffsetDateTime) -> Result<(), StoreError>;
+    /// Spends the session's authorization-request mark if it is `mark`; false when it
+    /// is not (already spent by a parallel request, or another mark).
+    async fn spend_login_mark(&self, id: SessionId, mark: &[u8]) -> Result<bool, StoreError>;
     /// Revokes a live session and records `event` for its owner, atomically.
     /// Returns whether a live session was revoked by this call.
     async fn revoke_session(
@@ -244,7 +255,8 @@ impl SessionStore for PgStore {
     ) -> Result<Option<SessionRecord>, StoreError> {
         let row: Option<SessionRow> = sqlx::query_as(
             "SELECT s.id, s.user_id, u.email, s.created_at, s.last_seen_at, s.idle_expires_at,
-                    s.absolute_expires_at, s.auth_time, s.aal, s.aal_reached_at, s.amr, s.remember_me
+                    s.absolute_expires_at, s.auth_time, s.aal, s.aal_reached_at, s.amr, s.remember_me,
+                    s.login_mark
              FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.token_hash = $1
                AND s.revoked_at IS NULL
@@ -257,6 +269,16 @@ impl SessionStore for PgStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(SessionRecord::from))
+    }
+
+    async fn spend_login_mark(&self, id: SessionId, mark: &[u8]) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE sessions SET login_mark = NULL WHERE id = $1 AND login_mark = $2")
+                .bind(id.0)
+                .bind(mark)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn touch_session(&self, id: SessionId, now: OffsetDateTime) -> Result<(), StoreError> {

@@ -64,6 +64,8 @@ pub struct NewTokens {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CodeVerdict {
     Issue,
+    /// A spent code presented again by its own client: revoke the grant it made.
+    Replay,
     /// Refused (`invalid_grant`) without spending the code.
     Refuse(&'static str),
 }
@@ -103,11 +105,14 @@ pub enum RefreshVerdict {
     /// A spent token again: revoke the family and the session (RFC 9700 §4.14.2).
     Reuse,
     Refuse(&'static str),
+    /// A scope wider than the grant's was asked for (`invalid_scope`); nothing changes.
+    WiderScope,
 }
 
 pub enum Rotation {
     Unknown,
     Refused(&'static str),
+    WiderScope,
     /// Reuse detected; the family and its session are revoked.
     Reused,
     Rotated(Box<RefreshRecord>),
@@ -145,9 +150,9 @@ pub type RefreshRule<'a> = &'a (dyn Fn(&RefreshRecord) -> RefreshVerdict + Send 
 #[async_trait]
 pub trait TokenStore: Send + Sync {
     async fn insert_code(&self, code: &NewCode) -> Result<(), StoreError>;
-    /// Redeems a code in one transaction: a spent code revokes the grant it made
-    /// (RFC 6749 §4.1.2); otherwise `rule` decides, and on `Issue` the code is spent
-    /// and the grant and its tokens are created.
+    /// Redeems a code in one transaction, as `rule` decides: on `Replay` the grant the
+    /// code made is revoked (RFC 6749 §4.1.2); on `Issue` the code is spent and the
+    /// grant and its tokens are created; on `Refuse` nothing changes.
     async fn redeem_code(
         &self,
         code_hash: &[u8],
@@ -293,7 +298,8 @@ impl TokenStore for PgStore {
         let Some(code) = code else {
             return Ok(Redemption::Unknown);
         };
-        if code.used {
+        let verdict = rule(&code);
+        if verdict == CodeVerdict::Replay {
             sqlx::query(
                 "UPDATE oauth_grants SET revoked_at = $2, revoked_reason = 'code_replayed'
                  WHERE code_hash = $1 AND revoked_at IS NULL",
@@ -305,7 +311,7 @@ impl TokenStore for PgStore {
             tx.commit().await?;
             return Ok(Redemption::Replayed);
         }
-        if let CodeVerdict::Refuse(why) = rule(&code) {
+        if let CodeVerdict::Refuse(why) = verdict {
             return Ok(Redemption::Refused(why));
         }
         sqlx::query("UPDATE oauth_codes SET used_at = $2 WHERE code_hash = $1")
@@ -368,6 +374,7 @@ impl TokenStore for PgStore {
         };
         match rule(&rec) {
             RefreshVerdict::Refuse(why) => Ok(Rotation::Refused(why)),
+            RefreshVerdict::WiderScope => Ok(Rotation::WiderScope),
             RefreshVerdict::Reuse => {
                 sqlx::query(
                     "UPDATE oauth_grants SET revoked_at = $2, revoked_reason = 'refresh_token_reuse'

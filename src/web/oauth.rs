@@ -78,6 +78,12 @@ fn presented(req: &HttpRequest, params: &Params) -> Result<Presented, AppError> 
             ))
         }
     };
+    if basic
+        .as_ref()
+        .is_some_and(|(id, _)| id.is_empty() || id.chars().any(char::is_control))
+    {
+        return Err(AppError::invalid_client());
+    }
     match basic {
         Some((id, secret)) => {
             if params.get("client_secret").is_some() {

@@ -790,7 +790,7 @@ async fn machine_callers_get_json_errors_people_get_pages() {
     let b = app.browser();
     let r = b
         .send(
-            b.request(reqwest::Method::POST, "/oauth2/token")
+            b.request(reqwest::Method::POST, "/oauth2/no-such-endpoint")
                 .form(&[("grant_type", "x")]),
         )
         .await;

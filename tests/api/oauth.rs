@@ -455,34 +455,69 @@ async fn prompt_and_max_age_are_honoured() {
         assert_eq!(id2["sub"], id1["sub"]);
         app.clock.advance(std::time::Duration::from_secs(5));
     }
-    // A mark from the sign-in path is bound to its client: pasted onto another
-    // client's request it does not satisfy prompt=login.
-    let other = app_client(&app);
+    // The way back (its gh_login mark) works once: replayed from history, it asks
+    // for a sign-in again.
     let r = b.get(&authorize_url(&client, &[("prompt", "login")])).await;
     let login = r.location();
-    let mark = login
-        .split("gh_login%3D")
-        .nth(1)
+    let page = b.get(&login).await;
+    let return_to = return_to_of(&login);
+    let r = b
+        .post_form(
+            "/login",
+            &[
+                ("csrf_token", &page.csrf()),
+                ("email", "alice@example.com"),
+                ("password", crate::helpers::PASSWORD),
+                ("return_to", &return_to),
+            ],
+        )
+        .await;
+    let back = r.location();
+    assert!(b.get(&back).await.location().starts_with(CB));
+    assert!(
+        b.get(&back).await.location().starts_with("/login?"),
+        "a spent mark"
+    );
+    // A mark minted in another browser does not stand for this browser's sign-in.
+    let other = app.browser();
+    let r = other
+        .get(&authorize_url(&client, &[("prompt", "login")]))
+        .await;
+    let foreign = return_to_of(&r.location());
+    let r = b.get(&foreign).await;
+    assert!(r.location().starts_with("/login?"), "{}", r.location());
+    // Nor does a mark from before this session's sign-in, once it is older than 10 min.
+    app.clock.advance(std::time::Duration::from_secs(11 * 60));
+    let r = b.get(&authorize_url(&client, &[("prompt", "login")])).await;
+    let login = r.location();
+    let page = b.get(&login).await;
+    let r = b
+        .post_form(
+            "/login",
+            &[
+                ("csrf_token", &page.csrf()),
+                ("email", "alice@example.com"),
+                ("password", crate::helpers::PASSWORD),
+                ("return_to", &return_to_of(&login)),
+            ],
+        )
+        .await;
+    let back = r.location();
+    app.clock.advance(std::time::Duration::from_secs(11 * 60));
+    assert!(
+        b.get(&back).await.location().starts_with("/login?"),
+        "a stale mark"
+    );
+}
+
+fn return_to_of(login: &str) -> String {
+    url::Url::parse(&format!("https://x{login}"))
         .unwrap()
-        .split("%26")
-        .next()
-        .unwrap()
-        .split("&")
-        .next()
-        .unwrap()
-        .to_string();
-    let mark = url::form_urlencoded::parse(format!("m={}", mark.replace("%25", "%")).as_bytes())
-        .next()
+        .query_pairs()
+        .find(|(k, _)| k == "return_to")
         .unwrap()
         .1
-        .into_owned();
-    let r = b
-        .get(&authorize_url(
-            &other,
-            &[("prompt", "login"), ("gh_login", &mark)],
-        ))
-        .await;
-    assert!(r.location().starts_with("/login?"), "{}", r.location());
+        .into_owned()
 }
 
 #[tokio::test]
@@ -805,11 +840,17 @@ async fn rp_logout_needs_a_hint_of_this_session_or_the_persons_confirmation() {
     assert!(r.body.contains("Sign out of Gatehouse?"));
     assert_eq!(introspect(&app, &client, &t.access).await["active"], true);
     // A forged hint: a page.
+    // A forged hint, or an access token as the hint: no hint at all, so the person
+    // is asked.
     let forged = format!("{}x", &hint[..hint.len() - 1]);
-    let r = b
-        .get(&format!("/oauth2/logout?id_token_hint={forged}"))
-        .await;
-    assert_eq!(r.status, 400);
+    for not_a_hint in [forged.as_str(), t.access.as_str()] {
+        let r = b
+            .get(&format!("/oauth2/logout?id_token_hint={not_a_hint}"))
+            .await;
+        assert_eq!(r.status, 200);
+        assert!(r.body.contains("Sign out of Gatehouse?"));
+    }
+    assert_eq!(introspect(&app, &client, &t.access).await["active"], true);
     // The confirmation needs the CSRF token.
     let page = b
         .get(&format!(
@@ -1317,4 +1358,232 @@ async fn nodes_starting_at_once_agree_on_one_signing_key() {
     let kids: Vec<Option<String>> = nodes.iter().map(|n| n.signing.current_kid()).collect();
     assert!(kids[0].is_some());
     assert!(kids.iter().all(|k| *k == kids[0]), "{kids:?}");
+}
+
+#[tokio::test]
+async fn housekeeping_deletes_expired_codes_tokens_empty_grants_and_retired_keys() {
+    let app = spawn_app_with(Options {
+        frozen_clock: true,
+        extra: vec![("GATEHOUSE_HOUSEKEEPING_INTERVAL", "100ms".into())],
+        ..Options::default()
+    })
+    .await;
+    let api = app_client(&app);
+    let b = app.signed_in("alice@example.com").await;
+    let _unused_code = code_for(&b, &api, &[]).await;
+    let (s, _, _) = post(
+        &app,
+        "/oauth2/token",
+        &api,
+        &[("grant_type", "client_credentials")],
+    )
+    .await;
+    assert_eq!(s, 200);
+    for _ in 0..2 {
+        let (ok, _, err) = app.cli(&["keys", "rotate"], &[]);
+        assert!(ok, "{err}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM oauth_access_tokens").await,
+        1,
+        "nothing is due yet"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM oauth_codes").await, 1);
+    app.clock
+        .advance(std::time::Duration::from_secs(40 * 86400));
+    app.wait_until("SELECT count(*) FROM oauth_access_tokens", 0)
+        .await;
+    app.wait_until("SELECT count(*) FROM oauth_codes", 0).await;
+    app.wait_until("SELECT count(*) FROM oauth_grants", 0).await;
+    // The signing key stays; the two rotated away go once no token names them.
+    app.wait_until("SELECT count(*) FROM signing_keys", 1).await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM signing_keys WHERE verify_until IS NULL")
+            .await,
+        1
+    );
+    assert!(
+        app.metric("gatehouse_housekeeping_deleted_total{kind=\"oauth_tokens\"}")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn a_wider_scope_at_refresh_is_refused_without_spending_the_token_and_a_narrower_one_binds_userinfo()
+ {
+    // O6, RFC 6749 §6
+    let app = spawn_app().await;
+    let client = app_client(&app);
+    let b = app.signed_in("alice@example.com").await;
+    let t = sign_in_app(&app, &b, &client, &[]).await;
+    let (s, _, body) = post(
+        &app,
+        "/oauth2/token",
+        &client,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &t.refresh),
+            ("scope", "openid email profile"),
+        ],
+    )
+    .await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("invalid_scope")));
+    // Not spent: it still rotates, and asking for less gives a token with less.
+    let (s, _, body) = post(
+        &app,
+        "/oauth2/token",
+        &client,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &t.refresh),
+            ("scope", "openid"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["scope"], "openid");
+    assert!(
+        b.get("/account").await.status == 200,
+        "no theft was suspected"
+    );
+    let (s, _, info) = userinfo(&app, body["access_token"].as_str().unwrap()).await;
+    assert_eq!(s, 200);
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert!(
+        info.get("email").is_none(),
+        "the narrowed token does not read the e-mail: {info}"
+    );
+}
+
+#[tokio::test]
+async fn parallel_redemptions_of_one_code_give_one_answer_and_parallel_refreshes_one_rotation() {
+    // O4, O11 under concurrency: the rules run inside one locked transaction.
+    let app = spawn_app().await;
+    let client = app_client(&app);
+    let b = app.signed_in("alice@example.com").await;
+    let code = code_for(&b, &client, &[]).await;
+    let tries =
+        futures_util::future::join_all((0..8).map(|_| exchange(&app, &client, &code, None))).await;
+    let ok: Vec<&Value> = tries
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(ok.len(), 1, "{tries:?}");
+    assert!(
+        tries
+            .iter()
+            .all(|(s, b)| *s == 200 || b["error"] == "invalid_grant")
+    );
+    // The others were replays: what the one success issued is revoked.
+    assert_eq!(
+        introspect(&app, &client, ok[0]["access_token"].as_str().unwrap()).await,
+        inactive()
+    );
+
+    let b = app.signed_in("bob@example.com").await;
+    let t = sign_in_app(&app, &b, &client, &[]).await;
+    let tries =
+        futures_util::future::join_all((0..8).map(|_| refresh(&app, &client, &t.refresh))).await;
+    assert!(
+        tries.iter().filter(|(s, _)| *s == 200).count() <= 1,
+        "{tries:?}"
+    );
+    assert!(
+        tries
+            .iter()
+            .all(|(s, b)| *s == 200 || b["error"] == "invalid_grant")
+    );
+}
+
+#[tokio::test]
+async fn control_characters_in_client_ids_and_carried_requests_are_refused_not_500() {
+    // H2, H3
+    let app = spawn_app().await;
+    let client = create_client(&app, &[]);
+    let nul = Client {
+        id: "a\u{0}b".into(),
+        secret: Some("x".into()),
+    };
+    let (s, _, body) = post(
+        &app,
+        "/oauth2/token",
+        &nul,
+        &[("grant_type", "client_credentials")],
+    )
+    .await;
+    assert_eq!((s, body["error"].as_str()), (401, Some("invalid_client")));
+    let b = app.signed_in("alice@example.com").await;
+    let page = b.get(&authorize_url(&client, &[])).await;
+    let consent = b.get(&page.location()).await;
+    for request in [
+        format!("client_id=%00{}", client.id),
+        format!(
+            "client_id={}&redirect_uri=https%3A%2F%2Frp.test%2Fcb&state=%00",
+            client.id
+        ),
+    ] {
+        let r = b
+            .post_form(
+                "/oauth2/consent",
+                &[
+                    ("csrf_token", &consent.csrf()),
+                    ("request", &request),
+                    ("decision", "allow"),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 400, "{request}: {}", r.body);
+    }
+    let r = b
+        .post_form(
+            "/oauth2/logout",
+            &[
+                ("csrf_token", &consent.csrf()),
+                ("request", "client_id=%00"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(app.count("SELECT count(*) FROM oauth_consents").await, 0);
+}
+
+#[tokio::test]
+async fn withdrawing_consent_also_kills_codes_not_yet_redeemed() {
+    // O10
+    let app = spawn_app().await;
+    let client = create_client(&app, &[]);
+    let b = app.signed_in("alice@example.com").await;
+    let r = b.get(&authorize_url(&client, &[])).await;
+    let page = b.get(&r.location()).await;
+    let request = crate::otp::unescape(
+        page.body
+            .split("name=\"request\" value=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap(),
+    );
+    let r = b
+        .post_form(
+            "/oauth2/consent",
+            &[
+                ("csrf_token", &page.csrf()),
+                ("request", &request),
+                ("decision", "allow"),
+            ],
+        )
+        .await;
+    let code = param(&location_params(&r), "code").unwrap();
+    let account = b.get("/account").await;
+    b.post_form(
+        &format!("/account/apps/{}/withdraw", client.id),
+        &[("csrf_token", &account.csrf())],
+    )
+    .await;
+    let (s, body) = exchange(&app, &client, &code, None).await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("invalid_grant")));
 }
