@@ -374,7 +374,8 @@ async fn main() {
                     .await
                     .ok()?;
                 let ok = res.status() == 200
-                    && res.bytes().await.ok()?.starts_with(br#"{"active":true"#);
+                    && serde_json::from_slice::<serde_json::Value>(&res.bytes().await.ok()?)
+                        .is_ok_and(|v| v["active"] == true);
                 Some(ok)
             }
         }

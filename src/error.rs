@@ -56,6 +56,9 @@ pub enum AppError {
     /// 401 with `WWW-Authenticate: Bearer error="invalid_token"`.
     #[error("invalid token")]
     InvalidToken,
+    /// No bearer token at all (RFC 6750 §3.1: then no `error` is named).
+    #[error("no token")]
+    NoBearerToken,
     /// The password hash queue is full: try again in a moment (503).
     #[error("overloaded")]
     Overloaded,
@@ -203,7 +206,7 @@ impl ResponseError for AppError {
             AppError::StepUpRequired { redirect: true, .. } => StatusCode::SEE_OTHER,
             AppError::StepUpRequired { .. } => StatusCode::FORBIDDEN,
             AppError::OAuth { status, .. } => *status,
-            AppError::InvalidToken => StatusCode::UNAUTHORIZED,
+            AppError::InvalidToken | AppError::NoBearerToken => StatusCode::UNAUTHORIZED,
             AppError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -262,6 +265,10 @@ impl ResponseError for AppError {
                 page.oauth_error = Some(error);
                 page.message = description.clone();
             }
+            AppError::NoBearerToken => {
+                page.oauth_error = Some("invalid_request");
+                page.message = "An access token is needed (Authorization: Bearer …).".into();
+            }
             AppError::InvalidToken => {
                 page.oauth_error = Some("invalid_token");
                 page.message = "The access token is missing, invalid or no longer active.".into();
@@ -277,11 +284,28 @@ impl ResponseError for AppError {
         if let AppError::RateLimited { retry_after_secs } = self {
             builder.insert_header(("Retry-After", retry_after_secs.to_string()));
         }
-        if let AppError::InvalidToken = self {
-            builder.insert_header((
-                "WWW-Authenticate",
-                "Bearer realm=\"gatehouse\", error=\"invalid_token\"",
-            ));
+        // RFC 6750 §3: bearer-token errors name the scheme (and the error, once a
+        // token was sent).
+        match self {
+            AppError::InvalidToken => {
+                builder.insert_header((
+                    "WWW-Authenticate",
+                    "Bearer realm=\"gatehouse\", error=\"invalid_token\"",
+                ));
+            }
+            AppError::NoBearerToken => {
+                builder.insert_header(("WWW-Authenticate", "Bearer realm=\"gatehouse\""));
+            }
+            AppError::OAuth {
+                error: "insufficient_scope",
+                ..
+            } => {
+                builder.insert_header((
+                    "WWW-Authenticate",
+                    "Bearer realm=\"gatehouse\", error=\"insufficient_scope\", scope=\"openid\"",
+                ));
+            }
+            _ => {}
         }
         if let AppError::Overloaded = self {
             builder.insert_header(("Retry-After", "1"));

@@ -30,6 +30,9 @@ pub struct Metrics {
     pub mail_transport_up: IntGauge,
     pub housekeeping_runs: prometheus::IntCounter,
     pub housekeeping_deleted: IntCounterVec,
+    /// Token requests by grant type and outcome (`issued`, `refused`, `replayed`
+    /// for a code used twice, `reused` for a spent refresh token: theft signals).
+    pub oauth_tokens: IntCounterVec,
 }
 
 /// The method label: one of the methods Gatehouse serves, or `other`.
@@ -115,6 +118,14 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let oauth_tokens = IntCounterVec::new(
+            Opts::new(
+                "oauth_token_requests_total",
+                "Token endpoint requests by grant type and outcome",
+            ),
+            &["grant", "outcome"],
+        )?;
+        registry.register(Box::new(oauth_tokens.clone()))?;
         for kind in [
             "sessions",
             "devices",
@@ -153,6 +164,7 @@ impl Metrics {
             mail_transport_up,
             housekeeping_runs,
             housekeeping_deleted,
+            oauth_tokens,
         })
     }
 

@@ -46,6 +46,9 @@ struct Ring {
 #[derive(Default)]
 pub struct SigningKeys {
     ring: RwLock<Arc<Ring>>,
+    /// One reload at a time: requests that find the keys stale while another is
+    /// reloading them use the current copy instead of piling onto the database.
+    pub reload: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -64,6 +64,7 @@ pub fn event_title(kind: &str) -> &'static str {
         "totp_enabled" => "Two-step verification turned on",
         "totp_removed" => "Two-step verification turned off",
         "recovery_codes_regenerated" => "New recovery codes made",
+        "refresh_token_reused" => "An app's refresh token was used twice: its sign-in was ended",
         _ => "Account event",
     }
 }

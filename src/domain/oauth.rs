@@ -157,7 +157,7 @@ impl Prompt {
                 "consent" => p.consent = true,
                 // `select_account`: there is one account per browser session.
                 "select_account" => {}
-                _ => return Err(format!("prompt value {item:?} is not supported")),
+                _ => return Err("a prompt value is not supported".into()),
             }
         }
         if p.none && count > 1 {
@@ -181,13 +181,17 @@ impl Params {
             // like); a control character is never a real value, and NUL cannot even
             // be stored.
             if k.chars().chain(v.chars()).any(char::is_control) {
-                return Err(format!(
-                    "the parameter {} holds a control character",
-                    k.escape_default()
-                ));
+                return Err("a parameter holds a control character".into());
             }
             if out.iter().any(|(n, _)| *n == k) {
-                return Err(format!("the parameter {k} is given more than once"));
+                // Named only when it is a plain name (the text goes back to the app).
+                let plain =
+                    k.len() <= 40 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                return Err(if plain {
+                    format!("the parameter {k} is given more than once")
+                } else {
+                    "a parameter is given more than once".into()
+                });
             }
             out.push((k.into_owned(), v.into_owned()));
         }

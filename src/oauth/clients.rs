@@ -49,6 +49,12 @@ pub async fn create(state: &AppState, new: NewClient) -> anyhow::Result<Created>
     }
     if let Some(uri) = &new.backchannel_logout_uri {
         check_redirect_uri(uri).map_err(|e| anyhow!("--backchannel-logout-uri: {e}"))?;
+        // Gatehouse itself calls it: a web address, never an app's private scheme.
+        if !uri.starts_with("https://") && !uri.starts_with("http://") {
+            return Err(anyhow!(
+                "--backchannel-logout-uri must be an https:// URI (http:// on loopback)"
+            ));
+        }
     }
     if new.public && new.introspect_any {
         return Err(anyhow!(

@@ -106,12 +106,19 @@ pub async fn ensure(state: &AppState) -> anyhow::Result<()> {
 /// Reloads the keys if this node's copy is older than `REFRESH` (or there is none).
 /// A failed reload keeps the old copy; the caller finds out if it has no key at all.
 pub async fn refresh_if_stale(state: &AppState) {
-    let stale = state
-        .signing
-        .loaded_at()
-        .is_none_or(|at| at.elapsed() >= REFRESH)
-        || state.signing.current_kid().is_none();
-    if stale && let Err(e) = ensure(state).await {
+    if !is_stale(state) {
+        return;
+    }
+    // Someone else is reloading: with a key in hand, go on with it; without one,
+    // wait for theirs.
+    let _guard = match state.signing.reload.try_lock() {
+        Ok(g) => g,
+        Err(_) if state.signing.current_kid().is_some() => return,
+        Err(_) => state.signing.reload.lock().await,
+    };
+    if is_stale(state)
+        && let Err(e) = ensure(state).await
+    {
         tracing::warn!(
             error = format!("{e:#}"),
             "signing keys could not be reloaded"
@@ -119,8 +126,20 @@ pub async fn refresh_if_stale(state: &AppState) {
     }
 }
 
-/// A token named a key this node does not know: another node may have rotated.
+fn is_stale(state: &AppState) -> bool {
+    state
+        .signing
+        .loaded_at()
+        .is_none_or(|at| at.elapsed() >= REFRESH)
+        || state.signing.current_kid().is_none()
+}
+
+/// A token named a key this node does not know: another node may have rotated. At
+/// most one reload at a time, and at most one a second.
 pub async fn reload_for_unknown_kid(state: &AppState) {
+    let Ok(_guard) = state.signing.reload.try_lock() else {
+        return;
+    };
     if state
         .signing
         .loaded_at()

@@ -44,14 +44,49 @@ pub async fn token(
     client: &ClientRecord,
     params: &Params,
 ) -> Result<TokenResponse, AppError> {
-    match required(params, "grant_type")? {
+    let grant = required(params, "grant_type")?;
+    let result = match grant {
         "authorization_code" => exchange_code(state, client, params).await,
         "refresh_token" => refresh(state, client, params).await,
         "client_credentials" => client_credentials(state, client, params).await,
-        _ => Err(AppError::oauth(
-            "unsupported_grant_type",
-            "Only authorization_code, refresh_token and client_credentials are offered.",
-        )),
+        _ => {
+            return Err(AppError::oauth(
+                "unsupported_grant_type",
+                "Only authorization_code, refresh_token and client_credentials are offered.",
+            ));
+        }
+    };
+    let outcome = match &result {
+        Ok(_) => "issued",
+        Err(r) => r.outcome,
+    };
+    state
+        .metrics
+        .oauth_tokens
+        .with_label_values(&[grant, outcome])
+        .inc();
+    result.map_err(|r| r.error)
+}
+
+/// A refused token request and how the metrics count it.
+struct Refusal {
+    error: AppError,
+    /// `refused`, or `replayed` / `reused` for a theft signal.
+    outcome: &'static str,
+}
+
+impl From<crate::store::StoreError> for Refusal {
+    fn from(e: crate::store::StoreError) -> Self {
+        AppError::from(e).into()
+    }
+}
+
+impl From<AppError> for Refusal {
+    fn from(error: AppError) -> Self {
+        Refusal {
+            error,
+            outcome: "refused",
+        }
     }
 }
 
@@ -111,7 +146,7 @@ async fn exchange_code(
     state: &AppState,
     client: &ClientRecord,
     params: &Params,
-) -> Result<TokenResponse, AppError> {
+) -> Result<TokenResponse, Refusal> {
     let code = required(params, "code")?;
     let redirect_uri = params.get("redirect_uri");
     let verifier = params.get("code_verifier");
@@ -126,12 +161,15 @@ async fn exchange_code(
         .await?
     {
         Redemption::Issued(c) => c,
-        Redemption::Unknown => return Err(invalid_grant("unknown or expired code")),
+        Redemption::Unknown => return Err(invalid_grant("unknown or expired code").into()),
         Redemption::Replayed => {
             tracing::warn!(client_id = %client.id, "authorization code replayed; its grant is revoked");
-            return Err(invalid_grant("the code has already been used"));
+            return Err(Refusal {
+                error: invalid_grant("the code has already been used"),
+                outcome: "replayed",
+            });
         }
-        Redemption::Refused(why) => return Err(invalid_grant(why)),
+        Redemption::Refused(why) => return Err(invalid_grant(why).into()),
     };
     let subject = Subject {
         user_id: code.user_id,
@@ -143,37 +181,24 @@ async fn exchange_code(
             .is_ok_and(|s| s.contains("email"))
             .then_some((code.email.as_str(), code.email_verified)),
     };
-    let access = access_token(
+    let scope = Scopes::parse(&code.scope).unwrap_or_default();
+    Ok(person_tokens(
         state,
-        &access_claims(state, client, &t, &code.scope, Some(&subject)),
-    )?;
-    let id = if Scopes::parse(&code.scope).is_ok_and(|s| s.contains("openid")) {
-        Some(id_token(
-            state,
-            &client.id,
-            &subject,
-            code.nonce.as_deref(),
-            &access,
-            now,
-        )?)
-    } else {
-        None
-    };
-    Ok(TokenResponse {
-        access_token: access,
-        token_type: "Bearer",
-        expires_in: state.settings.access_token_ttl.as_secs(),
-        refresh_token: Some(refresh),
-        id_token: id,
-        scope: code.scope,
-    })
+        client,
+        &t,
+        &scope,
+        &subject,
+        code.nonce.as_deref(),
+        refresh,
+        now,
+    )?)
 }
 
 async fn refresh(
     state: &AppState,
     client: &ClientRecord,
     params: &Params,
-) -> Result<TokenResponse, AppError> {
+) -> Result<TokenResponse, Refusal> {
     let presented = required(params, "refresh_token")?;
     let asked = params
         .get("scope")
@@ -191,17 +216,19 @@ async fn refresh(
         .await?
     {
         Rotation::Rotated(r) => r,
-        Rotation::Unknown => return Err(invalid_grant("unknown refresh token")),
-        Rotation::Refused(why) => return Err(invalid_grant(why)),
+        Rotation::Unknown => return Err(invalid_grant("unknown refresh token").into()),
+        Rotation::Refused(why) => return Err(invalid_grant(why).into()),
         Rotation::WiderScope => {
-            return Err(AppError::oauth(
-                "invalid_scope",
-                "The scope is wider than the grant's.",
-            ));
+            return Err(
+                AppError::oauth("invalid_scope", "The scope is wider than the grant's.").into(),
+            );
         }
         Rotation::Reused => {
             tracing::warn!(client_id = %client.id, "refresh token reused; its family and session are revoked");
-            return Err(invalid_grant("the refresh token has already been used"));
+            return Err(Refusal {
+                error: invalid_grant("the refresh token has already been used"),
+                outcome: "reused",
+            });
         }
     };
     t.grant_id = rec.grant_id;
@@ -210,7 +237,7 @@ async fn refresh(
     let scope = asked.unwrap_or(granted);
     let (Some(user), Some(session), Some(auth_time)) = (rec.user_id, rec.session_id, rec.auth_time)
     else {
-        return Err(invalid_grant("the grant has no session"));
+        return Err(invalid_grant("the grant has no session").into());
     };
     let amr = rec.amr.clone().unwrap_or_default();
     let acr = rec.acr.clone().unwrap_or_default();
@@ -225,13 +252,31 @@ async fn refresh(
             _ => None,
         },
     };
+    Ok(person_tokens(
+        state, client, &t, &scope, &subject, None, next, now,
+    )?)
+}
+
+/// The token response for a person: the access token, the ID token when `openid`
+/// was granted (OIDC Core §3.1.3.3), and the new refresh token.
+#[allow(clippy::too_many_arguments)]
+fn person_tokens(
+    state: &AppState,
+    client: &ClientRecord,
+    t: &NewTokens,
+    scope: &Scopes,
+    subject: &Subject<'_>,
+    nonce: Option<&str>,
+    refresh: String,
+    now: OffsetDateTime,
+) -> Result<TokenResponse, AppError> {
     let scope_text = scope.to_string();
     let access = access_token(
         state,
-        &access_claims(state, client, &t, &scope_text, Some(&subject)),
+        &access_claims(state, client, t, &scope_text, Some(subject)),
     )?;
     let id = if scope.contains("openid") {
-        Some(id_token(state, &client.id, &subject, None, &access, now)?)
+        Some(id_token(state, &client.id, subject, nonce, &access, now)?)
     } else {
         None
     };
@@ -239,7 +284,7 @@ async fn refresh(
         access_token: access,
         token_type: "Bearer",
         expires_in: state.settings.access_token_ttl.as_secs(),
-        refresh_token: Some(next),
+        refresh_token: Some(refresh),
         id_token: id,
         scope: scope_text,
     })
@@ -249,12 +294,13 @@ async fn client_credentials(
     state: &AppState,
     client: &ClientRecord,
     params: &Params,
-) -> Result<TokenResponse, AppError> {
+) -> Result<TokenResponse, Refusal> {
     if client.is_public() {
         return Err(AppError::oauth(
             "unauthorized_client",
             "client_credentials needs a confidential client.",
-        ));
+        )
+        .into());
     }
     // The scopes Gatehouse knows are all about a person; a client acting for itself
     // gets none of them.
@@ -262,7 +308,8 @@ async fn client_credentials(
         return Err(AppError::oauth(
             "invalid_scope",
             "client_credentials tokens carry no user scopes.",
-        ));
+        )
+        .into());
     }
     let now = state.clock.now();
     let t = new_tokens(state, signing_kid(state).await?, None, now);

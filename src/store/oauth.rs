@@ -101,6 +101,28 @@ const CLIENT_COLUMNS: &str = "id, name, secret_hash, redirect_uris, post_logout_
      backchannel_logout_uri, first_party, introspect_any, created_at";
 const KEY_COLUMNS: &str = "id, kid, private_enc, n, e, created_at, verify_until";
 
+/// Inserts `k` as the signing key (`verify_until` NULL); `tail` may add a conflict
+/// clause.
+async fn insert_key(
+    conn: &mut sqlx::PgConnection,
+    k: &SigningKeyRecord,
+    tail: &'static str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO signing_keys (id, kid, alg, private_enc, n, e, created_at, verify_until)
+         VALUES ($1, $2, 'RS256', $3, $4, $5, $6, NULL){tail}"
+    )))
+    .bind(k.id)
+    .bind(&k.kid)
+    .bind(&k.private_enc)
+    .bind(&k.n)
+    .bind(&k.e)
+    .bind(k.created_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl ClientStore for PgStore {
     async fn create_client(&self, c: &ClientRecord) -> Result<(), StoreError> {
@@ -157,19 +179,8 @@ impl ClientStore for PgStore {
     async fn ensure_signing_key(&self, k: &SigningKeyRecord) -> Result<(), StoreError> {
         // The partial unique index allows one key without `verify_until`; a second
         // node's insert conflicts with it and is dropped.
-        sqlx::query(
-            "INSERT INTO signing_keys (id, kid, alg, private_enc, n, e, created_at, verify_until)
-             VALUES ($1, $2, 'RS256', $3, $4, $5, $6, NULL)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(k.id)
-        .bind(&k.kid)
-        .bind(&k.private_enc)
-        .bind(&k.n)
-        .bind(&k.e)
-        .bind(k.created_at)
-        .execute(&self.pool)
-        .await?;
+        let mut conn = self.pool.acquire().await?;
+        insert_key(&mut conn, k, " ON CONFLICT DO NOTHING").await?;
         Ok(())
     }
 
@@ -192,18 +203,7 @@ impl ClientStore for PgStore {
             .bind(keep_until)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO signing_keys (id, kid, alg, private_enc, n, e, created_at, verify_until)
-             VALUES ($1, $2, 'RS256', $3, $4, $5, $6, NULL)",
-        )
-        .bind(k.id)
-        .bind(&k.kid)
-        .bind(&k.private_enc)
-        .bind(&k.n)
-        .bind(&k.e)
-        .bind(k.created_at)
-        .execute(&mut *tx)
-        .await?;
+        insert_key(&mut tx, k, "").await?;
         tx.commit().await?;
         Ok(())
     }

@@ -83,7 +83,11 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => {
             let code = db.code().map(|c| c.to_string()).unwrap_or_default();
-            code.starts_with("08") || code.starts_with("57P") || code.starts_with("53")
+            // 08: connection; 57P: shutdown; 57014: statement timeout; 53: resources.
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code == "57014"
+                || code.starts_with("53")
         }
         _ => false,
     }

@@ -385,7 +385,7 @@ impl TokenStore for PgStore {
                 .execute(&mut *tx)
                 .await?;
                 if let (Some(session), Some(user)) = (rec.session_id, rec.user_id) {
-                    let revoked = sqlx::query(
+                    sqlx::query(
                         "UPDATE sessions SET revoked_at = $2, revoked_reason = 'refresh_token_reuse'
                          WHERE id = $1 AND revoked_at IS NULL",
                     )
@@ -393,7 +393,6 @@ impl TokenStore for PgStore {
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
-                    let _ = revoked;
                     insert_event(&mut tx, user, Some(session), reuse_event).await?;
                 }
                 tx.commit().await?;

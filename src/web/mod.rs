@@ -106,9 +106,12 @@ route_table! {
     "/.well-known/openid-configuration" [Public] { get => oauth::openid_configuration }
     "/.well-known/oauth-authorization-server" [Public] { get => oauth::openid_configuration }
     "/jwks.json" [Public] { get => oauth::jwks }
-    "/oauth2/authorize" [Public] { get => oauth_pages::authorize_page }
+    "/oauth2/authorize" [Public] {
+        get => oauth_pages::authorize_page,
+        post => oauth_pages::authorize_post,
+    }
     "/oauth2/consent" [Public] {
-        get => oauth_pages::consent_get,
+        get => oauth_pages::authorize_page,
         post => oauth_pages::consent_post,
     }
     "/oauth2/token" [Public] { post => oauth::token_endpoint }

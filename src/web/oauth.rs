@@ -174,7 +174,7 @@ pub async fn userinfo_get(
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, AppError> {
-    let token = bearer(&req).ok_or(AppError::InvalidToken)?;
+    let token = bearer(&req).ok_or(AppError::NoBearerToken)?;
     Ok(json(&introspect::userinfo(&state, &token).await?))
 }
 
@@ -184,6 +184,9 @@ pub async fn userinfo_post(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
+    if body.len() > crate::web::forms::BODY_LIMIT {
+        return Err(AppError::PayloadTooLarge);
+    }
     let from_header = bearer(&req);
     let is_form = req
         .headers()
@@ -208,7 +211,7 @@ pub async fn userinfo_post(
             ));
         }
         (Some(t), None) | (None, Some(t)) => t,
-        (None, None) => return Err(AppError::InvalidToken),
+        (None, None) => return Err(AppError::NoBearerToken),
     };
     Ok(json(&introspect::userinfo(&state, &token).await?))
 }

@@ -15,7 +15,7 @@ use crate::state::AppState;
 use crate::store::SessionRecord;
 use crate::web::edge::{AllowAnyFormAction, CspNonce};
 use crate::web::extract::{Csrf, MaybeSession};
-use crate::web::forms::StrictForm;
+use crate::web::forms::{RawForm, StrictForm};
 use crate::web::pages::{NoticeTemplate, PageCtx, html, see_other};
 
 #[derive(Template)]
@@ -32,13 +32,14 @@ fn encoded(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
+/// Turns an outcome into the browser's next step. The consent question is shown only
+/// on the consent page (`csrf` for its form); elsewhere the browser is sent there.
 fn respond(
     state: &AppState,
     nonce: &CspNonce,
-    csrf: &Csrf,
+    csrf: Option<&Csrf>,
     session: Option<&SessionRecord>,
     outcome: Outcome,
-    on_consent_page: bool,
 ) -> Result<HttpResponse, AppError> {
     let mut res = match outcome {
         Outcome::ToClient(url) => see_other(&url),
@@ -50,7 +51,7 @@ fn respond(
             see_other(&to)
         }
         Outcome::StepUp { return_to } => see_other(&crate::error::step_up_location(&return_to)),
-        Outcome::Consent(view) if on_consent_page => {
+        Outcome::Consent(view) if let Some(csrf) = csrf => {
             consent_page(state, nonce, csrf, session, &view)?
         }
         Outcome::Consent(view) => see_other(&format!("/oauth2/consent?{}", view.request)),
@@ -77,6 +78,8 @@ fn consent_page(
     html(StatusCode::OK, &page)
 }
 
+/// `GET /oauth2/authorize` and `GET /oauth2/consent` judge the same request; only
+/// the consent page itself shows the question (authorize redirects to it).
 pub async fn authorize_page(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -84,21 +87,29 @@ pub async fn authorize_page(
     csrf: Csrf,
     nonce: CspNonce,
 ) -> Result<HttpResponse, AppError> {
+    let on_consent_page = req.path() == "/oauth2/consent";
     let outcome =
         authorize::authorize(&state, session.0.as_ref(), req.query_string(), Answer::None).await?;
-    respond(&state, &nonce, &csrf, session.0.as_ref(), outcome, false)
+    respond(
+        &state,
+        &nonce,
+        on_consent_page.then_some(&csrf),
+        session.0.as_ref(),
+        outcome,
+    )
 }
 
-pub async fn consent_get(
+/// `POST /oauth2/authorize` (OIDC Core §3.1.2.1: GET and POST). The app's page posts
+/// it cross-site, so there is no CSRF check: it asks, it changes nothing by itself
+/// (consent is given on Gatehouse's own page).
+pub async fn authorize_post(
     state: web::Data<AppState>,
-    req: HttpRequest,
     session: MaybeSession,
-    csrf: Csrf,
     nonce: CspNonce,
+    RawForm(body): RawForm,
 ) -> Result<HttpResponse, AppError> {
-    let outcome =
-        authorize::authorize(&state, session.0.as_ref(), req.query_string(), Answer::None).await?;
-    respond(&state, &nonce, &csrf, session.0.as_ref(), outcome, true)
+    let outcome = authorize::authorize(&state, session.0.as_ref(), &body, Answer::None).await?;
+    respond(&state, &nonce, None, session.0.as_ref(), outcome)
 }
 
 #[derive(Deserialize)]
@@ -129,7 +140,7 @@ pub async fn consent_post(
         Answer::None
     };
     let outcome = authorize::authorize(&state, session.0.as_ref(), &form.request, answer).await?;
-    respond(&state, &nonce, &csrf, session.0.as_ref(), outcome, true)
+    respond(&state, &nonce, Some(&csrf), session.0.as_ref(), outcome)
 }
 
 #[derive(Template)]

@@ -301,6 +301,9 @@ async fn a_replayed_code_is_refused_and_revokes_what_it_issued() {
     assert_eq!(introspect(&app, &client, access).await, inactive());
     let (s, body) = refresh(&app, &client, first["refresh_token"].as_str().unwrap()).await;
     assert_eq!((s, body["error"].as_str()), (400, Some("invalid_grant")));
+    let replayed =
+        "gatehouse_oauth_token_requests_total{grant=\"authorization_code\",outcome=\"replayed\"}";
+    assert_eq!(app.metric(replayed).await, 1.0);
 }
 
 #[tokio::test]
@@ -407,24 +410,8 @@ async fn prompt_and_max_age_are_honoured() {
         let page = b.get(&login).await;
         assert_eq!(page.status, 200, "{}", page.body);
         assert!(page.body.contains("name=\"password\""));
-        let return_to = url::Url::parse(&format!("https://x{login}"))
-            .unwrap()
-            .query_pairs()
-            .find(|(k, _)| k == "return_to")
-            .unwrap()
-            .1
-            .into_owned();
-        let r = b
-            .post_form(
-                "/login",
-                &[
-                    ("csrf_token", &page.csrf()),
-                    ("email", "alice@example.com"),
-                    ("password", crate::helpers::PASSWORD),
-                    ("return_to", &return_to),
-                ],
-            )
-            .await;
+        let return_to = return_to_of(&login);
+        let r = sign_in_form(&b, &page, "alice@example.com", &return_to).await;
         assert_eq!(r.status, 303, "{}", r.body);
         assert!(
             r.location().starts_with("/oauth2/authorize?"),
@@ -461,17 +448,7 @@ async fn prompt_and_max_age_are_honoured() {
     let login = r.location();
     let page = b.get(&login).await;
     let return_to = return_to_of(&login);
-    let r = b
-        .post_form(
-            "/login",
-            &[
-                ("csrf_token", &page.csrf()),
-                ("email", "alice@example.com"),
-                ("password", crate::helpers::PASSWORD),
-                ("return_to", &return_to),
-            ],
-        )
-        .await;
+    let r = sign_in_form(&b, &page, "alice@example.com", &return_to).await;
     let back = r.location();
     assert!(b.get(&back).await.location().starts_with(CB));
     assert!(
@@ -532,24 +509,8 @@ async fn prompt_login_signing_in_as_someone_else_gives_their_sub_and_a_new_sid()
     let r = b.get(&authorize_url(&client, &[("prompt", "login")])).await;
     let login = r.location();
     let page = b.get(&login).await;
-    let return_to = url::Url::parse(&format!("https://x{login}"))
-        .unwrap()
-        .query_pairs()
-        .find(|(k, _)| k == "return_to")
-        .unwrap()
-        .1
-        .into_owned();
-    let r = b
-        .post_form(
-            "/login",
-            &[
-                ("csrf_token", &page.csrf()),
-                ("email", "bob@example.com"),
-                ("password", crate::helpers::PASSWORD),
-                ("return_to", &return_to),
-            ],
-        )
-        .await;
+    let return_to = return_to_of(&login);
+    let r = sign_in_form(&b, &page, "bob@example.com", &return_to).await;
     assert_eq!(r.status, 303, "{}", r.body);
     let r = b.get(&r.location()).await;
     let code = param(&location_params(&r), "code").expect("a code for bob");
@@ -766,6 +727,18 @@ async fn refresh_tokens_rotate_and_a_reused_one_revokes_its_family_and_the_sessi
         app.count("SELECT count(*) FROM security_events WHERE kind = 'refresh_token_reused'")
             .await,
         1
+    );
+    let reused = "gatehouse_oauth_token_requests_total{grant=\"refresh_token\",outcome=\"reused\"}";
+    assert_eq!(app.metric(reused).await, 1.0);
+    // The owner sees it on the activity page.
+    let again = app.browser();
+    app.login(&again, "alice@example.com", crate::helpers::PASSWORD)
+        .await;
+    let activity = again.get("/account/activity").await;
+    assert!(
+        activity.body.contains("refresh token was used twice"),
+        "{}",
+        activity.body
     );
 }
 
@@ -1586,4 +1559,155 @@ async fn withdrawing_consent_also_kills_codes_not_yet_redeemed() {
     .await;
     let (s, body) = exchange(&app, &client, &code, None).await;
     assert_eq!((s, body["error"].as_str()), (400, Some("invalid_grant")));
+}
+
+#[tokio::test]
+async fn a_signed_out_person_signs_in_through_the_second_factor_and_lands_in_the_app() {
+    // The authorize → /login → /login/verify → authorize path; none of its pages
+    // restricts form-action, so the final redirect to the app is not blocked.
+    let app = spawn_app().await;
+    let client = app_client(&app);
+    let setup = app.signed_in("alice@example.com").await;
+    let enrolled = crate::otp::enrol(&app, &setup, "alice@example.com").await;
+    let b = app.browser();
+    let (verifier, challenge) = pkce();
+    let url = authorize_url(
+        &client,
+        &[
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+        ],
+    );
+    let r = b.get(&url).await;
+    let login = r.location();
+    assert!(
+        login.starts_with("/login?return_to=%2Foauth2%2Fauthorize"),
+        "{login}"
+    );
+    let page = b.get(&login).await;
+    assert!(
+        !page
+            .header("content-security-policy")
+            .unwrap()
+            .contains("form-action")
+    );
+    let r = b
+        .post_form(
+            "/login",
+            &[
+                ("csrf_token", &page.csrf()),
+                ("email", "alice@example.com"),
+                ("password", crate::helpers::PASSWORD),
+                ("return_to", &return_to_of(&login)),
+            ],
+        )
+        .await;
+    assert_eq!(r.location(), "/login/verify");
+    let verify = b.get("/login/verify").await;
+    assert!(
+        !verify
+            .header("content-security-policy")
+            .unwrap()
+            .contains("form-action")
+    );
+    let code = crate::otp::totp(&enrolled.secret, app.clock.now().unix_timestamp() + 30);
+    let r = b
+        .post_form(
+            "/login/verify",
+            &[("csrf_token", &verify.csrf()), ("code", &code)],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(
+        r.location().starts_with("/oauth2/authorize?"),
+        "{}",
+        r.location()
+    );
+    let r = b.get(&r.location()).await;
+    assert!(r.location().starts_with(CB), "{}", r.location());
+    let code = param(&location_params(&r), "code").unwrap();
+    let (s, body) = exchange(&app, &client, &code, Some(&verifier)).await;
+    assert_eq!(s, 200);
+    let (_, id) = jwt_parts(body["id_token"].as_str().unwrap());
+    assert_eq!(id["acr"], "urn:gatehouse:aal2");
+    assert!(
+        id["amr"].as_array().unwrap().contains(&json!("otp")),
+        "{}",
+        id["amr"]
+    );
+}
+
+/// Posts the sign-in form of `page` (a `/login?return_to=…` page) as `email`.
+async fn sign_in_form(
+    b: &crate::helpers::Browser,
+    page: &crate::helpers::Resp,
+    email: &str,
+    return_to: &str,
+) -> crate::helpers::Resp {
+    b.post_form(
+        "/login",
+        &[
+            ("csrf_token", &page.csrf()),
+            ("email", email),
+            ("password", crate::helpers::PASSWORD),
+            ("return_to", return_to),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn authorize_accepts_post_and_userinfo_names_bearer_errors() {
+    // OIDC Core §3.1.2.1 (GET and POST); RFC 6750 §3.1.
+    let app = spawn_app().await;
+    let client = app_client(&app);
+    let mut b = app.signed_in("alice@example.com").await;
+    // An app's page posts it cross-site: no CSRF token, and still a code.
+    b.extra_headers
+        .push(("sec-fetch-site".into(), "cross-site".into()));
+    let query = authorize_url(&client, &[])
+        .split_once('?')
+        .unwrap()
+        .1
+        .to_string();
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let form: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let r = b.post_form("/oauth2/authorize", &form).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(r.location().starts_with(CB));
+    assert!(param(&location_params(&r), "code").is_some());
+
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("{}/oauth2/userinfo", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let h = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(h.starts_with("Bearer") && !h.contains("error="), "{h}");
+    let (s, _, body) = post(
+        &app,
+        "/oauth2/token",
+        &client,
+        &[("grant_type", "client_credentials")],
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, h, _) = userinfo(&app, body["access_token"].as_str().unwrap()).await;
+    assert_eq!(s, 403);
+    assert!(
+        h["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("insufficient_scope")
+    );
 }
