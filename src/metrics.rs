@@ -30,8 +30,9 @@ pub struct Metrics {
     pub mail_transport_up: IntGauge,
     pub housekeeping_runs: prometheus::IntCounter,
     pub housekeeping_deleted: IntCounterVec,
-    /// Token requests by grant type and outcome (`issued`, `refused`, `replayed`
-    /// for a code used twice, `reused` for a spent refresh token: theft signals).
+    /// Token requests by grant type and outcome (`issued`, `refused`, `unavailable`,
+    /// `replayed` for a code used twice, `reused` for a spent refresh token: theft
+    /// signals).
     pub oauth_tokens: IntCounterVec,
 }
 

@@ -68,6 +68,32 @@ pub enum VerifyError {
 }
 
 impl Signer {
+    /// Signs `claims` as a compact JWS (RFC 7515 §7.1) with this key.
+    pub fn sign<T: Serialize>(&self, typ: &str, claims: &T) -> Result<String, SignError> {
+        let header = serde_json::to_vec(&Header {
+            alg: "RS256",
+            typ,
+            kid: &self.kid,
+        })
+        .map_err(|_| SignError::Failed)?;
+        let body = serde_json::to_vec(claims).map_err(|_| SignError::Failed)?;
+        let mut message = URL_SAFE_NO_PAD.encode(header);
+        message.push('.');
+        message.push_str(&URL_SAFE_NO_PAD.encode(body));
+        let mut signature = vec![0; self.pair.public_modulus_len()];
+        self.pair
+            .sign(
+                &RSA_PKCS1_SHA256,
+                &SystemRandom::new(),
+                message.as_bytes(),
+                &mut signature,
+            )
+            .map_err(|_| SignError::Failed)?;
+        message.push('.');
+        message.push_str(&URL_SAFE_NO_PAD.encode(signature));
+        Ok(message)
+    }
+
     /// Parses a PKCS#8 RSA private key.
     pub fn from_pkcs8(kid: &str, pkcs8: &[u8]) -> Option<Self> {
         Some(Self {
@@ -183,34 +209,15 @@ impl SigningKeys {
         keys
     }
 
-    /// Signs `claims` as a compact JWS (RFC 7515 §7.1) with the current key. Returns
-    /// the token and the `kid` that signed it.
-    pub fn sign<T: Serialize>(&self, typ: &str, claims: &T) -> Result<(String, String), SignError> {
-        let ring = self.ring();
-        let signer = ring.current.as_ref().ok_or(SignError::NoKey)?;
-        let header = serde_json::to_vec(&Header {
-            alg: "RS256",
-            typ,
-            kid: &signer.kid,
-        })
-        .map_err(|_| SignError::Failed)?;
-        let body = serde_json::to_vec(claims).map_err(|_| SignError::Failed)?;
-        let mut message = URL_SAFE_NO_PAD.encode(header);
-        message.push('.');
-        message.push_str(&URL_SAFE_NO_PAD.encode(body));
-        let mut signature = vec![0; signer.pair.public_modulus_len()];
-        signer
-            .pair
-            .sign(
-                &RSA_PKCS1_SHA256,
-                &SystemRandom::new(),
-                message.as_bytes(),
-                &mut signature,
-            )
-            .map_err(|_| SignError::Failed)?;
-        message.push('.');
-        message.push_str(&URL_SAFE_NO_PAD.encode(signature));
-        Ok((message, signer.kid.clone()))
+    /// The key that signs now. A request takes it once and signs everything with
+    /// it, so the `kid` it records is the one in its tokens.
+    pub fn current(&self) -> Option<Arc<Signer>> {
+        self.ring().current.clone()
+    }
+
+    /// Signs `claims` with the current key (see `Signer::sign`).
+    pub fn sign<T: Serialize>(&self, typ: &str, claims: &T) -> Result<String, SignError> {
+        self.current().ok_or(SignError::NoKey)?.sign(typ, claims)
     }
 
     /// Checks a token's signature against the key its `kid` names and returns its
@@ -279,12 +286,13 @@ mod tests {
     #[test]
     fn a_signed_token_verifies_and_an_edited_one_does_not() {
         let keys = keys();
-        let (token, kid) = keys
+        let token = keys
             .sign(
                 "at+jwt",
                 &serde_json::json!({"sub": "a", "scope": "openid"}),
             )
             .unwrap();
+        let kid = keys.current_kid().unwrap();
         let (claims, k): (serde_json::Value, _) = keys.verify(&token, Some("at+jwt")).unwrap();
         assert_eq!(claims["sub"], "a");
         assert_eq!(k, kid);
@@ -318,7 +326,7 @@ mod tests {
             vec![],
             Instant::now(),
         );
-        let (token, _) = other.sign("JWT", &serde_json::json!({"sub": "a"})).unwrap();
+        let token = other.sign("JWT", &serde_json::json!({"sub": "a"})).unwrap();
         assert_eq!(
             keys.verify::<serde_json::Value>(&token, None).unwrap_err(),
             VerifyError::UnknownKey

@@ -19,16 +19,20 @@ pub const ACR_AAL1: &str = "urn:gatehouse:aal1";
 pub const LOGIN_MARK: &str = "gh_login";
 
 /// The hash of the `gh_login` mark in a sign-in's `return_to`, if it leads back to
-/// an authorization request carrying one.
+/// an authorization request carrying one: over the mark, the client and the
+/// redirect URI, so that it stands for that request and no other app's.
 pub fn login_mark_hash(return_to: Option<&str>) -> Option<Vec<u8>> {
     let (path, query) = return_to?.split_once('?')?;
     if path != "/oauth2/authorize" {
         return None;
     }
-    url::form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == LOGIN_MARK)
-        .filter(|(_, v)| v.len() == 43)
-        .map(|(_, v)| crate::crypto::token_hash(&v))
+    let params = Params::parse(query).ok()?;
+    let mark = params.get(LOGIN_MARK).filter(|v| v.len() == 43)?;
+    let client_id = params.get("client_id")?;
+    let redirect_uri = params.get("redirect_uri")?;
+    Some(crate::crypto::token_hash(&format!(
+        "{mark}\n{client_id}\n{redirect_uri}"
+    )))
 }
 
 /// A set of known scopes, kept sorted so that equal sets print equally (consent is

@@ -103,6 +103,19 @@ fn signed_in_for(state: &AppState, params: &Params, session: &SessionRecord) -> 
     (recent && constant_time_eq(stored, &hash)).then_some(hash)
 }
 
+/// Spends the session's mark, if this request carried it; false when a parallel
+/// request spent it first.
+async fn spend(
+    state: &AppState,
+    session: &SessionRecord,
+    mark: &Option<Vec<u8>>,
+) -> Result<bool, AppError> {
+    match mark {
+        None => Ok(true),
+        Some(hash) => Ok(state.store.spend_login_mark(session.id, hash).await?),
+    }
+}
+
 fn again(params: &Params, mark: Option<String>) -> String {
     let mut query = params.encode_without(&[LOGIN_MARK]);
     if let Some(m) = mark {
@@ -167,14 +180,21 @@ pub async fn authorize(
                 "The person is not signed in.",
             );
         }
+        // The mark is needed only where a fresh sign-in is asked for.
+        let mark =
+            matches!(&parsed, Ok(r) if r.prompt.login || r.max_age.is_some()).then(random_token);
         return Ok(Outcome::SignIn {
-            return_to: again(&params, Some(random_token())),
+            return_to: again(&params, mark),
             force: false,
         });
     };
+    // Whether this session's sign-in was made for this request. Whatever the answer
+    // to the app, the mark is spent with it (`spend`): it stands for one request.
+    let mark = signed_in_for(state, &params, session);
     let req = match parsed {
         Ok(r) => r,
         Err(AuthorizeError::Redirect { error, description }) => {
+            spend(state, session, &mark).await?;
             return error_to_client(
                 state,
                 &redirect_uri,
@@ -193,7 +213,6 @@ pub async fn authorize(
         now - session.auth_time <= Duration::seconds(m.min(i64::MAX as u64) as i64)
     });
     let needs_sign_in = req.prompt.login || !fresh_enough;
-    let mark = signed_in_for(state, &params, session);
     if needs_sign_in && mark.is_none() {
         if req.prompt.none {
             return error_to_client(
@@ -212,6 +231,7 @@ pub async fn authorize(
     // acr_values=urn:gatehouse:aal2: never an answer with a lower acr (checklist O9).
     if req.wants_aal2 && session.aal != "aal2" {
         if req.prompt.none {
+            spend(state, session, &mark).await?;
             return error_to_client(
                 state,
                 &redirect_uri,
@@ -225,6 +245,7 @@ pub async fn authorize(
         });
     }
     if answer == Answer::Deny {
+        spend(state, session, &mark).await?;
         return error_to_client(
             state,
             &redirect_uri,
@@ -246,6 +267,7 @@ pub async fn authorize(
                 .await?;
         } else if !remembered || req.prompt.consent {
             if req.prompt.none {
+                spend(state, session, &mark).await?;
                 return error_to_client(
                     state,
                     &redirect_uri,
@@ -262,11 +284,8 @@ pub async fn authorize(
         }
     }
     // The mark answers one request: spent with the code it lets through, so the same
-    // address replayed later signs in again.
-    if needs_sign_in
-        && let Some(hash) = &mark
-        && !state.store.spend_login_mark(session.id, hash).await?
-    {
+    // address replayed later (or a parallel copy) signs in again.
+    if !spend(state, session, &mark).await? && needs_sign_in {
         return Ok(Outcome::SignIn {
             return_to: again(&params, Some(random_token())),
             force: true,

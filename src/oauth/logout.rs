@@ -62,6 +62,9 @@ pub async fn check(
     };
     let redirect = match params.get("post_logout_redirect_uri") {
         None => None,
+        // Nothing names the app (no client_id, no valid hint): the return address
+        // cannot be checked, so it is not followed; the person is still asked.
+        Some(_) if client_id.is_none() => None,
         Some(uri) => {
             let client = match &client_id {
                 Some(id) => state.store.client(id).await?,
@@ -69,7 +72,7 @@ pub async fn check(
             };
             let Some(client) = client else {
                 return Err(page(
-                    "The sign-out request does not say which application sent it.",
+                    "The application that sent you here is not registered.",
                 ));
             };
             if !client.post_logout_redirect_uris.iter().any(|u| u == uri) {

@@ -23,16 +23,8 @@ pub fn check_code(
     if code.client_id != client_id {
         return CodeVerdict::Refuse("the code was issued to another client");
     }
-    // Only its own client's replay counts: another client cannot revoke a grant by
-    // presenting a code it saw.
-    if code.used {
-        return CodeVerdict::Replay;
-    }
     if redirect_uri != Some(code.redirect_uri.as_str()) {
         return CodeVerdict::Refuse("redirect_uri differs from the authorization request");
-    }
-    if code.expires_at <= now {
-        return CodeVerdict::Refuse("the code has expired");
     }
     match (&code.code_challenge, verifier) {
         (Some(challenge), Some(v)) if pkce_matches(v, challenge) => {}
@@ -42,6 +34,15 @@ pub fn check_code(
             return CodeVerdict::Refuse("code_verifier sent, but no code_challenge was");
         }
         (None, None) => {}
+    }
+    // A replay counts only from the code's own client with its own proof (secret, or
+    // for a public client the PKCE verifier): someone who merely saw a spent code
+    // cannot revoke the grant it made.
+    if code.used {
+        return CodeVerdict::Replay;
+    }
+    if code.expires_at <= now {
+        return CodeVerdict::Refuse("the code has expired");
     }
     if !code.live {
         return CodeVerdict::Refuse("the session behind the code has ended");
@@ -193,6 +194,11 @@ mod tests {
         );
         assert!(matches!(
             ok(&used, "other", Some("https://rp.test/cb"), None, now),
+            CodeVerdict::Refuse(_)
+        ));
+        // Without the verifier, a spent code revokes nothing.
+        assert!(matches!(
+            ok(&used, "app", Some("https://rp.test/cb"), None, now),
             CodeVerdict::Refuse(_)
         ));
         let mut dead = c.clone();

@@ -1,6 +1,8 @@
 //! `/oauth2/token` (RFC 6749 §4.1.3, §4.4, §6): the code exchange, refresh-token
 //! rotation and client_credentials. `password`, implicit and hybrid are not offered.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -12,6 +14,7 @@ use crate::auth::events::event_with;
 use crate::crypto::{random_token, token_hash};
 use crate::domain::oauth::{Params, Scopes};
 use crate::error::AppError;
+use crate::signing::Signer;
 use crate::state::AppState;
 use crate::store::{ClientRecord, NewTokens, Redemption, Rotation};
 
@@ -71,7 +74,8 @@ pub async fn token(
 /// A refused token request and how the metrics count it.
 struct Refusal {
     error: AppError,
-    /// `refused`, or `replayed` / `reused` for a theft signal.
+    /// `refused`, `unavailable` (storage), or `replayed` / `reused` for a theft
+    /// signal.
     outcome: &'static str,
 }
 
@@ -83,19 +87,21 @@ impl From<crate::store::StoreError> for Refusal {
 
 impl From<AppError> for Refusal {
     fn from(error: AppError) -> Self {
-        Refusal {
-            error,
-            outcome: "refused",
-        }
+        let outcome = match error {
+            AppError::Unavailable(_) | AppError::Unexpected(_) => "unavailable",
+            _ => "refused",
+        };
+        Refusal { error, outcome }
     }
 }
 
-/// The signing key to use: this node's current one, reloaded if stale.
-async fn signing_kid(state: &AppState) -> Result<String, AppError> {
+/// The key this request signs with (this node's current one, reloaded if stale),
+/// taken once so that the `kid` its rows record is the one in its tokens.
+async fn signer(state: &AppState) -> Result<Arc<Signer>, AppError> {
     keys::refresh_if_stale(state).await;
     state
         .signing
-        .current_kid()
+        .current()
         .ok_or_else(|| AppError::Unavailable(anyhow::anyhow!("no signing key is loaded")))
 }
 
@@ -152,7 +158,8 @@ async fn exchange_code(
     let verifier = params.get("code_verifier");
     let now = state.clock.now();
     let refresh = random_token();
-    let t = new_tokens(state, signing_kid(state).await?, Some(&refresh), now);
+    let signer = signer(state).await?;
+    let t = new_tokens(state, signer.kid.clone(), Some(&refresh), now);
     let rule =
         |c: &crate::store::CodeRecord| check_code(c, &client.id, redirect_uri, verifier, now);
     let code = match state
@@ -184,13 +191,13 @@ async fn exchange_code(
     let scope = Scopes::parse(&code.scope).unwrap_or_default();
     Ok(person_tokens(
         state,
+        &signer,
         client,
         &t,
         &scope,
         &subject,
         code.nonce.as_deref(),
         refresh,
-        now,
     )?)
 }
 
@@ -206,7 +213,8 @@ async fn refresh(
         .transpose()?;
     let now = state.clock.now();
     let next = random_token();
-    let mut t = new_tokens(state, signing_kid(state).await?, Some(&next), now);
+    let signer = signer(state).await?;
+    let mut t = new_tokens(state, signer.kid.clone(), Some(&next), now);
     // The refresh keeps its grant; the store uses the grant it finds.
     let reuse = event_with(state, "refresh_token_reused", None, &client.id)?;
     let rule = |r: &crate::store::RefreshRecord| check_refresh(r, &client.id, asked.as_ref(), now);
@@ -253,7 +261,7 @@ async fn refresh(
         },
     };
     Ok(person_tokens(
-        state, client, &t, &scope, &subject, None, next, now,
+        state, &signer, client, &t, &scope, &subject, None, next,
     )?)
 }
 
@@ -262,21 +270,29 @@ async fn refresh(
 #[allow(clippy::too_many_arguments)]
 fn person_tokens(
     state: &AppState,
+    signer: &Signer,
     client: &ClientRecord,
     t: &NewTokens,
     scope: &Scopes,
     subject: &Subject<'_>,
     nonce: Option<&str>,
     refresh: String,
-    now: OffsetDateTime,
 ) -> Result<TokenResponse, AppError> {
     let scope_text = scope.to_string();
     let access = access_token(
-        state,
+        signer,
         &access_claims(state, client, t, &scope_text, Some(subject)),
     )?;
     let id = if scope.contains("openid") {
-        Some(id_token(state, &client.id, subject, nonce, &access, now)?)
+        Some(id_token(
+            state,
+            signer,
+            &client.id,
+            subject,
+            nonce,
+            &access,
+            t.issued_at,
+        )?)
     } else {
         None
     };
@@ -312,9 +328,10 @@ async fn client_credentials(
         .into());
     }
     let now = state.clock.now();
-    let t = new_tokens(state, signing_kid(state).await?, None, now);
+    let signer = signer(state).await?;
+    let t = new_tokens(state, signer.kid.clone(), None, now);
     state.store.issue_client_grant(&client.id, "", &t).await?;
-    let access = access_token(state, &access_claims(state, client, &t, "", None))?;
+    let access = access_token(&signer, &access_claims(state, client, &t, "", None))?;
     Ok(TokenResponse {
         access_token: access,
         token_type: "Bearer",

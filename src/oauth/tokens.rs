@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::AppError;
+use crate::signing::Signer;
 use crate::state::AppState;
 
 /// RFC 9068 §2.2. `sid`, `acr`, `amr` and `auth_time` are absent for a
@@ -70,13 +71,10 @@ fn sign_failed(e: crate::signing::SignError) -> AppError {
     AppError::Unavailable(anyhow::anyhow!("signing a token: {e}"))
 }
 
-/// Signs an access token (`typ: at+jwt`, RFC 9068 §2.1).
-pub fn access_token(state: &AppState, claims: &AccessClaims) -> Result<String, AppError> {
-    state
-        .signing
-        .sign("at+jwt", claims)
-        .map(|(t, _)| t)
-        .map_err(sign_failed)
+/// Signs an access token (`typ: at+jwt`, RFC 9068 §2.1) with `signer`, the key the
+/// token's row names.
+pub fn access_token(signer: &Signer, claims: &AccessClaims) -> Result<String, AppError> {
+    signer.sign("at+jwt", claims).map_err(sign_failed)
 }
 
 /// OIDC Core §3.1.3.6: the left half of SHA-256 of the access token, base64url.
@@ -88,6 +86,7 @@ pub fn at_hash(access_token: &str) -> String {
 /// Signs an ID token for `client_id` about `subject`.
 pub fn id_token(
     state: &AppState,
+    signer: &Signer,
     client_id: &str,
     subject: &Subject<'_>,
     nonce: Option<&str>,
@@ -111,9 +110,5 @@ pub fn id_token(
         email: subject.email.map(|(e, _)| e.to_string()),
         email_verified: subject.email.map(|(_, v)| v),
     };
-    state
-        .signing
-        .sign("JWT", &claims)
-        .map(|(t, _)| t)
-        .map_err(sign_failed)
+    signer.sign("JWT", &claims).map_err(sign_failed)
 }

@@ -174,7 +174,11 @@ impl PgStore {
                 conn,
                 "oauth_refresh_tokens",
                 "token_hash",
-                "expires_at < $1",
+                // A family's spent tokens stay while any of its tokens is unexpired:
+                // presenting one of them is how theft is recognised.
+                "expires_at < $1 AND NOT EXISTS (
+                     SELECT 1 FROM oauth_refresh_tokens r
+                     WHERE r.grant_id = oauth_refresh_tokens.grant_id AND r.expires_at >= $1)",
                 &[spent],
             )
             .await?;

@@ -182,10 +182,17 @@ pub async fn userinfo_get(
 pub async fn userinfo_post(
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Bytes,
+    mut payload: web::Payload,
 ) -> Result<HttpResponse, AppError> {
-    if body.len() > crate::web::forms::BODY_LIMIT {
-        return Err(AppError::PayloadTooLarge);
+    // Read with the 64 KiB cap, counted as it arrives.
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut payload).await {
+        let chunk = chunk
+            .map_err(|_| AppError::Validation("The request body could not be read.".into()))?;
+        if body.len() + chunk.len() > crate::web::forms::BODY_LIMIT {
+            return Err(AppError::PayloadTooLarge);
+        }
+        body.extend_from_slice(&chunk);
     }
     let from_header = bearer(&req);
     let is_form = req

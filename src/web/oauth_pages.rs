@@ -8,6 +8,7 @@ use askama::Template;
 use serde::Deserialize;
 
 use crate::auth::{RequestContext, sessions};
+use crate::domain::oauth::Params;
 use crate::error::AppError;
 use crate::oauth::authorize::{self, Answer, ConsentView, Outcome, describe_scope};
 use crate::oauth::logout;
@@ -99,17 +100,16 @@ pub async fn authorize_page(
     )
 }
 
-/// `POST /oauth2/authorize` (OIDC Core §3.1.2.1: GET and POST). The app's page posts
-/// it cross-site, so there is no CSRF check: it asks, it changes nothing by itself
-/// (consent is given on Gatehouse's own page).
-pub async fn authorize_post(
-    state: web::Data<AppState>,
-    session: MaybeSession,
-    nonce: CspNonce,
-    RawForm(body): RawForm,
-) -> Result<HttpResponse, AppError> {
-    let outcome = authorize::authorize(&state, session.0.as_ref(), &body, Answer::None).await?;
-    respond(&state, &nonce, None, session.0.as_ref(), outcome)
+/// `POST /oauth2/authorize` (OIDC Core §3.1.2.1: GET and POST). The app's page
+/// posts it cross-site, and browsers do not send the `SameSite=Lax` session cookie
+/// with a cross-site POST; the same request is answered as a GET instead (303),
+/// which is a top-level navigation that carries it. It changes nothing itself, so
+/// it needs no CSRF token.
+pub async fn authorize_post(RawForm(body): RawForm) -> Result<HttpResponse, AppError> {
+    let params = Params::parse(&body).map_err(AppError::Validation)?;
+    let mut res = see_other(&format!("/oauth2/authorize?{}", params.encode_without(&[])));
+    res.extensions_mut().insert(AllowAnyFormAction);
+    Ok(res)
 }
 
 #[derive(Deserialize)]

@@ -455,14 +455,58 @@ async fn prompt_and_max_age_are_honoured() {
         b.get(&back).await.location().starts_with("/login?"),
         "a spent mark"
     );
-    // A mark minted in another browser does not stand for this browser's sign-in.
-    let other = app.browser();
-    let r = other
-        .get(&authorize_url(&client, &[("prompt", "login")]))
+    // Marks left unspent (the sign-in made, the way back not taken) stand only for
+    // their own request, in their own browser.
+    let other_client = app_client(&app);
+    let abandon = |b: crate::helpers::Browser, c: Client| async move {
+        let r = b.get(&authorize_url(&c, &[("prompt", "login")])).await;
+        let login = r.location();
+        let page = b.get(&login).await;
+        let r = sign_in_form(&b, &page, "alice@example.com", &return_to_of(&login)).await;
+        assert!(r.location().contains("gh_login="), "{}", r.location());
+        r.location()
+    };
+    let mine = abandon(b.clone(), client.clone()).await;
+    let mark = url::Url::parse(&format!("https://x{mine}"))
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "gh_login")
+        .unwrap()
+        .1
+        .into_owned();
+    // On another app's request, this browser's own fresh mark asks for a sign-in.
+    let r = b
+        .get(&authorize_url(
+            &other_client,
+            &[("prompt", "login"), ("max_age", "0"), ("gh_login", &mark)],
+        ))
         .await;
-    let foreign = return_to_of(&r.location());
+    assert!(
+        r.location().starts_with("/login?"),
+        "another client: {}",
+        r.location()
+    );
+    // Another browser's unspent mark does not count here.
+    let other = app.browser();
+    app.login(&other, "alice@example.com", crate::helpers::PASSWORD)
+        .await;
+    let foreign = abandon(other.clone(), client.clone()).await;
+    let b = app.browser();
+    app.login(&b, "alice@example.com", crate::helpers::PASSWORD)
+        .await;
     let r = b.get(&foreign).await;
-    assert!(r.location().starts_with("/login?"), "{}", r.location());
+    assert!(
+        r.location().starts_with("/login?"),
+        "another browser: {}",
+        r.location()
+    );
+    // Its own browser's way back works, once.
+    assert!(other.get(&foreign).await.location().starts_with(CB));
+    assert!(other.get(&foreign).await.location().starts_with("/login?"));
+    // An ordinary sign-in (no prompt, no max_age) carries no mark at all.
+    let fresh = app.browser();
+    let r = fresh.get(&authorize_url(&client, &[])).await;
+    assert!(!r.location().contains("gh_login"), "{}", r.location());
     // Nor does a mark from before this session's sign-in, once it is older than 10 min.
     app.clock.advance(std::time::Duration::from_secs(11 * 60));
     let r = b.get(&authorize_url(&client, &[("prompt", "login")])).await;
@@ -1460,15 +1504,21 @@ async fn parallel_redemptions_of_one_code_give_one_answer_and_parallel_refreshes
     let t = sign_in_app(&app, &b, &client, &[]).await;
     let tries =
         futures_util::future::join_all((0..8).map(|_| refresh(&app, &client, &t.refresh))).await;
-    assert!(
-        tries.iter().filter(|(s, _)| *s == 200).count() <= 1,
-        "{tries:?}"
-    );
+    let rotated: Vec<&Value> = tries
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(rotated.len(), 1, "exactly one rotation: {tries:?}");
     assert!(
         tries
             .iter()
             .all(|(s, b)| *s == 200 || b["error"] == "invalid_grant")
     );
+    // The other seven presented a spent token: the family and the session are gone.
+    let (s, _) = refresh(&app, &client, rotated[0]["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(s, 400);
+    assert!(b.get("/account").await.is_sign_in_redirect());
 }
 
 #[tokio::test]
@@ -1678,7 +1728,20 @@ async fn authorize_accepts_post_and_userinfo_names_bearer_errors() {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let r = b.post_form("/oauth2/authorize", &form).await;
+    // Answered as a GET of the same request: a top-level navigation, which carries
+    // the SameSite=Lax session cookie that a cross-site POST does not.
     assert_eq!(r.status, 303, "{}", r.body);
+    assert!(
+        r.location().starts_with("/oauth2/authorize?"),
+        "{}",
+        r.location()
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM oauth_codes").await,
+        0,
+        "the POST itself issued nothing"
+    );
+    let r = b.get(&r.location()).await;
     assert!(r.location().starts_with(CB));
     assert!(param(&location_params(&r), "code").is_some());
 
@@ -1710,4 +1773,224 @@ async fn authorize_accepts_post_and_userinfo_names_bearer_errors() {
             .unwrap()
             .contains("insufficient_scope")
     );
+}
+
+#[tokio::test]
+async fn client_commands_check_uris_show_the_secret_once_and_delete_everything_of_a_client() {
+    let app = spawn_app().await;
+    for bad in [
+        "http://rp.test/cb",
+        "https://rp.test/cb#frag",
+        "/cb",
+        "https://RP.test/cb",
+        "javascript:alert(1)",
+    ] {
+        let (ok, _, err) = app.cli(
+            &["client", "create", "--name", "X", "--redirect-uri", bad],
+            &[],
+        );
+        assert!(!ok, "{bad} was accepted");
+        assert!(
+            err.contains(bad) || err.contains("redirect"),
+            "{bad}: {err}"
+        );
+    }
+    let (ok, _, err) = app.cli(
+        &[
+            "client",
+            "create",
+            "--name",
+            "X",
+            "--redirect-uri",
+            CB,
+            "--backchannel-logout-uri",
+            "com.example.app:/x",
+        ],
+        &[],
+    );
+    assert!(!ok, "{err}");
+    let public = create_client(&app, &["--public"]);
+    assert!(public.secret.is_none());
+    let conf = app_client(&app);
+    let secret = conf.secret.clone().unwrap();
+    assert_eq!(secret.len(), 43, "32 random bytes, base64url");
+    // Only the SHA-256 is stored.
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT secret_hash FROM oauth_clients WHERE id = $1")
+        .bind(&conf.id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 32);
+    assert!(!String::from_utf8_lossy(&stored).contains(&secret));
+    let (ok, out, _) = app.cli(&["client", "list"], &[]);
+    assert!(ok);
+    assert_eq!(out.lines().count(), 2);
+    assert!(!out.contains(&secret), "list never shows a secret");
+    let b = app.signed_in("alice@example.com").await;
+    let t = sign_in_app(&app, &b, &conf, &[]).await;
+    let (ok, _, err) = app.cli(&["client", "delete", &conf.id], &[]);
+    assert!(ok, "{err}");
+    let (ok, _, _) = app.cli(&["client", "delete", &conf.id], &[]);
+    assert!(!ok, "deleting twice says so");
+    assert_eq!(app.count("SELECT count(*) FROM oauth_grants").await, 0);
+    assert_eq!(userinfo(&app, &t.access).await.0, 401);
+    let (s, _, body) = post(
+        &app,
+        "/oauth2/token",
+        &conf,
+        &[("grant_type", "client_credentials")],
+    )
+    .await;
+    assert_eq!((s, body["error"].as_str()), (401, Some("invalid_client")));
+}
+
+#[tokio::test]
+async fn prompt_login_for_a_totp_user_goes_through_the_second_factor_once_and_back() {
+    // O8 with a second factor: the mark is carried through /login/verify.
+    let app = spawn_app().await;
+    let client = app_client(&app);
+    let b = app.signed_in("alice@example.com").await;
+    let enrolled = crate::otp::enrol(&app, &b, "alice@example.com").await;
+    let r = b.get(&authorize_url(&client, &[("prompt", "login")])).await;
+    let login = r.location();
+    let page = b.get(&login).await;
+    let r = sign_in_form(&b, &page, "alice@example.com", &return_to_of(&login)).await;
+    assert_eq!(r.location(), "/login/verify");
+    let verify = b.get("/login/verify").await;
+    let code = crate::otp::totp(&enrolled.secret, app.clock.now().unix_timestamp() + 30);
+    let r = b
+        .post_form(
+            "/login/verify",
+            &[("csrf_token", &verify.csrf()), ("code", &code)],
+        )
+        .await;
+    assert!(
+        r.location().starts_with("/oauth2/authorize?"),
+        "{}",
+        r.location()
+    );
+    let r = b.get(&r.location()).await;
+    assert!(
+        r.location().starts_with(CB),
+        "no second round: {}",
+        r.location()
+    );
+}
+
+#[tokio::test]
+async fn logout_without_anything_naming_the_app_asks_and_does_not_follow_the_address() {
+    // O12: a return address that nothing vouches for is not followed.
+    let app = spawn_app().await;
+    let b = app.signed_in("alice@example.com").await;
+    let r = b.get("/oauth2/logout?post_logout_redirect_uri=https%3A%2F%2Fevil.test%2F&id_token_hint=x.y.z").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let request = crate::otp::unescape(
+        r.body
+            .split("name=\"request\" value=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap(),
+    );
+    let r = b
+        .post_form(
+            "/oauth2/logout",
+            &[("csrf_token", &r.csrf()), ("request", &request)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "a signed-out page, not a redirect");
+    assert!(r.header("location").is_none());
+    assert!(r.body.contains("You are signed out"));
+}
+
+#[tokio::test]
+async fn a_spent_code_without_its_verifier_revokes_nothing() {
+    // O4: only the code's own client, with its own proof, triggers the revocation.
+    let app = spawn_app().await;
+    let public = create_client(&app, &["--first-party", "--public"]);
+    let b = app.signed_in("alice@example.com").await;
+    let (verifier, challenge) = pkce();
+    let code = code_for(
+        &b,
+        &public,
+        &[
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+        ],
+    )
+    .await;
+    let (s, body) = exchange(&app, &public, &code, Some(&verifier)).await;
+    assert_eq!(s, 200);
+    let (s, _) = exchange(&app, &public, &code, None).await;
+    assert_eq!(s, 400);
+    let (s, _) = refresh(&app, &public, body["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(
+        s, 200,
+        "someone who only saw the spent code revoked nothing"
+    );
+}
+
+#[tokio::test]
+async fn housekeeping_keeps_a_live_familys_spent_refresh_tokens_so_theft_is_still_seen() {
+    let app = spawn_app_with(Options {
+        frozen_clock: true,
+        extra: vec![
+            ("GATEHOUSE_HOUSEKEEPING_INTERVAL", "100ms".into()),
+            ("GATEHOUSE_REFRESH_TOKEN_TTL", "1h".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let client = app_client(&app);
+    let b = app.browser();
+    app.register(&b, "alice@example.com", crate::helpers::PASSWORD)
+        .await;
+    let csrf = b.get("/account").await.csrf();
+    b.post_form("/logout", &[("csrf_token", &csrf)]).await;
+    let r = app
+        .login_with(
+            &b,
+            "alice@example.com",
+            crate::helpers::PASSWORD,
+            &[("remember", "1")],
+        )
+        .await;
+    assert_eq!(r.status, 303);
+    let t = sign_in_app(&app, &b, &client, &[]).await;
+    let first = t.refresh.clone();
+    let mut token = t.refresh;
+    // Two days of refreshing every 50 minutes: the first token expired long ago.
+    for _ in 0..58 {
+        app.clock.advance(std::time::Duration::from_secs(50 * 60));
+        let (s, body) = refresh(&app, &client, &token).await;
+        assert_eq!(s, 200, "{body}");
+        token = body["refresh_token"].as_str().unwrap().to_string();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(app.metric("gatehouse_housekeeping_runs_total").await >= 1.0);
+    let kept: i64 = app
+        .count(&format!(
+            "SELECT count(*) FROM oauth_refresh_tokens WHERE token_hash = decode('{}', 'hex')",
+            sha256_hex(&first)
+        ))
+        .await;
+    assert_eq!(
+        kept, 1,
+        "the spent first token is kept while its family lives"
+    );
+    // The stolen first token comes back: theft, the family and the session die.
+    let (s, _) = refresh(&app, &client, &first).await;
+    assert_eq!(s, 400);
+    let (s, _) = refresh(&app, &client, &token).await;
+    assert_eq!(s, 400, "the family is revoked");
+    assert!(b.get("/account").await.is_sign_in_redirect());
+}
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
