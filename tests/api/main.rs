@@ -16,6 +16,7 @@ mod headers;
 mod input;
 mod mail;
 mod node_rp;
+mod nodes;
 mod oauth;
 mod operations;
 mod operators;
