@@ -8,8 +8,8 @@ use time::Duration;
 
 use crate::crypto::{constant_time_eq, random_token, token_hash};
 use crate::domain::oauth::{
-    ACR_AAL1, ACR_AAL2, AuthorizeError, AuthorizeRequest, LOGIN_MARK, Params, Scopes,
-    client_and_redirect, login_mark_hash, parse_authorize,
+    ACR_AAL1, ACR_AAL2, AuthorizeError, AuthorizeRequest, LOGIN_MARK, Params, client_and_redirect,
+    login_mark_hash, parse_authorize,
 };
 use crate::domain::{SessionId, UserId};
 use crate::error::AppError;
@@ -103,6 +103,29 @@ fn signed_in_for(state: &AppState, params: &Params, session: &SessionRecord) -> 
     (recent && constant_time_eq(stored, &hash)).then_some(hash)
 }
 
+/// Answers the app with an error once its redirect URI is trusted and the person has
+/// signed in; the session's mark, if this request carried it, is spent with it.
+struct Reply<'a> {
+    state: &'a AppState,
+    session: &'a SessionRecord,
+    mark: &'a Option<Vec<u8>>,
+    redirect_uri: &'a str,
+    state_param: Option<&'a str>,
+}
+
+impl Reply<'_> {
+    async fn error(&self, error: &str, description: &str) -> Result<Outcome, AppError> {
+        spend(self.state, self.session, self.mark).await?;
+        error_to_client(
+            self.state,
+            self.redirect_uri,
+            self.state_param,
+            error,
+            description,
+        )
+    }
+}
+
 /// Spends the session's mark, if this request carried it; false when a parallel
 /// request spent it first.
 async fn spend(
@@ -191,17 +214,17 @@ pub async fn authorize(
     // Whether this session's sign-in was made for this request. Whatever the answer
     // to the app, the mark is spent with it (`spend`): it stands for one request.
     let mark = signed_in_for(state, &params, session);
+    let reply = Reply {
+        state,
+        session,
+        mark: &mark,
+        redirect_uri: &redirect_uri,
+        state_param: state_param.as_deref(),
+    };
     let req = match parsed {
         Ok(r) => r,
         Err(AuthorizeError::Redirect { error, description }) => {
-            spend(state, session, &mark).await?;
-            return error_to_client(
-                state,
-                &redirect_uri,
-                state_param.as_deref(),
-                error,
-                &description,
-            );
+            return reply.error(error, &description).await;
         }
         Err(AuthorizeError::Page(m)) => return Err(page(m)),
     };
@@ -215,13 +238,9 @@ pub async fn authorize(
     let needs_sign_in = req.prompt.login || !fresh_enough;
     if needs_sign_in && mark.is_none() {
         if req.prompt.none {
-            return error_to_client(
-                state,
-                &redirect_uri,
-                req.state.as_deref(),
-                "login_required",
-                "A new sign-in is required.",
-            );
+            return reply
+                .error("login_required", "A new sign-in is required.")
+                .await;
         }
         return Ok(Outcome::SignIn {
             return_to: again(&params, Some(random_token())),
@@ -231,28 +250,16 @@ pub async fn authorize(
     // acr_values=urn:gatehouse:aal2: never an answer with a lower acr (checklist O9).
     if req.wants_aal2 && session.aal != "aal2" {
         if req.prompt.none {
-            spend(state, session, &mark).await?;
-            return error_to_client(
-                state,
-                &redirect_uri,
-                req.state.as_deref(),
-                "interaction_required",
-                "A second factor is required.",
-            );
+            return reply
+                .error("interaction_required", "A second factor is required.")
+                .await;
         }
         return Ok(Outcome::StepUp {
             return_to: again(&params, params.get(LOGIN_MARK).map(str::to_string)),
         });
     }
     if answer == Answer::Deny {
-        spend(state, session, &mark).await?;
-        return error_to_client(
-            state,
-            &redirect_uri,
-            req.state.as_deref(),
-            "access_denied",
-            "The person declined.",
-        );
+        return reply.error("access_denied", "The person declined.").await;
     }
     if !client.first_party {
         let scope = req.scopes.to_string();
@@ -267,14 +274,12 @@ pub async fn authorize(
                 .await?;
         } else if !remembered || req.prompt.consent {
             if req.prompt.none {
-                spend(state, session, &mark).await?;
-                return error_to_client(
-                    state,
-                    &redirect_uri,
-                    req.state.as_deref(),
-                    "consent_required",
-                    "The person has not allowed this application.",
-                );
+                return reply
+                    .error(
+                        "consent_required",
+                        "The person has not allowed this application.",
+                    )
+                    .await;
             }
             return Ok(Outcome::Consent(ConsentView {
                 client_name: client.name.clone(),
@@ -337,9 +342,4 @@ pub fn describe_scope(scope: &str) -> &'static str {
         "offline_access" => "Stay connected while you are away",
         _ => "Unknown permission",
     }
-}
-
-/// Whether `scopes` parse (for the consent page's own checks).
-pub fn scopes_of(text: &str) -> Option<Scopes> {
-    Scopes::parse(text).ok()
 }

@@ -25,15 +25,21 @@ fn looks_like_jwt(token: &str) -> bool {
     token.bytes().filter(|b| *b == b'.').count() == 2
 }
 
-/// The claims of a genuine access token of ours: RS256 by one of our keys, `typ`
-/// `at+jwt`, our issuer, unexpired by the injected clock. Not yet its liveness.
-async fn verified_access(state: &AppState, token: &str) -> Option<(AccessClaims, String)> {
+/// An access token's claims and `kid` if its signature is one of our keys' (a key
+/// this node has not seen yet is looked up once: another node may have rotated).
+async fn signed_access(state: &AppState, token: &str) -> Option<(AccessClaims, String)> {
     let mut result = state.signing.verify::<AccessClaims>(token, Some("at+jwt"));
     if result.as_ref().err() == Some(&VerifyError::UnknownKey) {
         keys::reload_for_unknown_kid(state).await;
         result = state.signing.verify::<AccessClaims>(token, Some("at+jwt"));
     }
-    let (claims, kid) = result.ok()?;
+    result.ok()
+}
+
+/// The claims of a genuine access token of ours: RS256 by one of our keys, `typ`
+/// `at+jwt`, our issuer, unexpired by the injected clock. Not yet its liveness.
+async fn verified_access(state: &AppState, token: &str) -> Option<(AccessClaims, String)> {
+    let (claims, kid) = signed_access(state, token).await?;
     let now = state.clock.now().unix_timestamp();
     (claims.iss == state.settings.issuer() && claims.exp > now).then_some((claims, kid))
 }
@@ -144,12 +150,7 @@ pub async fn revoke(state: &AppState, caller: &ClientRecord, token: &str) -> Res
     if looks_like_jwt(token) {
         // Revoking needs a genuine token (its jti is otherwise anyone's guess), but
         // not a live one: revoking an expired token is a harmless no-op.
-        let mut result = state.signing.verify::<AccessClaims>(token, Some("at+jwt"));
-        if result.as_ref().err() == Some(&VerifyError::UnknownKey) {
-            keys::reload_for_unknown_kid(state).await;
-            result = state.signing.verify::<AccessClaims>(token, Some("at+jwt"));
-        }
-        if let Ok((claims, _)) = result {
+        if let Some((claims, _)) = signed_access(state, token).await {
             let jti: Uuid = claims.jti;
             state
                 .store

@@ -99,7 +99,8 @@ pub async fn ensure(state: &AppState) -> anyhow::Result<()> {
     if state.signing.current_kid().is_none() {
         return Err(anyhow!("no signing key after creating one"));
     }
-    tracing::info!("created the first token signing key");
+    // The kid is public (it is in every token and the JWKS).
+    tracing::info!(kid = ?state.signing.current_kid(), "token signing key ready");
     Ok(())
 }
 

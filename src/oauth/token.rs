@@ -74,7 +74,7 @@ pub async fn token(
 /// A refused token request and how the metrics count it.
 struct Refusal {
     error: AppError,
-    /// `refused`, `unavailable` (storage), or `replayed` / `reused` for a theft
+    /// `refused`, `unavailable` (storage down), or `replayed` / `reused` for a theft
     /// signal.
     outcome: &'static str,
 }
@@ -88,7 +88,7 @@ impl From<crate::store::StoreError> for Refusal {
 impl From<AppError> for Refusal {
     fn from(error: AppError) -> Self {
         let outcome = match error {
-            AppError::Unavailable(_) | AppError::Unexpected(_) => "unavailable",
+            AppError::Unavailable(_) => "unavailable",
             _ => "refused",
         };
         Refusal { error, outcome }
@@ -178,17 +178,17 @@ async fn exchange_code(
         }
         Redemption::Refused(why) => return Err(invalid_grant(why).into()),
     };
+    let scope = Scopes::parse(&code.scope).unwrap_or_default();
     let subject = Subject {
         user_id: code.user_id,
         session_id: code.session_id,
         acr: &code.acr,
         amr: &code.amr,
         auth_time: code.auth_time,
-        email: Scopes::parse(&code.scope)
-            .is_ok_and(|s| s.contains("email"))
+        email: scope
+            .contains("email")
             .then_some((code.email.as_str(), code.email_verified)),
     };
-    let scope = Scopes::parse(&code.scope).unwrap_or_default();
     Ok(person_tokens(
         state,
         &signer,

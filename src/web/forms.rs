@@ -69,6 +69,23 @@ pub fn check_urlencoded(bytes: &[u8]) -> Result<(), AppError> {
     Ok(())
 }
 
+/// Reads a body up to `BODY_LIMIT`, counted as it arrives (chunked bodies too).
+pub async fn read_capped<S, E>(payload: &mut S) -> Result<web::BytesMut, AppError>
+where
+    S: futures_util::Stream<Item = Result<web::Bytes, E>> + Unpin,
+{
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk
+            .map_err(|_| AppError::Validation("The request body could not be read.".into()))?;
+        if body.len() + chunk.len() > BODY_LIMIT {
+            return Err(AppError::PayloadTooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Reads a urlencoded body with the size cap (chunked bodies counted as they arrive)
 /// and checks it strictly: content type, escapes, no repeated field.
 fn read_form(
@@ -98,15 +115,7 @@ fn read_form(
         if declared_len.is_some_and(|n| n > BODY_LIMIT) {
             return Err(AppError::PayloadTooLarge);
         }
-        let mut body = web::BytesMut::new();
-        while let Some(chunk) = payload.next().await {
-            let chunk = chunk
-                .map_err(|_| AppError::Validation("The request body could not be read.".into()))?;
-            if body.len() + chunk.len() > BODY_LIMIT {
-                return Err(AppError::PayloadTooLarge);
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_capped(&mut payload).await?;
         check_urlencoded(&body)?;
         Ok(body)
     })

@@ -184,16 +184,7 @@ pub async fn userinfo_post(
     req: HttpRequest,
     mut payload: web::Payload,
 ) -> Result<HttpResponse, AppError> {
-    // Read with the 64 KiB cap, counted as it arrives.
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = futures_util::StreamExt::next(&mut payload).await {
-        let chunk = chunk
-            .map_err(|_| AppError::Validation("The request body could not be read.".into()))?;
-        if body.len() + chunk.len() > crate::web::forms::BODY_LIMIT {
-            return Err(AppError::PayloadTooLarge);
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = crate::web::forms::read_capped(&mut payload).await?;
     let from_header = bearer(&req);
     let is_form = req
         .headers()
