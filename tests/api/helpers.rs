@@ -555,6 +555,20 @@ impl TestApp {
         panic!("{sql}: still {last}, not {expected}, after 10 s");
     }
 
+    /// Waits (up to 10 s) until a metric reaches `at_least`, and returns it: counters
+    /// are bumped after the work they count has committed.
+    pub async fn wait_for_metric(&self, needle: &str, at_least: f64) -> f64 {
+        let mut last = 0.0;
+        for _ in 0..200 {
+            last = self.metric(needle).await;
+            if last >= at_least {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        last
+    }
+
     pub async fn metrics_text(&self) -> String {
         self.browser().get("/metrics").await.body
     }

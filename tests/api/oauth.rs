@@ -1421,8 +1421,11 @@ async fn housekeeping_deletes_expired_codes_tokens_empty_grants_and_retired_keys
         1
     );
     assert!(
-        app.metric("gatehouse_housekeeping_deleted_total{kind=\"oauth_tokens\"}")
-            .await
+        app.wait_for_metric(
+            "gatehouse_housekeeping_deleted_total{kind=\"oauth_tokens\"}",
+            1.0
+        )
+        .await
             >= 1.0
     );
 }
