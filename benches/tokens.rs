@@ -26,9 +26,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::Digest;
 use tokio::sync::Mutex;
 
-use common::{PASSWORD, create_user, rss_kib, start_server};
+use common::{CONNECTIONS, create_user, phase, rss_kib, sign_in, start_server};
 
-const CONNECTIONS: usize = 64;
 const REDIRECT: &str = "https://rp.bench/cb";
 
 /// `pgbench -S` (primary-key SELECTs) with 64 clients: what this PostgreSQL on this
@@ -90,114 +89,6 @@ fn sign_bound(seconds: u64) -> f64 {
         t.join().unwrap();
     }
     done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
-}
-
-/// Signs `email` in through the form and returns the session cookie.
-async fn sign_in(http: &reqwest::Client, base: &str, email: &str) -> String {
-    let res = http.get(format!("{base}/login")).send().await.unwrap();
-    let pre = res
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("__Host-gatehouse_presession="))
-        .and_then(|v| v.split(';').next())
-        .unwrap()
-        .to_string();
-    let body = res.text().await.unwrap();
-    let marker = r#"name="csrf_token" value=""#;
-    let start = body.find(marker).unwrap() + marker.len();
-    let csrf = &body[start..start + body[start..].find('"').unwrap()];
-    let res = http
-        .post(format!("{base}/login"))
-        .header("cookie", pre)
-        .form(&[
-            ("csrf_token", csrf),
-            ("email", email),
-            ("password", PASSWORD),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 303, "signing in");
-    res.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("__Host-gatehouse_session="))
-        .and_then(|v| v.split(';').next())
-        .unwrap()
-        .to_string()
-}
-
-struct Phase {
-    name: &'static str,
-    per_second: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-    peak_rss_mib: f64,
-}
-
-/// Runs `work` on 64 tasks until `deadline` or until it returns `None` (nothing left).
-async fn phase<F, Fut>(name: &'static str, pid: u32, seconds: u64, work: F) -> Phase
-where
-    F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Option<bool>> + Send,
-{
-    let work = Arc::new(work);
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let errors = Arc::new(AtomicU64::new(0));
-    let peak = Arc::new(AtomicU64::new(rss_kib(pid)));
-    let sampler = {
-        let peak = peak.clone();
-        tokio::spawn(async move {
-            while Instant::now() < deadline {
-                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..CONNECTIONS)
-        .map(|_| {
-            let (work, errors) = (work.clone(), errors.clone());
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    match work().await {
-                        None => break,
-                        Some(true) => latencies.push(t.elapsed().as_secs_f64() * 1000.0),
-                        Some(false) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    sampler.abort();
-    all.sort_by(f64::total_cmp);
-    let pick = |q: f64| {
-        all.get(((all.len() as f64 - 1.0) * q) as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
-    Phase {
-        name,
-        per_second: all.len() as f64 / elapsed,
-        p50_ms: pick(0.5),
-        p99_ms: pick(0.99),
-        errors: errors.load(Ordering::Relaxed),
-        peak_rss_mib: peak.load(Ordering::Relaxed) as f64 / 1024.0,
-    }
 }
 
 #[tokio::main]

@@ -11,6 +11,7 @@ pub mod domain;
 pub mod error;
 pub mod geoip;
 pub mod hasher;
+pub mod liveness;
 pub mod mail;
 pub mod metrics;
 pub mod oauth;

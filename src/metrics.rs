@@ -34,6 +34,15 @@ pub struct Metrics {
     /// `replayed` for a code used twice, `reused` for a spent refresh token: theft
     /// signals).
     pub oauth_tokens: IntCounterVec,
+    /// Introspection and userinfo answers by where liveness came from: `hit` (this
+    /// node's cache), `miss` (PostgreSQL, then cached), `bypass` (PostgreSQL, cache
+    /// not trusted: the invalidation listener is away).
+    pub liveness_lookups: IntCounterVec,
+    /// 1 while the invalidation listener is connected and proven.
+    pub listener_up: IntGauge,
+    pub invalidations: prometheus::IntCounter,
+    /// Back-channel logout deliveries by outcome (`delivered`, `failed`, `given_up`).
+    pub backchannel: IntCounterVec,
 }
 
 /// The method label: one of the methods Gatehouse serves, or `other`.
@@ -127,6 +136,38 @@ impl Metrics {
             &["grant", "outcome"],
         )?;
         registry.register(Box::new(oauth_tokens.clone()))?;
+        let liveness_lookups = IntCounterVec::new(
+            Opts::new(
+                "liveness_lookups_total",
+                "Token liveness answers by source (hit, miss, bypass)",
+            ),
+            &["source"],
+        )?;
+        for source in ["hit", "miss", "bypass"] {
+            liveness_lookups.with_label_values(&[source]);
+        }
+        registry.register(Box::new(liveness_lookups.clone()))?;
+        let listener_up = IntGauge::new(
+            "invalidation_listener_up",
+            "1 while the LISTEN connection that keeps caches honest is connected and proven",
+        )?;
+        registry.register(Box::new(listener_up.clone()))?;
+        let invalidations = prometheus::IntCounter::new(
+            "invalidations_total",
+            "Invalidation notifications applied on this node",
+        )?;
+        registry.register(Box::new(invalidations.clone()))?;
+        let backchannel = IntCounterVec::new(
+            Opts::new(
+                "backchannel_logouts_total",
+                "Back-channel logout deliveries by outcome",
+            ),
+            &["outcome"],
+        )?;
+        for outcome in ["delivered", "failed", "given_up"] {
+            backchannel.with_label_values(&[outcome]);
+        }
+        registry.register(Box::new(backchannel.clone()))?;
         for kind in [
             "sessions",
             "devices",
@@ -166,6 +207,10 @@ impl Metrics {
             housekeeping_runs,
             housekeeping_deleted,
             oauth_tokens,
+            liveness_lookups,
+            listener_up,
+            invalidations,
+            backchannel,
         })
     }
 

@@ -99,6 +99,10 @@ impl fmt::Debug for SecretKey {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub database_url: SecretString,
+    /// Where the invalidation listener connects (`GATEHOUSE_LISTEN_DATABASE_URL`);
+    /// `None`: the same database URL. Set it when the main URL goes through a
+    /// transaction-pooling proxy (PgBouncer), which cannot carry `LISTEN`.
+    pub listen_database_url: Option<SecretString>,
     pub bind: SocketAddr,
     /// The external base URL and OIDC issuer, without a trailing slash.
     pub public_url: Url,
@@ -159,6 +163,7 @@ pub struct Settings {
 /// The keys this version understands, for the "unknown setting" warning.
 pub const KNOWN_KEYS: &[&str] = &[
     "GATEHOUSE_DATABASE_URL",
+    "GATEHOUSE_LISTEN_DATABASE_URL",
     "GATEHOUSE_BIND",
     "GATEHOUSE_PUBLIC_URL",
     "GATEHOUSE_SECRET_KEY",
@@ -304,6 +309,19 @@ impl RawSettings {
             ));
         }
 
+        let listen_database_url = match self.get("GATEHOUSE_LISTEN_DATABASE_URL") {
+            None => None,
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Some(SecretString::from(url.to_string()))
+            }
+            Some(_) => {
+                return Err(err(
+                    "GATEHOUSE_LISTEN_DATABASE_URL",
+                    "must start with postgres:// or postgresql://",
+                ));
+            }
+        };
+
         let bind_text = self.get("GATEHOUSE_BIND").unwrap_or("127.0.0.1:8080");
         let bind: SocketAddr = bind_text.parse().map_err(|_| {
             err(
@@ -408,6 +426,7 @@ impl RawSettings {
 
         Ok(Settings {
             database_url: SecretString::from(database_url.to_string()),
+            listen_database_url,
             bind,
             public_url,
             secret_key,
@@ -606,6 +625,13 @@ impl Settings {
 
     pub fn database_url(&self) -> &str {
         self.database_url.expose_secret()
+    }
+
+    /// The URL the invalidation listener connects to.
+    pub fn listen_database_url(&self) -> &str {
+        self.listen_database_url
+            .as_ref()
+            .map_or_else(|| self.database_url(), |u| u.expose_secret())
     }
 }
 

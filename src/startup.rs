@@ -21,6 +21,8 @@ pub struct Application {
     server: Server,
     worker: tokio::task::JoinHandle<()>,
     housekeeping: tokio::task::JoinHandle<()>,
+    invalidation: tokio::task::JoinHandle<()>,
+    backchannel: tokio::task::JoinHandle<()>,
     background: tokio_util::task::TaskTracker,
 }
 
@@ -43,6 +45,15 @@ impl Application {
         let worker = tokio::spawn(worker.run(state.settings.outbox_poll));
         // Housekeeping: every node runs it; one at a time does a round.
         let housekeeping = tokio::spawn(crate::auth::housekeeping::run(state.clone().into_inner()));
+        // The invalidation listener (caches) and the back-channel logout worker.
+        let invalidation =
+            tokio::spawn(crate::oauth::invalidation::run(state.clone().into_inner()));
+        let backchannel = crate::oauth::backchannel::Worker {
+            state: state.clone().into_inner(),
+            http: crate::oauth::backchannel::http_client()
+                .context("building the back-channel logout HTTP client")?,
+        };
+        let backchannel = tokio::spawn(backchannel.run(state.settings.outbox_poll));
         // The token signing key: created at first start. A database that is down now
         // only delays it to the first token request.
         if let Err(e) = crate::oauth::keys::ensure(&state).await {
@@ -68,6 +79,8 @@ impl Application {
             server,
             worker,
             housekeeping,
+            invalidation,
+            backchannel,
             background,
         })
     }
@@ -94,6 +107,9 @@ impl Application {
         // Mail not yet sent stays in the outbox for the next start (or another node).
         self.worker.abort();
         self.housekeeping.abort();
+        self.invalidation.abort();
+        // Undelivered logouts stay in the outbox for the next start (or another node).
+        self.backchannel.abort();
         result
     }
 }

@@ -11,6 +11,7 @@ use crate::cookies::CookiePolicy;
 use crate::crypto::{self, Keys};
 use crate::geoip::GeoIp;
 use crate::hasher::PasswordHasher;
+use crate::liveness::LiveCache;
 use crate::metrics::Metrics;
 use crate::settings::{SecretKey, Settings};
 use crate::signing::SigningKeys;
@@ -29,6 +30,12 @@ pub struct AppState {
     pub geo: Arc<GeoIp>,
     /// This node's copy of the token signing keys (`oauth::keys` keeps it current).
     pub signing: Arc<SigningKeys>,
+    /// This node's cache of token liveness and clients, kept honest by
+    /// `oauth::invalidation` (see `liveness`).
+    pub live: Arc<LiveCache>,
+    /// Woken when a session ends anywhere (a notification), so back-channel logouts
+    /// go out at once rather than at the next poll.
+    pub session_ended: Arc<tokio::sync::Notify>,
     /// Work done after a request was answered (so its timing tells nothing); the
     /// server waits for it on shutdown.
     pub background: tokio_util::task::TaskTracker,
@@ -78,6 +85,8 @@ impl AppState {
             metrics,
             geo,
             signing: Arc::new(SigningKeys::default()),
+            live: Arc::new(LiveCache::default()),
+            session_ended: Arc::new(tokio::sync::Notify::new()),
             background: tokio_util::task::TaskTracker::new(),
         })
     }

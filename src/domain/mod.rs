@@ -1,5 +1,6 @@
 //! Pure types, no I/O. Each is built by `parse`, so a value that exists is valid.
 
+pub mod claims;
 pub mod context;
 mod email;
 mod ids;

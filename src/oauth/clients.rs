@@ -110,10 +110,20 @@ pub async fn authenticate(
     state: &AppState,
     presented: &Presented,
 ) -> Result<ClientRecord, AppError> {
-    let client = match state.store.client(&presented.client_id).await {
-        Ok(c) => c,
-        Err(StoreError::Unavailable(e)) => return Err(AppError::Unavailable(e.into())),
-        Err(e) => return Err(e.into()),
+    let client = match state.live.client(&presented.client_id) {
+        Some(c) => Some(c),
+        None => {
+            let ticket = state.live.ticket();
+            let client = match state.store.client(&presented.client_id).await {
+                Ok(c) => c,
+                Err(StoreError::Unavailable(e)) => return Err(AppError::Unavailable(e.into())),
+                Err(e) => return Err(e.into()),
+            };
+            if let (Some(ticket), Some(c)) = (ticket, &client) {
+                state.live.put_client(ticket, c.clone());
+            }
+            client
+        }
     };
     let Some(client) = client else {
         return Err(AppError::invalid_client());

@@ -1,10 +1,13 @@
 //! `/oauth2/introspect` (RFC 7662), `/oauth2/revoke` (RFC 7009) and
-//! `/oauth2/userinfo` (OIDC Core §5.3). Liveness is decided at call time by one indexed
-//! read (token, grant, session, user, signing key), so revoking a device, disabling a
-//! user or retiring a key shows at once. Storage errors fail closed: an error, never
-//! `active: true` and never a 200 for a revocation that did not happen.
+//! `/oauth2/userinfo` (OIDC Core §5.3). Liveness is decided by one indexed read
+//! (token, grant, session, user, signing key), or by this node's cache of such reads
+//! while PostgreSQL's notifications keep it exact (`liveness`), so revoking a device,
+//! disabling a user or retiring a key shows on every node at once. Storage errors
+//! fail closed: an error, never `active: true` and never a 200 for a revocation that
+//! did not happen.
 
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::keys;
@@ -12,9 +15,10 @@ use super::tokens::AccessClaims;
 use crate::crypto::token_hash;
 use crate::domain::oauth::Scopes;
 use crate::error::AppError;
+use crate::liveness::LiveAccess;
 use crate::signing::VerifyError;
 use crate::state::AppState;
-use crate::store::{ClientRecord, LiveToken};
+use crate::store::ClientRecord;
 
 /// RFC 7662 §2.2: an inactive token gets exactly this, whatever the reason.
 pub fn inactive() -> Value {
@@ -44,25 +48,41 @@ async fn verified_access(state: &AppState, token: &str) -> Option<(AccessClaims,
     (claims.iss == state.settings.issuer() && claims.exp > now).then_some((claims, kid))
 }
 
-/// A live access token: genuine (above) and live in the database right now.
-pub async fn live_access(
-    state: &AppState,
-    token: &str,
-) -> Result<Option<(AccessClaims, LiveToken)>, AppError> {
+/// A live access token: genuine (above) and live in the database right now, or
+/// found in this node's cache of such answers, which is only consulted while the
+/// invalidation listener proves it hears every revocation (`liveness`). The cache is
+/// keyed by the token's SHA-256, so a hit is the very string that verified before.
+pub async fn live_access(state: &AppState, token: &str) -> Result<Option<LiveAccess>, AppError> {
     if !looks_like_jwt(token) || token.len() > 8192 {
         return Ok(None);
     }
+    let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let now = state.clock.now();
+    let lookups = &state.metrics.liveness_lookups;
+    if let Some(hit) = state.live.token(&key, now) {
+        lookups.with_label_values(&["hit"]).inc();
+        return Ok(Some(hit));
+    }
+    // Taken before the read: a revocation that lands during it voids the fill.
+    let ticket = state.live.ticket();
     let Some((claims, kid)) = verified_access(state, token).await else {
         return Ok(None);
     };
-    let live = state
-        .store
-        .live_access_token(claims.jti, &kid, state.clock.now())
-        .await?;
+    let live = state.store.live_access_token(claims.jti, &kid, now).await?;
+    lookups
+        .with_label_values(&[if ticket.is_some() { "miss" } else { "bypass" }])
+        .inc();
     // The row must be the one the signature speaks of.
-    Ok(live
-        .filter(|l| l.client_id == claims.client_id)
-        .map(|l| (claims, l)))
+    let Some(live) = live.filter(|l| l.client_id == claims.client_id) else {
+        return Ok(None);
+    };
+    let access = LiveAccess { claims, live };
+    if let Some(ticket) = ticket {
+        state
+            .live
+            .put_token(ticket, key, access.clone(), access.live.live_until, now);
+    }
+    Ok(Some(access))
 }
 
 /// Whether `caller` may learn about a token issued to `owner` (checklist I3: only its
@@ -79,7 +99,7 @@ pub async fn introspect(
 ) -> Result<Value, AppError> {
     let issuer = state.settings.issuer();
     if looks_like_jwt(token) {
-        let Some((c, _)) = live_access(state, token).await? else {
+        let Some(LiveAccess { claims: c, .. }) = live_access(state, token).await? else {
             return Ok(inactive());
         };
         if !may_see(caller, &c.client_id) {
@@ -171,7 +191,7 @@ pub async fn revoke(state: &AppState, caller: &ClientRecord, token: &str) -> Res
 /// OIDC Core §5.3: the claims about the token's user, if the token is live and was
 /// granted `openid`.
 pub async fn userinfo(state: &AppState, token: &str) -> Result<Value, AppError> {
-    let Some((claims, live)) = live_access(state, token).await? else {
+    let Some(LiveAccess { claims, live }) = live_access(state, token).await? else {
         return Err(AppError::InvalidToken);
     };
     // The token's own scope: a refresh may have narrowed it below the grant's.

@@ -3,10 +3,12 @@
 //! the rules live here, the SQL in `store::{oauth, tokens}`.
 
 pub mod authorize;
+pub mod backchannel;
 pub mod clients;
 pub mod consents;
 pub mod discovery;
 pub mod introspect;
+pub mod invalidation;
 pub mod keys;
 pub mod logout;
 pub mod rules;

@@ -12,27 +12,7 @@ use crate::error::AppError;
 use crate::signing::Signer;
 use crate::state::AppState;
 
-/// RFC 9068 §2.2. `sid`, `acr`, `amr` and `auth_time` are absent for a
-/// client_credentials token (no person behind it).
-#[derive(Serialize, Deserialize, Clone, Debug)]
-pub struct AccessClaims {
-    pub iss: String,
-    pub sub: String,
-    pub aud: String,
-    pub client_id: String,
-    pub scope: String,
-    pub jti: Uuid,
-    pub iat: i64,
-    pub exp: i64,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub sid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub acr: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub amr: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub auth_time: Option<i64>,
-}
+pub use crate::domain::claims::AccessClaims;
 
 /// OIDC Core §2 and §3.1.3.6.
 #[derive(Serialize, Deserialize, Clone, Debug)]

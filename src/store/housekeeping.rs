@@ -47,11 +47,13 @@ pub struct SweepCounts {
     pub oauth_grants: u64,
     /// Retired signing keys no token names any more.
     pub signing_keys: u64,
+    /// Back-channel logouts delivered or given up.
+    pub backchannel: u64,
 }
 
 impl SweepCounts {
     /// (name, count) pairs, for metrics and logs.
-    pub fn by_kind(&self) -> [(&'static str, u64); 12] {
+    pub fn by_kind(&self) -> [(&'static str, u64); 13] {
         [
             ("sessions", self.sessions),
             ("devices", self.devices),
@@ -65,6 +67,7 @@ impl SweepCounts {
             ("oauth_tokens", self.oauth_tokens),
             ("oauth_grants", self.oauth_grants),
             ("signing_keys", self.signing_keys),
+            ("backchannel", self.backchannel),
         ]
     }
 }
@@ -253,6 +256,14 @@ impl PgStore {
                 "mail_outbox",
                 "id",
                 "(sent_at IS NOT NULL OR failed_at IS NOT NULL) AND created_at < $1",
+                &[now - r.spent_after],
+            )
+            .await?,
+            backchannel: drain(
+                conn,
+                "backchannel_outbox",
+                "id",
+                "(delivered_at IS NOT NULL OR failed_at IS NOT NULL) AND created_at < $1",
                 &[now - r.spent_after],
             )
             .await?,

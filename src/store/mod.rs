@@ -6,12 +6,14 @@
 //! `Arc<dyn Store>` and import the capability traits they call.
 
 mod accounts;
+mod backchannel;
 mod challenges;
 mod devices;
 mod events;
 mod housekeeping;
 mod links;
 mod mfa;
+pub mod notify;
 mod oauth;
 mod outbox;
 mod pg;
@@ -21,6 +23,7 @@ mod throttle;
 mod tokens;
 
 pub use accounts::{AccountStore, NewAccount, NewUser, UserRecord};
+pub use backchannel::{BackchannelStore, QueuedLogout};
 pub use challenges::{
     ChallengeRecord, ChallengeStore, CodeAttempt, CodeLimits, Completed, Completion, NewChallenge,
     Notices, Proof,
@@ -76,6 +79,7 @@ pub trait Store:
     + MfaStore
     + ClientStore
     + TokenStore
+    + BackchannelStore
     + Send
     + Sync
 {
@@ -96,6 +100,7 @@ impl<T> Store for T where
         + MfaStore
         + ClientStore
         + TokenStore
+        + BackchannelStore
         + Send
         + Sync
 {

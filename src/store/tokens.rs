@@ -128,6 +128,9 @@ pub struct LiveToken {
     pub scope: String,
     pub email: Option<String>,
     pub email_verified: Option<bool>,
+    /// The earliest moment this answer can change by itself: the token's expiry, its
+    /// session's idle and absolute expiry, its key's retirement.
+    pub live_until: OffsetDateTime,
 }
 
 /// A refresh token that is live, for introspection.
@@ -453,7 +456,9 @@ impl TokenStore for PgStore {
     ) -> Result<Option<LiveToken>, StoreError> {
         let sql = format!(
             "SELECT a.grant_id, g.client_id, g.user_id, g.session_id, g.scope, u.email,
-                    u.email_verified_at IS NOT NULL AS email_verified
+                    u.email_verified_at IS NOT NULL AS email_verified,
+                    LEAST(a.expires_at, s.idle_expires_at, s.absolute_expires_at,
+                          k.verify_until) AS live_until
              FROM oauth_access_tokens a
              JOIN oauth_grants g ON g.id = a.grant_id
              JOIN signing_keys k ON k.kid = a.kid

@@ -68,6 +68,9 @@ pub struct Options {
     /// Dev mode with the issuer (public URL) equal to the address the server
     /// listens on, so that relying-party libraries can discover it.
     pub issuer_is_address: bool,
+    /// Route only the invalidation listener's connection through a proxy the test
+    /// can cut or slow (`GATEHOUSE_LISTEN_DATABASE_URL`).
+    pub listen_proxy: bool,
 }
 
 impl Default for Options {
@@ -91,6 +94,7 @@ impl Default for Options {
             argon2_queue: 64,
             argon2_max_wait: Duration::from_secs(10),
             issuer_is_address: false,
+            listen_proxy: false,
         }
     }
 }
@@ -105,6 +109,8 @@ pub struct TestApp {
     /// The database's URL, for running the `gatehouse` binary against it.
     pub db_url: String,
     pub proxy: Option<DbProxy>,
+    /// The invalidation listener's own proxy (`Options::listen_proxy`).
+    pub listen_proxy: Option<DbProxy>,
     pub mail: MailSink,
     pub settings: Settings,
     handle: actix_web::dev::ServerHandle,
@@ -149,6 +155,11 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         None
     };
     let app_db_url = proxy.as_ref().map_or(db_url.clone(), |p| p.url.clone());
+    let listen_proxy = if options.listen_proxy {
+        Some(DbProxy::start(&db_url).await)
+    } else {
+        None
+    };
 
     let mail = MailSink::start().await;
     let mut raw = RawSettings::default();
@@ -190,6 +201,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     if let Some(p) = &options.trusted_proxies {
         raw.set("GATEHOUSE_TRUSTED_PROXIES", p);
     }
+    if let Some(p) = &listen_proxy {
+        raw.set("GATEHOUSE_LISTEN_DATABASE_URL", &p.url);
+    }
     for (k, v) in &options.extra {
         raw.set(k, v);
     }
@@ -226,6 +240,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         db_name,
         db_url,
         proxy,
+        listen_proxy,
         mail,
         settings,
         handle,
@@ -333,6 +348,14 @@ impl Browser {
             base: base.to_string(),
             jar: Arc::default(),
             extra_headers: Vec::new(),
+        }
+    }
+
+    /// The same browser (one cookie jar) talking to another site.
+    pub fn at(&self, base: &str) -> Browser {
+        Browser {
+            base: base.to_string(),
+            ..self.clone()
         }
     }
 
@@ -589,6 +612,9 @@ pub struct DbProxy {
     up: Arc<AtomicBool>,
     /// Added to every message the server sends to PostgreSQL (one round trip each).
     latency_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes in both directions are held (connections stay open, nothing arrives):
+    /// a network that silently stopped.
+    stalled: Arc<AtomicBool>,
     connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
@@ -608,7 +634,9 @@ impl DbProxy {
         let up = Arc::new(AtomicBool::new(true));
         let latency_ms: Arc<std::sync::atomic::AtomicU64> = Arc::default();
         let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let stalled: Arc<AtomicBool> = Arc::default();
         let (up2, conns2, latency2) = (up.clone(), connections.clone(), latency_ms.clone());
+        let stalled2 = stalled.clone();
         tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 if !up2.load(Ordering::SeqCst) {
@@ -617,6 +645,7 @@ impl DbProxy {
                 }
                 let target_addr = target_addr.clone();
                 let latency = latency2.clone();
+                let (stall_up, stall_down) = (stalled2.clone(), stalled2.clone());
                 let task = tokio::spawn(async move {
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     let Ok(outbound) = TcpStream::connect(&target_addr).await else {
@@ -635,13 +664,28 @@ impl DbProxy {
                             if ms > 0 {
                                 tokio::time::sleep(Duration::from_millis(ms)).await;
                             }
+                            while stall_up.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
                             if to_db.write_all(&buf[..n]).await.is_err() {
                                 break;
                             }
                         }
                     };
+                    // Towards the server, held while stalled.
                     let down = async move {
-                        let _ = tokio::io::copy(&mut from_db, &mut to_app).await;
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n) = from_db.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            while stall_down.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                            if to_app.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
                     };
                     tokio::join!(up, down);
                 });
@@ -652,6 +696,7 @@ impl DbProxy {
             url: url.to_string(),
             up,
             latency_ms,
+            stalled,
             connections,
         }
     }
@@ -659,6 +704,15 @@ impl DbProxy {
     /// Every round trip to the database takes `ms` longer from now on.
     pub fn set_latency(&self, ms: u64) {
         self.latency_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Nothing gets through either way until `unstall`, but no connection closes.
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+    }
+
+    pub fn unstall(&self) {
+        self.stalled.store(false, Ordering::SeqCst);
     }
 
     /// The database "goes away": open connections die, new ones are refused.

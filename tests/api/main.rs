@@ -7,13 +7,16 @@ mod oauth_helpers;
 mod oidc_crate;
 
 mod accounts;
+mod backchannel;
 mod cli;
 mod csrf;
 mod devices;
+mod example_rp;
 mod geoip_fixture;
 mod hardening;
 mod headers;
 mod input;
+mod liveness;
 mod mail;
 mod node_rp;
 mod nodes;

@@ -1,0 +1,196 @@
+//! The per-node liveness cache (issue "revocation reach", item 3): introspection is
+//! answered from memory while PostgreSQL's notifications keep it exact, and never
+//! says `active: true` for a session revoked while the listener could not hear it —
+//! cut, stalled, or down with the database (R2).
+
+use std::time::{Duration, Instant};
+
+use crate::helpers::{Options, PASSWORD, TestApp, spawn_app_with};
+use crate::oauth_helpers::*;
+
+const HIT: &str = "gatehouse_liveness_lookups_total{source=\"hit\"}";
+const BYPASS: &str = "gatehouse_liveness_lookups_total{source=\"bypass\"}";
+const UP: &str = "gatehouse_invalidation_listener_up";
+
+async fn listening(app: &TestApp) {
+    assert_eq!(
+        app.wait_for_metric(UP, 1.0).await,
+        1.0,
+        "the listener connects"
+    );
+}
+
+async fn deaf(app: &TestApp) {
+    for _ in 0..200 {
+        if app.metric(UP).await == 0.0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the listener never noticed");
+}
+
+/// A signed-in app session, its token introspected until the answer is cached.
+async fn cached_token(app: &TestApp, client: &Client) -> (Tokens, String) {
+    listening(app).await;
+    let b = app.browser();
+    app.user("alice@example.com").await;
+    app.login(&b, "alice@example.com", PASSWORD).await;
+    let t = sign_in_app(app, &b, client, &[]).await;
+    let hits = app.metric(HIT).await;
+    assert_eq!(introspect(app, client, &t.access).await["active"], true);
+    assert_eq!(introspect(app, client, &t.access).await["active"], true);
+    assert!(
+        app.metric(HIT).await > hits,
+        "the second answer came from the cache"
+    );
+    let sid = jwt_parts(&t.access).1["sid"].as_str().unwrap().to_string();
+    (t, sid)
+}
+
+/// Ends a session behind the server's back (as another node or the CLI would).
+async fn revoke_in_db(app: &TestApp, sid: &str) {
+    sqlx::query(
+        "UPDATE sessions SET revoked_at = now(), revoked_reason = 'test' WHERE id = $1::uuid",
+    )
+    .bind(sid)
+    .execute(&app.db)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_cached_answer_is_evicted_by_the_revocation_notification() {
+    let app = spawn_app_with(Options::default()).await;
+    let client = app_client(&app);
+    let (t, sid) = cached_token(&app, &client).await;
+    revoke_in_db(&app, &sid).await;
+    let revoked = Instant::now();
+    loop {
+        if introspect(&app, &client, &t.access).await == inactive() {
+            break;
+        }
+        assert!(
+            revoked.elapsed() < Duration::from_secs(1),
+            "still active after 1 s"
+        );
+    }
+    assert_eq!(userinfo(&app, &t.access).await.0, 401);
+    // A token revoked by its client is evicted the same way.
+    let b = app.signed_in("bob@example.com").await;
+    let t = sign_in_app(&app, &b, &client, &[]).await;
+    introspect(&app, &client, &t.access).await;
+    assert_eq!(introspect(&app, &client, &t.access).await["active"], true);
+    let r = reqwest::Client::new()
+        .post(format!("{}/oauth2/revoke", app.address))
+        .basic_auth(&client.id, client.secret.as_deref())
+        .form(&[("token", t.access.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(introspect(&app, &client, &t.access).await, inactive());
+}
+
+#[tokio::test]
+async fn with_the_listener_cut_introspection_rechecks_postgres() {
+    let app = spawn_app_with(Options {
+        listen_proxy: true,
+        ..Options::default()
+    })
+    .await;
+    let client = app_client(&app);
+    let (t, sid) = cached_token(&app, &client).await;
+    let proxy = app.listen_proxy.as_ref().unwrap();
+    proxy.cut();
+    deaf(&app).await;
+    // Revoked while nobody listens: the notification is lost for good.
+    revoke_in_db(&app, &sid).await;
+    let bypassed = app.metric(BYPASS).await;
+    assert_eq!(introspect(&app, &client, &t.access).await, inactive());
+    assert_eq!(userinfo(&app, &t.access).await.0, 401);
+    assert!(app.metric(BYPASS).await > bypassed, "read from PostgreSQL");
+    // Back: the cache starts empty and works again.
+    proxy.restore();
+    listening(&app).await;
+    assert_eq!(introspect(&app, &client, &t.access).await, inactive());
+    let b = app.signed_in("bob@example.com").await;
+    let t = sign_in_app(&app, &b, &client, &[]).await;
+    introspect(&app, &client, &t.access).await;
+    let hits = app.metric(HIT).await;
+    assert_eq!(introspect(&app, &client, &t.access).await["active"], true);
+    assert!(app.metric(HIT).await > hits);
+}
+
+#[tokio::test]
+async fn a_silently_stalled_listener_stops_the_cache_within_a_second() {
+    // The connection stays open but nothing gets through either way (a network that
+    // stopped without telling anyone): the notification of the revocation below is
+    // held back, and only the listener's failing proof can stop the cache.
+    let app = spawn_app_with(Options {
+        listen_proxy: true,
+        ..Options::default()
+    })
+    .await;
+    let client = app_client(&app);
+    let (t, sid) = cached_token(&app, &client).await;
+    let proxy = app.listen_proxy.as_ref().unwrap();
+    proxy.stall();
+    revoke_in_db(&app, &sid).await;
+    let revoked = Instant::now();
+    let mut dead_after = None;
+    while revoked.elapsed() < Duration::from_secs(2) {
+        let started = revoked.elapsed();
+        let answer = introspect(&app, &client, &t.access).await;
+        match dead_after {
+            None if answer == inactive() => dead_after = Some(started),
+            None => assert!(
+                started < Duration::from_secs(1),
+                "active:true {started:?} after the revocation"
+            ),
+            Some(_) => assert_eq!(answer, inactive(), "active again after being dead"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dead_after = dead_after.expect("dead within the loop");
+    assert!(dead_after < Duration::from_secs(1), "{dead_after:?}");
+    proxy.unstall();
+    listening(&app).await;
+    assert_eq!(introspect(&app, &client, &t.access).await, inactive());
+}
+
+#[tokio::test]
+async fn with_the_database_down_the_cache_never_answers_active() {
+    // R2: every connection, the listener's included, goes through the cut proxy.
+    let app = spawn_app_with(Options {
+        db_proxy: true,
+        ..Options::default()
+    })
+    .await;
+    let client = app_client(&app);
+    let (t, _) = cached_token(&app, &client).await;
+    app.proxy.as_ref().unwrap().cut();
+    let cut = Instant::now();
+    // A closed connection is noticed at once (the stated bound is the trust window).
+    deaf(&app).await;
+    assert!(
+        cut.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        cut.elapsed()
+    );
+    for _ in 0..10 {
+        let r = reqwest::Client::new()
+            .post(format!("{}/oauth2/introspect", app.address))
+            .basic_auth(&client.id, client.secret.as_deref())
+            .form(&[("token", t.access.as_str())])
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: serde_json::Value =
+            serde_json::from_str(&r.text().await.unwrap_or_default()).unwrap_or_default();
+        assert_eq!(status, 503, "{body}");
+        assert_ne!(body["active"], true);
+    }
+    app.proxy.as_ref().unwrap().restore();
+}
