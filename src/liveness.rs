@@ -76,18 +76,23 @@ pub struct LiveAccess {
 }
 
 struct TokenEntry {
-    access: LiveAccess,
+    /// `None`: a genuine token that is dead, which it stays (revocation, expiry and
+    /// retirement are forever), so a client that keeps presenting it costs no read.
+    access: Option<LiveAccess>,
     until: OffsetDateTime,
     stored: Instant,
 }
 
 impl TokenEntry {
     fn touched_by(&self, change: &Invalidation) -> bool {
-        let l = &self.access.live;
+        let Some(access) = &self.access else {
+            return matches!(change, Invalidation::Keys | Invalidation::Unknown);
+        };
+        let l = &access.live;
         match change {
             Invalidation::Session(id) => l.session_id == Some(*id),
             Invalidation::Grant(id) => l.grant_id == *id,
-            Invalidation::Token(id) => self.access.claims.jti == *id,
+            Invalidation::Token(id) => access.claims.jti == *id,
             Invalidation::User(id) => l.user_id == Some(*id),
             Invalidation::Client(id) => l.client_id == *id,
             Invalidation::Keys | Invalidation::Unknown => true,
@@ -157,7 +162,8 @@ impl LiveCache {
             .then(|| Ticket(self.generation.load(Ordering::Acquire)))
     }
 
-    pub fn token(&self, key: &[u8; 32], now: OffsetDateTime) -> Option<LiveAccess> {
+    /// `Some(answer)` when the cache knows it: `Some(None)` for a dead token.
+    pub fn token(&self, key: &[u8; 32], now: OffsetDateTime) -> Option<Option<LiveAccess>> {
         if !self.trusted() {
             return None;
         }
@@ -171,7 +177,7 @@ impl LiveCache {
         &self,
         ticket: Ticket,
         key: [u8; 32],
-        access: LiveAccess,
+        access: Option<LiveAccess>,
         until: OffsetDateTime,
         now: OffsetDateTime,
     ) {
@@ -341,7 +347,7 @@ mod tests {
             Uuid::new_v4(),
         );
         let now = OffsetDateTime::now_utc();
-        cache.put_token(t, [1; 32], access(s, g, u, j, "c"), later(), now);
+        cache.put_token(t, [1; 32], Some(access(s, g, u, j, "c")), later(), now);
         assert!(cache.token(&[1; 32], now).is_some());
         cache.deaf();
         assert!(cache.token(&[1; 32], now).is_none());
@@ -372,7 +378,7 @@ mod tests {
         let t = cache.ticket().unwrap();
         // An unrelated change still voids the ticket: the read may predate it.
         cache.invalidate(&Invalidation::Session(Uuid::new_v4()));
-        cache.put_token(t, [2; 32], access(s, g, u, j, "c"), later(), now);
+        cache.put_token(t, [2; 32], Some(access(s, g, u, j, "c")), later(), now);
         assert!(cache.token(&[2; 32], now).is_none());
     }
 
@@ -399,7 +405,7 @@ mod tests {
             let cache = LiveCache::default();
             cache.listening_from(Instant::now());
             let t = cache.ticket().unwrap();
-            cache.put_token(t, [3; 32], access(s, g, u, j, "c1"), later(), now);
+            cache.put_token(t, [3; 32], Some(access(s, g, u, j, "c1")), later(), now);
             let other = access(
                 Uuid::new_v4(),
                 Uuid::new_v4(),
@@ -407,13 +413,19 @@ mod tests {
                 Uuid::new_v4(),
                 "c2",
             );
-            cache.put_token(t, [4; 32], other, later(), now);
+            cache.put_token(t, [4; 32], Some(other), later(), now);
+            cache.put_token(t, [6; 32], None, later(), now);
             cache.invalidate(&change);
             assert!(cache.token(&[3; 32], now).is_none(), "{change:?}");
             assert_eq!(
                 cache.token(&[4; 32], now).is_some(),
                 change != Invalidation::Keys,
                 "{change:?} left the unrelated entry alone"
+            );
+            assert_eq!(
+                cache.token(&[6; 32], now).map(|a| a.is_none()),
+                (change != Invalidation::Keys).then_some(true),
+                "a dead token stays dead, except across a key change"
             );
         }
     }
@@ -433,7 +445,7 @@ mod tests {
         cache.put_token(
             cache.ticket().unwrap(),
             [5; 32],
-            access(s, g, u, j, "c"),
+            Some(access(s, g, u, j, "c")),
             until,
             now,
         );

@@ -12,6 +12,11 @@ pub const CONNECTIONS: usize = 64;
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// reqwest is built without a TLS provider of its own: use the one the server uses.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub fn base_url() -> String {
     std::env::var("GATEHOUSE_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())

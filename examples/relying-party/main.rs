@@ -17,6 +17,8 @@ fn env(name: &str, default: Option<&str>) -> anyhow::Result<String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The TLS provider for reqwest (built without one of its own in this workspace).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let bind = env("RP_BIND", Some("127.0.0.1:9000"))?;
     let config = app::Config {
         issuer: env("GATEHOUSE_URL", Some("http://localhost:8080"))?,

@@ -8,6 +8,7 @@
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::keys;
@@ -59,30 +60,35 @@ pub async fn live_access(state: &AppState, token: &str) -> Result<Option<LiveAcc
     let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     let now = state.clock.now();
     let lookups = &state.metrics.liveness_lookups;
-    if let Some(hit) = state.live.token(&key, now) {
+    if let Some(known) = state.live.token(&key, now) {
         lookups.with_label_values(&["hit"]).inc();
-        return Ok(Some(hit));
+        return Ok(known);
     }
     // Taken before the read: a revocation that lands during it voids the fill.
     let ticket = state.live.ticket();
     let Some((claims, kid)) = verified_access(state, token).await else {
         return Ok(None);
     };
+    let exp = claims.exp;
     let live = state.store.live_access_token(claims.jti, &kid, now).await?;
     lookups
         .with_label_values(&[if ticket.is_some() { "miss" } else { "bypass" }])
         .inc();
     // The row must be the one the signature speaks of.
-    let Some(live) = live.filter(|l| l.client_id == claims.client_id) else {
-        return Ok(None);
-    };
-    let access = LiveAccess { claims, live };
+    let access = live
+        .filter(|l| l.client_id == claims.client_id)
+        .map(|live| LiveAccess { claims, live });
     if let Some(ticket) = ticket {
+        // A genuine token found dead stays dead: remembered until it expires anyway.
+        let until = match &access {
+            Some(a) => a.live.live_until,
+            None => OffsetDateTime::from_unix_timestamp(exp).unwrap_or(now),
+        };
         state
             .live
-            .put_token(ticket, key, access.clone(), access.live.live_until, now);
+            .put_token(ticket, key, access.clone(), until, now);
     }
-    Ok(Some(access))
+    Ok(access)
 }
 
 /// Whether `caller` may learn about a token issued to `owner` (checklist I3: only its
