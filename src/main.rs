@@ -22,7 +22,12 @@ fn load_settings(cli: &Cli) -> Result<Settings, String> {
     let raw = RawSettings::load(&path, given).map_err(|e| e.to_string())?;
     let unknown = raw.unknown_keys();
     let settings = raw.into_settings().map_err(|e| e.to_string())?;
-    telemetry::init(settings.log_format);
+    let output = if matches!(cli.command, Command::Serve { .. }) {
+        telemetry::Output::Stdout
+    } else {
+        telemetry::Output::Stderr
+    };
+    telemetry::init(settings.log_format, output);
     for key in unknown {
         tracing::warn!(key = %key, "unknown setting ignored");
     }

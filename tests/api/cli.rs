@@ -262,3 +262,29 @@ async fn migrate_user_create_and_serve_work_end_to_end() {
     assert!(!logs.contains(PASSWORD), "no secret in the log");
     assert!(logs.lines().any(|l| l.starts_with('{')), "JSON log lines");
 }
+
+#[tokio::test]
+async fn commands_print_only_their_answer_on_stdout_and_log_to_stderr() {
+    // `client create` prints the secret once, for a script to read: a warning (here
+    // for an unknown setting) must not land in the same stream.
+    let app = crate::helpers::spawn_app().await;
+    let (ok, out, err) = app.cli(
+        &[
+            "client",
+            "create",
+            "--name",
+            "Scripted",
+            "--redirect-uri",
+            "https://rp.test/cb",
+        ],
+        &[("GATEHOUSE_NOT_A_SETTING", "1")],
+    );
+    assert!(ok, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).expect("stdout is exactly the JSON");
+    assert!(v["client_secret"].is_string());
+    assert!(
+        err.contains("unknown setting"),
+        "the warning went to stderr: {err}"
+    );
+}
