@@ -41,6 +41,9 @@ BEGIN
            NEW.revoked_at, NEW.revoked_at
     FROM oauth_clients c
     WHERE c.backchannel_logout_uri IS NOT NULL
+      -- A session that had already expired ended then (expiry sends none: the app's
+      -- tokens expire with it); revoking it later is bookkeeping.
+      AND OLD.idle_expires_at > NEW.revoked_at AND OLD.absolute_expires_at > NEW.revoked_at
       AND EXISTS (SELECT 1 FROM oauth_grants g
                   WHERE g.session_id = NEW.id AND g.client_id = c.id)
     ON CONFLICT (client_id, session_id) DO NOTHING;
@@ -103,5 +106,7 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- Per row (NOTIFY folds the repeats of one transaction into one): housekeeping's
+-- DELETE that finds nothing must not empty every node's cache.
 CREATE TRIGGER signing_keys_changed AFTER INSERT OR UPDATE OR DELETE ON signing_keys
-    FOR EACH STATEMENT EXECUTE FUNCTION gatehouse_notify_keys();
+    FOR EACH ROW EXECUTE FUNCTION gatehouse_notify_keys();

@@ -5,9 +5,10 @@
 //! 1. **Invalidated by PostgreSQL.** Triggers `NOTIFY gatehouse_invalidate` in the
 //!    transaction of every revocation (session, grant, token, user, client, key); the
 //!    listener (`oauth::invalidation`) evicts every entry the change touches.
-//! 2. **Trusted only while the listener is known to hear everything.** The listener
-//!    proves its connection by a round trip every `PING_EVERY`; an answer may come
-//!    from the cache only within `TRUST_WINDOW` of the start of the last proof. A
+//! 2. **Trusted only while the listener is known to hear everything.** Every
+//!    `PING_EVERY` the listener sends an echo through the pool and waits for it on
+//!    its own connection; an answer may come from the cache only within
+//!    `TRUST_WINDOW` of the sending of the last echo that came back. A
 //!    connection that drops or stalls stops the cache within that window (it is then
 //!    bypassed, and emptied when the listener is back). So a revocation whose
 //!    notification is lost reaches this node within `TRUST_WINDOW` (< 1 s, DESIGN.md
@@ -49,6 +50,8 @@ pub enum Invalidation {
     User(Uuid),
     Client(String),
     Keys,
+    /// A listener's proof that it hears this database: changes nothing.
+    Echo,
     /// A payload this node does not understand (a newer node's): empty everything.
     Unknown,
 }
@@ -62,6 +65,7 @@ impl Invalidation {
             Some(("token", id)) => uuid(id).map_or(Self::Unknown, Self::Token),
             Some(("user", id)) => uuid(id).map_or(Self::Unknown, Self::User),
             Some(("client", id)) => Self::Client(id.to_string()),
+            Some(("echo", _)) => Self::Echo,
             None if payload == "keys" => Self::Keys,
             _ => Self::Unknown,
         }
@@ -96,6 +100,7 @@ impl TokenEntry {
             Invalidation::User(id) => l.user_id == Some(*id),
             Invalidation::Client(id) => l.client_id == *id,
             Invalidation::Keys | Invalidation::Unknown => true,
+            Invalidation::Echo => false,
         }
     }
 }
@@ -242,6 +247,15 @@ impl LiveCache {
             Invalidation::Unknown => entries.clients.clear(),
             _ => {}
         }
+    }
+
+    /// Something was revoked through this node: forget every answer (and void fills
+    /// in flight) without waiting for the notification. Revocations are rare.
+    pub fn forget_all(&self) {
+        let mut entries = self.lock();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        entries.tokens.clear();
+        entries.clients.clear();
     }
 
     /// The listener is connected and listening: start from nothing (whatever

@@ -66,7 +66,12 @@ impl AppState {
             }
         };
         let keys = Arc::new(Keys::new(&secret, &settings.old_secret_keys));
-        let store: Arc<dyn Store> = Arc::new(PgStore::new(pool, keys.clone()));
+        let live = Arc::new(LiveCache::default());
+        let forget = live.clone();
+        let store: Arc<dyn Store> = Arc::new(
+            PgStore::new(pool, keys.clone())
+                .with_revocation_hook(Arc::new(move || forget.forget_all())),
+        );
         let metrics = Arc::new(Metrics::new().context("registering metrics")?);
         let hasher = Arc::new(PasswordHasher::new(
             settings.argon2,
@@ -85,7 +90,7 @@ impl AppState {
             metrics,
             geo,
             signing: Arc::new(SigningKeys::default()),
-            live: Arc::new(LiveCache::default()),
+            live,
             session_ended: Arc::new(tokio::sync::Notify::new()),
             background: tokio_util::task::TaskTracker::new(),
         })

@@ -38,6 +38,7 @@ pub struct Config {
 struct Pending {
     verifier: String,
     nonce: String,
+    started: std::time::Instant,
 }
 
 /// An app session: who, which Gatehouse session, and the tokens.
@@ -55,7 +56,12 @@ struct Rp {
     discovery: Value,
     pending: Mutex<HashMap<String, Pending>>,
     sessions: Mutex<HashMap<String, Session>>,
+    /// The JWKS, fetched again only for a `kid` it does not name (a rotation).
+    jwks: Mutex<Value>,
 }
+
+/// Logins in progress kept at most (anyone can start one): beyond, the oldest go.
+const MAX_PENDING: usize = 10_000;
 
 const SESSION_COOKIE: &str = "rp_session";
 const LOGIN_COOKIE: &str = "rp_login";
@@ -106,28 +112,54 @@ impl Rp {
         self.sessions.lock().ok()?.get(&id).cloned()
     }
 
-    /// The JWKS key a token names (fetched each time: rotation needs nothing more).
+    /// The JWKS key a token names; the JWKS is fetched again when it names none.
     async fn key_for(&self, token: &str) -> Result<DecodingKey, String> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
         let kid = header.kid.ok_or("no kid")?;
-        let jwks: Value = self
-            .http
+        let find = |jwks: &Value| {
+            jwks["keys"]
+                .as_array()
+                .and_then(|keys| keys.iter().find(|k| k["kid"] == kid.as_str()))
+                .cloned()
+        };
+        let cached = self.jwks.lock().ok().and_then(|j| find(&j));
+        let key = match cached {
+            Some(k) => k,
+            None => {
+                let jwks = self.fetch_jwks().await?;
+                let key = find(&jwks).ok_or("unknown kid")?;
+                if let Ok(mut j) = self.jwks.lock() {
+                    *j = jwks;
+                }
+                key
+            }
+        };
+        DecodingKey::from_rsa_components(
+            key["n"].as_str().unwrap_or_default(),
+            key["e"].as_str().unwrap_or_default(),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    async fn fetch_jwks(&self) -> Result<Value, String> {
+        self.http
             .get(self.endpoint("jwks_uri"))
             .send()
             .await
             .map_err(|e| e.to_string())
             .map(json)?
             .await
-            .ok_or("no JWKS")?;
-        let key = jwks["keys"]
-            .as_array()
-            .and_then(|keys| keys.iter().find(|k| k["kid"] == kid.as_str()))
-            .ok_or("unknown kid")?;
-        DecodingKey::from_rsa_components(
-            key["n"].as_str().unwrap_or_default(),
-            key["e"].as_str().unwrap_or_default(),
-        )
-        .map_err(|e| e.to_string())
+            .ok_or_else(|| "no JWKS".to_string())
+    }
+
+    /// Cookies are `Secure` whenever the app is served over HTTPS.
+    fn cookie(&self, name: &'static str, value: String) -> Cookie<'static> {
+        Cookie::build(name, value)
+            .path("/")
+            .http_only(true)
+            .secure(self.config.url.starts_with("https://"))
+            .same_site(SameSite::Lax)
+            .finish()
     }
 
     /// RS256 by a JWKS key, our issuer, us as audience, unexpired.
@@ -182,15 +214,28 @@ async fn login(rp: web::Data<Rp>) -> HttpResponse {
         .append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256");
     if let Ok(mut p) = rp.pending.lock() {
-        p.insert(state.clone(), Pending { verifier, nonce });
+        // Logins not finished in 10 minutes are abandoned; a flood drops the oldest.
+        p.retain(|_, v| v.started.elapsed() < std::time::Duration::from_secs(600));
+        if p.len() >= MAX_PENDING
+            && let Some(oldest) = p
+                .iter()
+                .min_by_key(|(_, v)| v.started)
+                .map(|(k, _)| k.clone())
+        {
+            p.remove(&oldest);
+        }
+        p.insert(
+            state.clone(),
+            Pending {
+                verifier,
+                nonce,
+                started: std::time::Instant::now(),
+            },
+        );
     }
     // The state is also bound to this browser: a code can only finish the login
     // of the browser that started it.
-    let cookie = Cookie::build(LOGIN_COOKIE, state)
-        .path("/")
-        .http_only(true)
-        .same_site(SameSite::Lax)
-        .finish();
+    let cookie = rp.cookie(LOGIN_COOKIE, state);
     see_other(url.as_str()).cookie(cookie).finish()
 }
 
@@ -203,19 +248,23 @@ struct Callback {
 }
 
 async fn callback(rp: web::Data<Rp>, req: HttpRequest, q: web::Query<Callback>) -> HttpResponse {
+    // Nothing is believed, not even an error, unless it answers this browser's login.
+    let bound = req.cookie(LOGIN_COOKIE).map(|c| c.value().to_string());
+    let Some(state) = &q.state else {
+        return HttpResponse::BadRequest().body("missing state");
+    };
+    if bound.as_deref() != Some(state.as_str()) {
+        return HttpResponse::BadRequest().body("this sign-in was not started in this browser");
+    }
     if let Some(e) = &q.error {
         return page(&format!(
             "<p>Sign-in did not happen: {}</p><p><a href=\"/\">Back</a></p>",
             escape(e)
         ));
     }
-    let bound = req.cookie(LOGIN_COOKIE).map(|c| c.value().to_string());
-    let (Some(code), Some(state)) = (&q.code, &q.state) else {
-        return HttpResponse::BadRequest().body("missing code or state");
+    let Some(code) = &q.code else {
+        return HttpResponse::BadRequest().body("missing code");
     };
-    if bound.as_deref() != Some(state.as_str()) {
-        return HttpResponse::BadRequest().body("this sign-in was not started in this browser");
-    }
     // RFC 9207: the answer must come from our issuer.
     if q.iss.as_deref() != Some(rp.config.issuer.as_str()) {
         return HttpResponse::BadRequest().body("wrong issuer");
@@ -258,11 +307,7 @@ async fn callback(rp: web::Data<Rp>, req: HttpRequest, q: web::Query<Callback>) 
     if let Ok(mut s) = rp.sessions.lock() {
         s.insert(id.clone(), session);
     }
-    let cookie = Cookie::build(SESSION_COOKIE, id)
-        .path("/")
-        .http_only(true)
-        .same_site(SameSite::Lax)
-        .finish();
+    let cookie = rp.cookie(SESSION_COOKIE, id);
     let mut gone = Cookie::new(LOGIN_COOKIE, "");
     gone.set_path("/");
     gone.make_removal();
@@ -323,7 +368,9 @@ async fn api_me(rp: web::Data<Rp>, req: HttpRequest) -> HttpResponse {
                 .json(json!({ "error": "temporarily_unavailable" }));
         }
     };
-    if v["active"] != true {
+    // Active, and meant for this API (RFC 9068 / checklist T4): an `--introspect-any`
+    // API would otherwise accept every app's tokens.
+    if v["active"] != true || v["client_id"] != rp.config.client_id.as_str() {
         return refuse();
     }
     HttpResponse::Ok().json(json!({
@@ -401,6 +448,7 @@ pub async fn serve(
         discovery,
         pending: Mutex::default(),
         sessions: Mutex::default(),
+        jwks: Mutex::new(Value::Null),
     });
     Ok(HttpServer::new(move || {
         App::new()

@@ -3,7 +3,9 @@
 //! the `sessions_ended` trigger (same transaction as the revocation, whatever the
 //! path); this worker, on every node, delivers them: claimed with a lease (no two
 //! nodes send one row at the same time), retried with backoff while the receiver is
-//! down, the same `jti` on every attempt so a receiver can drop a repeat.
+//! down, the same `jti` on every attempt so a receiver can drop a repeat. Delivery
+//! is at least once: a worker that dies (or outlives its lease) after sending but
+//! before recording can let another node send the same token again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +67,9 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .redirect(reqwest::redirect::Policy::none())
+        // Straight to the receiver: an HTTP(S)_PROXY in the environment is not asked
+        // to carry logout tokens.
+        .no_proxy()
         .timeout(TIMEOUT)
         .connect_timeout(TIMEOUT)
         .user_agent(concat!("Gatehouse/", env!("CARGO_PKG_VERSION")))
@@ -79,6 +84,8 @@ pub struct Worker {
 impl Worker {
     /// Sends what is due now; returns how many rows it handled.
     pub async fn deliver_due(&self) -> Result<usize, StoreError> {
+        // Before the claim, so no read of ours eats into a lease.
+        keys::refresh_if_stale(&self.state).await;
         let now = self.state.clock.now();
         let batch = self.state.store.claim_logouts(now, LEASE, BATCH).await?;
         let n = batch.len();
@@ -106,7 +113,6 @@ impl Worker {
     }
 
     async fn deliver(&self, q: QueuedLogout) -> Result<(), StoreError> {
-        keys::refresh_if_stale(&self.state).await;
         let outcome = match self.logout_token(&q) {
             None => Err("no signing key on this node yet".to_string()),
             Some(token) => match self
@@ -130,7 +136,7 @@ impl Worker {
         let metrics = &self.state.metrics.backchannel;
         match outcome {
             Ok(()) => {
-                self.state.store.logout_delivered(q.id, now).await?;
+                self.state.store.logout_delivered(&q, now).await?;
                 metrics.with_label_values(&["delivered"]).inc();
                 tracing::info!(client_id = %q.client_id, logout_id = %q.id, "back-channel logout delivered");
             }
@@ -149,7 +155,7 @@ impl Worker {
                 }
                 self.state
                     .store
-                    .logout_failed(q.id, now, &error, retry_at)
+                    .logout_failed(&q, now, &error, retry_at)
                     .await?;
             }
         }

@@ -201,6 +201,7 @@ impl AccountStore for PgStore {
             }
         }
         tx.commit().await?;
+        self.revoked_here();
         Ok(changed)
     }
 
@@ -233,6 +234,7 @@ impl AccountStore for PgStore {
         insert_mails(&mut tx, &self.keys, mails, now).await?;
         insert_event(&mut tx, user_id.0, Some(keep.id.0), event).await?;
         tx.commit().await?;
+        self.revoked_here();
         Ok(true)
     }
 }

@@ -21,6 +21,8 @@ pub struct QueuedLogout {
     pub user_id: Uuid,
     pub uri: String,
     pub attempts: i32,
+    /// The lease this claim holds: the outcome is recorded only while it still does.
+    pub lease_until: OffsetDateTime,
 }
 
 #[async_trait]
@@ -33,11 +35,19 @@ pub trait BackchannelStore: Send + Sync {
         lease: Duration,
         limit: i64,
     ) -> Result<Vec<QueuedLogout>, StoreError>;
-    async fn logout_delivered(&self, id: Uuid, now: OffsetDateTime) -> Result<(), StoreError>;
-    /// Records a failed attempt; `retry_at: None` gives up for good.
+    /// Records the delivery of a claimed row (whatever another claim did since: it
+    /// was delivered).
+    async fn logout_delivered(
+        &self,
+        q: &QueuedLogout,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    /// Records a failed attempt, only while the claim still holds the row (a worker
+    /// that outlived its lease must not undo another's delivery); `retry_at: None`
+    /// gives up for good.
     async fn logout_failed(
         &self,
-        id: Uuid,
+        q: &QueuedLogout,
         now: OffsetDateTime,
         error: &str,
         retry_at: Option<OffsetDateTime>,
@@ -74,10 +84,10 @@ impl BackchannelStore for PgStore {
                      LIMIT $3
                      FOR UPDATE SKIP LOCKED
                  )
-                 RETURNING id, client_id, session_id, user_id, attempts
+                 RETURNING id, client_id, session_id, user_id, attempts, lease_until
              )
              SELECT claimed.id, claimed.client_id, claimed.session_id, claimed.user_id,
-                    c.backchannel_logout_uri AS uri, claimed.attempts
+                    c.backchannel_logout_uri AS uri, claimed.attempts, claimed.lease_until
              FROM claimed JOIN oauth_clients c ON c.id = claimed.client_id
              WHERE c.backchannel_logout_uri IS NOT NULL",
         )
@@ -90,13 +100,17 @@ impl BackchannelStore for PgStore {
         Ok(rows)
     }
 
-    async fn logout_delivered(&self, id: Uuid, now: OffsetDateTime) -> Result<(), StoreError> {
+    async fn logout_delivered(
+        &self,
+        q: &QueuedLogout,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE backchannel_outbox SET delivered_at = $2, lease_until = NULL,
                     attempts = attempts + 1, last_error = NULL
-             WHERE id = $1",
+             WHERE id = $1 AND delivered_at IS NULL",
         )
-        .bind(id)
+        .bind(q.id)
         .bind(now)
         .execute(&self.pool)
         .await?;
@@ -105,7 +119,7 @@ impl BackchannelStore for PgStore {
 
     async fn logout_failed(
         &self,
-        id: Uuid,
+        q: &QueuedLogout,
         now: OffsetDateTime,
         error: &str,
         retry_at: Option<OffsetDateTime>,
@@ -115,12 +129,13 @@ impl BackchannelStore for PgStore {
                     lease_until = NULL,
                     next_attempt_at = COALESCE($4, next_attempt_at),
                     failed_at = CASE WHEN $4 IS NULL THEN $2 END
-             WHERE id = $1",
+             WHERE id = $1 AND lease_until = $5 AND delivered_at IS NULL",
         )
-        .bind(id)
+        .bind(q.id)
         .bind(now)
         .bind(error)
         .bind(retry_at)
+        .bind(q.lease_until)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -237,6 +237,7 @@ impl DeviceStore for PgStore {
         )
         .execute(&self.pool)
         .await?;
+        self.revoked_here();
         Ok(done.rows_affected() == 1)
     }
 
@@ -248,6 +249,7 @@ impl DeviceStore for PgStore {
         event: &NewEvent,
     ) -> Result<u64, StoreError> {
         let mut conn = self.pool.acquire().await?;
+        self.revoked_here();
         Ok(revoke_all_of_user(&mut conn, user_id, except, reason, event).await?)
     }
 }

@@ -191,7 +191,11 @@ impl PgStore {
             "id",
             "created_at < $1
              AND NOT EXISTS (SELECT 1 FROM oauth_access_tokens a WHERE a.grant_id = oauth_grants.id)
-             AND NOT EXISTS (SELECT 1 FROM oauth_refresh_tokens r WHERE r.grant_id = oauth_grants.id)",
+             AND NOT EXISTS (SELECT 1 FROM oauth_refresh_tokens r WHERE r.grant_id = oauth_grants.id)
+             -- A grant of a live session is kept: it is how the session's end finds the
+             -- apps to send a back-channel logout to.
+             AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = oauth_grants.session_id
+                             AND s.revoked_at IS NULL AND s.absolute_expires_at > $1)",
             &[spent],
         )
         .await?;

@@ -253,6 +253,7 @@ impl LinkStore for PgStore {
         insert_mails(&mut tx, &self.keys, mails, now).await?;
         insert_event(&mut tx, link.user_id, None, event).await?;
         tx.commit().await?;
+        self.revoked_here();
         Ok(true)
     }
 
@@ -284,6 +285,7 @@ impl LinkStore for PgStore {
         insert_mails(&mut tx, &self.keys, mails, now).await?;
         insert_event(&mut tx, user_id, None, event).await?;
         tx.commit().await?;
+        self.revoked_here();
         Ok(true)
     }
 }

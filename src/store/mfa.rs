@@ -251,6 +251,7 @@ impl MfaStore for PgStore {
         insert_mails(&mut tx, &self.keys, mails, now).await?;
         insert_event(&mut tx, user_id.0, Some(keep.id.0), event).await?;
         tx.commit().await?;
+        self.revoked_here();
         Ok(true)
     }
 
@@ -284,6 +285,7 @@ impl MfaStore for PgStore {
         insert_mails(&mut tx, &self.keys, mails, now).await?;
         insert_event(&mut tx, user_id.0, Some(keep.id.0), event).await?;
         tx.commit().await?;
+        self.revoked_here();
         Ok(true)
     }
 

@@ -29,8 +29,15 @@ pub enum Heard {
 }
 
 impl Listener {
-    /// Connects and subscribes; fails (rather than retrying) when the database is away.
+    /// Connects and subscribes within `timeout`; fails (rather than retrying) when
+    /// the database is away.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, sqlx::Error> {
+        tokio::time::timeout(timeout, Self::connect_inner(url, timeout))
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
+    }
+
+    async fn connect_inner(url: &str, timeout: Duration) -> Result<Self, sqlx::Error> {
         let options = PgConnectOptions::from_str(url)?.application_name(APPLICATION_NAME);
         let pool = PgPoolOptions::new()
             .max_connections(1)
@@ -54,21 +61,5 @@ impl Listener {
             Ok(Ok(Some(n))) => Heard::Payload(n.payload().to_string()),
             Ok(Ok(None)) | Ok(Err(_)) => Heard::Lost,
         }
-    }
-
-    /// One round trip on this very connection, within `timeout`. PostgreSQL sends a
-    /// session's pending notifications before it answers a query, so when this
-    /// returns true every notification committed before it started has arrived
-    /// (take them with `buffered`).
-    pub async fn ping(&mut self, timeout: Duration) -> bool {
-        matches!(
-            tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&mut self.inner)).await,
-            Ok(Ok(_))
-        )
-    }
-
-    /// A notification that arrived during a `ping`.
-    pub fn buffered(&mut self) -> Option<String> {
-        self.inner.next_buffered().map(|n| n.payload().to_string())
     }
 }

@@ -165,6 +165,7 @@ impl ClientStore for PgStore {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        self.revoked_here();
         Ok(done.rows_affected() == 1)
     }
 
@@ -205,6 +206,7 @@ impl ClientStore for PgStore {
             .await?;
         insert_key(&mut tx, k, "").await?;
         tx.commit().await?;
+        self.revoked_here();
         Ok(())
     }
 
@@ -286,6 +288,7 @@ impl ClientStore for PgStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.revoked_here();
         Ok(done.rows_affected() > 0)
     }
 }

@@ -112,11 +112,30 @@ pub struct PgStore {
     /// Seals mail bodies in the outbox: they carry single-use links, which must not
     /// sit in the clear at rest (DESIGN.md principle 2).
     pub(super) keys: Arc<Keys>,
+    /// Called after a transaction that revoked something commits, so this node's
+    /// own caches forget at once, before the answer goes out (other nodes hear of it
+    /// through the triggers' notification, this one too, a moment later).
+    on_revoke: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl PgStore {
     pub fn new(pool: PgPool, keys: Arc<Keys>) -> Self {
-        Self { pool, keys }
+        Self {
+            pool,
+            keys,
+            on_revoke: None,
+        }
+    }
+
+    pub fn with_revocation_hook(mut self, hook: Arc<dyn Fn() + Send + Sync>) -> Self {
+        self.on_revoke = Some(hook);
+        self
+    }
+
+    pub(super) fn revoked_here(&self) {
+        if let Some(hook) = &self.on_revoke {
+            hook();
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -131,12 +150,24 @@ pub trait HealthStore: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
     /// Whether every migration this binary carries has been applied.
     async fn migrations_current(&self) -> Result<bool, StoreError>;
+    /// Sends `payload` on the invalidation channel through the pool (the path every
+    /// write takes), for the listener to prove it hears this database.
+    async fn notify_echo(&self, payload: &str) -> Result<(), StoreError>;
 }
 
 #[async_trait]
 impl HealthStore for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn notify_echo(&self, payload: &str) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(super::notify::CHANNEL)
+            .bind(payload)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -322,6 +322,7 @@ impl SessionStore for PgStore {
         )
         .execute(&self.pool)
         .await?;
+        self.revoked_here();
         Ok(done.rows_affected() == 1)
     }
 }

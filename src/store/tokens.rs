@@ -282,6 +282,9 @@ impl TokenStore for PgStore {
         t: &NewTokens,
     ) -> Result<Redemption, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // The session row is share-locked: a revocation racing this redemption waits
+        // for it (and its trigger then sees the new grant, so the app gets its
+        // back-channel logout), or wins first and the code is refused as not live.
         let sql = format!(
             "SELECT c.client_id, c.user_id, c.session_id, c.redirect_uri, c.scope, c.nonce,
                     c.code_challenge, c.acr, c.amr, c.auth_time, c.expires_at,
@@ -291,7 +294,7 @@ impl TokenStore for PgStore {
              JOIN sessions s ON s.id = c.session_id
              JOIN users u ON u.id = c.user_id
              WHERE c.code_hash = $1
-             FOR UPDATE OF c"
+             FOR UPDATE OF c FOR SHARE OF s"
         );
         let code: Option<CodeRecord> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(code_hash)
@@ -312,6 +315,7 @@ impl TokenStore for PgStore {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
+            self.revoked_here();
             return Ok(Redemption::Replayed);
         }
         if let CodeVerdict::Refuse(why) = verdict {
@@ -399,6 +403,7 @@ impl TokenStore for PgStore {
                     insert_event(&mut tx, user, Some(session), reuse_event).await?;
                 }
                 tx.commit().await?;
+                self.revoked_here();
                 Ok(Rotation::Reused)
             }
             RefreshVerdict::Rotate => {
@@ -517,6 +522,7 @@ impl TokenStore for PgStore {
         .bind(now)
         .execute(&self.pool)
         .await?;
+        self.revoked_here();
         Ok(done.rows_affected() == 1)
     }
 
@@ -537,6 +543,7 @@ impl TokenStore for PgStore {
         .bind(now)
         .execute(&self.pool)
         .await?;
+        self.revoked_here();
         Ok(done.rows_affected() == 1)
     }
 }

@@ -213,6 +213,15 @@ impl Rig {
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            // And no second one a moment later.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut count = 0;
+            for token in receiver.received() {
+                if validate_logout_token(&self.app, client, &token).await["sid"] == sid {
+                    count += 1;
+                }
+            }
+            assert_eq!(count, 1, "one logout token for {sid}, not {count}");
             assert_eq!(found.len(), 1, "one logout token for {sid}: {found:?}");
             assert_eq!(found[0]["aud"], client.id.as_str());
             let owner: String =
