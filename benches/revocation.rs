@@ -153,6 +153,93 @@ async fn introspect(
     Some(v["active"] == true)
 }
 
+/// wrk's figures: requests/s, p50 and p99 in ms, non-2xx answers.
+struct Wrk {
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+/// Introspection of `tokens` (in this order, round robin per thread) by `wrk -t2
+/// -c64 --latency`, or `None` without wrk.
+fn wrk_phase(
+    base: &str,
+    client: &(String, String),
+    tokens: &[String],
+    seconds: u64,
+) -> Option<Wrk> {
+    let dir = std::env::temp_dir().join(format!("gatehouse-wrk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let list = dir.join("tokens.txt");
+    std::fs::write(&list, tokens.join("\n")).ok()?;
+    let auth =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", client.0, client.1));
+    let script = dir.join("introspect.lua");
+    std::fs::write(
+        &script,
+        format!(
+            r#"local tokens = {{}}
+for line in io.lines("{list}") do tokens[#tokens + 1] = line end
+local i = 0
+function setup(thread) thread:set("offset", math.random(#tokens)) end
+function init(args) i = offset or 0 end
+function request()
+  i = i % #tokens + 1
+  return wrk.format("POST", "/oauth2/introspect", {{
+    ["Authorization"] = "Basic {auth}",
+    ["Content-Type"] = "application/x-www-form-urlencoded",
+  }}, "token=" .. tokens[i])
+end
+"#,
+            list = list.display()
+        ),
+    )
+    .ok()?;
+    let out = std::process::Command::new("wrk")
+        .args(["-t2", "-c64", "--latency", "-d"])
+        .arg(format!("{seconds}s"))
+        .arg("-s")
+        .arg(&script)
+        .arg(base)
+        .output()
+        .ok()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let ms = |label: &str| -> Option<f64> {
+        let v = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))?
+            .split_whitespace()
+            .nth(1)?
+            .to_string();
+        if let Some(us) = v.strip_suffix("us") {
+            us.parse::<f64>().ok().map(|x| x / 1000.0)
+        } else if let Some(m) = v.strip_suffix("ms") {
+            m.parse().ok()
+        } else {
+            v.strip_suffix('s')?.parse::<f64>().ok().map(|x| x * 1000.0)
+        }
+    };
+    let errors = text
+        .lines()
+        .find(|l| l.contains("Non-2xx"))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or(0);
+    Some(Wrk {
+        per_second: text
+            .lines()
+            .find(|l| l.starts_with("Requests/sec:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?,
+        p50_ms: ms("50%")?,
+        p99_ms: ms("99%")?,
+        errors,
+    })
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted
         .get(((sorted.len() as f64 - 1.0) * q) as usize)
@@ -386,6 +473,17 @@ async fn main() {
     let quiet = phase("introspect (Zipf)", pid, seconds, load.clone()).await;
     let quiet_share = db_share(before, lookups(&http, &base_a).await);
 
+    // The same load from wrk (C, far lighter than this process's own client) when it
+    // is installed: the server then gets the CPU the load generator above takes.
+    let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+    // 20,000 draws (each token is ~850 bytes), replayed in a loop.
+    let sample: Vec<String> = (0..20_000)
+        .map(|_| tokens[draw(&cdf, &mut rng)].access.clone())
+        .collect();
+    let before = lookups(&http, &base_a).await;
+    let light = wrk_phase(&base_a, &client, &sample, seconds);
+    let light_share = db_share(before, lookups(&http, &base_a).await);
+
     // Phase 4: the same load, plus one revocation per second on node B. The most
     // popular tokens go first: they are certainly in node A's cache.
     let delays = Arc::new(Mutex::new(Vec::<f64>::new()));
@@ -501,8 +599,17 @@ async fn main() {
             p.name, p.per_second, p.p50_ms, p.p99_ms, p.errors, p.peak_rss_mib
         );
     }
+    match &light {
+        Some(w) => println!(
+            "| introspect (Zipf, wrk -t2 -c64) | {:.0} | {:.1} | {:.1} | {} | — |",
+            w.per_second, w.p50_ms, w.p99_ms, w.errors
+        ),
+        None => println!("(wrk is not installed: no light-client phase)"),
+    }
     println!();
-    println!("answers that read PostgreSQL: quiet {quiet_share}; revoking 1/s {busy_share}");
+    println!(
+        "answers that read PostgreSQL: quiet {quiet_share}; revoking 1/s {busy_share}; wrk {light_share}"
+    );
     println!(
         "revocation on node B → active:false on node A ({} revocations): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         delays.len(),
@@ -512,9 +619,10 @@ async fn main() {
     );
     match pg_bound {
         Some(tps) => println!(
-            "pgbench -S -c 8 -M prepared: {tps:.0} tps; introspection reached {:.0} % of it ({:.0} % while revoking)",
+            "pgbench -S -c 8 -M prepared: {tps:.0} tps; introspection reached {:.0} % of it ({:.0} % while revoking, {:.0} % from wrk)",
             100.0 * quiet.per_second / tps,
-            100.0 * busy.per_second / tps
+            100.0 * busy.per_second / tps,
+            100.0 * light.as_ref().map_or(0.0, |w| w.per_second) / tps
         ),
         None => println!("pgbench was not available: no PostgreSQL bound"),
     }
