@@ -68,6 +68,14 @@ pub enum SessionsCommand {
         #[arg(long, value_name = "ID")]
         session: Option<String>,
     },
+    /// Print the sessions the contextual checks flagged, newest first, one JSON
+    /// object per line.
+    Flagged {
+        /// Only those flagged in this last span (`24h`, `7d`) or since this time
+        /// (RFC 3339, `2026-12-01T00:00:00Z`).
+        #[arg(long, value_name = "D")]
+        since: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

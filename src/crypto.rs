@@ -21,6 +21,8 @@ pub mod columns {
     pub const SESSION_IP: &str = "sessions.ip";
     pub const SESSION_USER_AGENT: &str = "sessions.user_agent";
     pub const SESSION_LOCATION: &str = "sessions.location";
+    pub const SESSION_RISK_REASON: &str = "sessions.risk_reason";
+    pub const CHALLENGE_RISK_FLAG: &str = "mfa_challenges.risk_flag";
     pub const EVENT_IP: &str = "security_events.ip";
     pub const EVENT_USER_AGENT: &str = "security_events.user_agent";
     pub const EVENT_LOCATION: &str = "security_events.location";
@@ -38,6 +40,7 @@ pub mod columns {
     pub const EMAIL_CODE: &str = "mfa/email-code";
     pub const THROTTLE_CODE: &str = "throttle/code";
     pub const THROTTLE_CODE_MAIL: &str = "throttle/code-mail";
+    pub const THROTTLE_RISK_MAIL: &str = "throttle/risk-mail";
 }
 
 /// Format byte in front of every ciphertext, so the layout can change later.

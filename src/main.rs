@@ -112,6 +112,14 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
         }
         Command::Sessions {
+            command: SessionsCommand::Flagged { since },
+        } => {
+            let state = AppState::new(settings, Clock::system(), false).await?;
+            for line in operators::flagged_sessions(&state, since.as_deref()).await? {
+                println!("{line}");
+            }
+        }
+        Command::Sessions {
             command: SessionsCommand::Revoke { user, session },
         } => {
             let state = AppState::new(settings, Clock::system(), false).await?;

@@ -22,6 +22,11 @@ pub struct Metrics {
     /// Second-factor codes evaluated, by outcome (`right`, `wrong`, `throttled`, `void`).
     pub second_factor: IntCounterVec,
     pub registrations: IntCounterVec,
+    /// Contextual-check decisions (`allow`, `notify`, `second_factor`, `deny`).
+    pub risk_decisions: IntCounterVec,
+    /// Signals the checks saw, by kind (`new_device`, `impossible_travel`, …), and
+    /// sessions flagged after they began (`in_use_elsewhere`, `two_countries`).
+    pub risk_signals: IntCounterVec,
     pub argon2_waiting: IntGauge,
     pub argon2_running: IntGauge,
     pub argon2_skipped: prometheus::IntCounter,
@@ -91,6 +96,20 @@ impl Metrics {
         let registrations = IntCounterVec::new(
             Opts::new("registrations_total", "Registrations by outcome"),
             &["outcome"],
+        )?;
+        let risk_decisions = IntCounterVec::new(
+            Opts::new(
+                "risk_decisions_total",
+                "Contextual sign-in check decisions, by decision",
+            ),
+            &["decision"],
+        )?;
+        let risk_signals = IntCounterVec::new(
+            Opts::new(
+                "risk_signals_total",
+                "Contextual check signals seen, and sessions flagged later, by kind",
+            ),
+            &["signal"],
         )?;
         let argon2_waiting = IntGauge::new(
             "argon2_queue_depth",
@@ -189,6 +208,8 @@ impl Metrics {
         registry.register(Box::new(sign_ins.clone()))?;
         registry.register(Box::new(second_factor.clone()))?;
         registry.register(Box::new(registrations.clone()))?;
+        registry.register(Box::new(risk_decisions.clone()))?;
+        registry.register(Box::new(risk_signals.clone()))?;
         registry.register(Box::new(argon2_waiting.clone()))?;
         registry.register(Box::new(argon2_running.clone()))?;
         Ok(Self {
@@ -198,6 +219,8 @@ impl Metrics {
             sign_ins,
             second_factor,
             registrations,
+            risk_decisions,
+            risk_signals,
             argon2_waiting,
             argon2_running,
             argon2_skipped,

@@ -158,6 +158,26 @@ pub struct Settings {
     /// Lifetime of a refresh token (`GATEHOUSE_REFRESH_TOKEN_TTL`); `None` means the
     /// session's own absolute lifetime. Either way it never outlives its session.
     pub refresh_token_ttl: Option<Duration>,
+    /// The contextual checks' thresholds (DESIGN.md "Precise rules").
+    pub risk: RiskSettings,
+    /// How long "Trust this browser" lasts after a second factor
+    /// (`GATEHOUSE_MFA_TRUST_DEVICE`); `None` (`0`) turns the option off.
+    pub mfa_trust_device: Option<Duration>,
+}
+
+/// Thresholds of the contextual sign-in checks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RiskSettings {
+    /// Impossible travel: faster than this between two places (`GATEHOUSE_RISK_MAX_KMH`).
+    pub max_kmh: u32,
+    /// ...and further apart than this, since GeoIP is coarse (`GATEHOUSE_RISK_MIN_KM`).
+    pub min_km: u32,
+    /// Failed sign-ins of the account in the last 15 minutes that count as "recent
+    /// failures" (`GATEHOUSE_RISK_RECENT_FAILURES`).
+    pub recent_failures: u32,
+    /// Failed sign-ins from one address (any accounts) in the last 5 minutes that mark
+    /// it as a credential-stuffing source (`GATEHOUSE_RISK_IP_FAILURES`).
+    pub ip_failures: u32,
 }
 
 /// The keys this version understands, for the "unknown setting" warning.
@@ -186,6 +206,11 @@ pub const KNOWN_KEYS: &[&str] = &[
     "GATEHOUSE_HOUSEKEEPING_INTERVAL",
     "GATEHOUSE_ACCESS_TOKEN_TTL",
     "GATEHOUSE_REFRESH_TOKEN_TTL",
+    "GATEHOUSE_RISK_MAX_KMH",
+    "GATEHOUSE_RISK_MIN_KM",
+    "GATEHOUSE_RISK_RECENT_FAILURES",
+    "GATEHOUSE_RISK_IP_FAILURES",
+    "GATEHOUSE_MFA_TRUST_DEVICE",
 ];
 
 /// Raw key → value pairs, already merged from the file and the environment.
@@ -476,6 +501,25 @@ impl RawSettings {
                 None => None,
                 Some(_) => Some(self.duration("GATEHOUSE_REFRESH_TOKEN_TTL", "12h")?),
             },
+            risk: RiskSettings {
+                max_kmh: self.count("GATEHOUSE_RISK_MAX_KMH", 1000, 100_000)?,
+                min_km: self.count("GATEHOUSE_RISK_MIN_KM", 500, 20_000)?,
+                recent_failures: self.count("GATEHOUSE_RISK_RECENT_FAILURES", 3, 100)?,
+                ip_failures: self.count("GATEHOUSE_RISK_IP_FAILURES", 10, 100_000)?,
+            },
+            mfa_trust_device: match self.get("GATEHOUSE_MFA_TRUST_DEVICE") {
+                Some("0") => None,
+                _ => {
+                    let d = self.duration("GATEHOUSE_MFA_TRUST_DEVICE", "30d")?;
+                    if d > Duration::from_secs(400 * 86400) {
+                        return Err(err(
+                            "GATEHOUSE_MFA_TRUST_DEVICE",
+                            "must be at most 400d (a browser keeps a cookie no longer), or 0 to turn it off",
+                        ));
+                    }
+                    Some(d)
+                }
+            },
         })
     }
 }
@@ -694,6 +738,16 @@ mod tests {
         assert_eq!(s.remember_absolute, Duration::from_secs(30 * 86400));
         assert_eq!(s.login_max_failures, 5);
         assert_eq!(s.ip_max_failures, 30);
+        assert_eq!(
+            s.risk,
+            RiskSettings {
+                max_kmh: 1000,
+                min_km: 500,
+                recent_failures: 3,
+                ip_failures: 10
+            }
+        );
+        assert_eq!(s.mfa_trust_device, Some(Duration::from_secs(30 * 86400)));
         assert_eq!(s.log_format, LogFormat::Json);
         assert!(!s.insecure_cookies());
         assert_eq!(s.argon2, Argon2Cost::PRODUCTION);
@@ -859,5 +913,34 @@ mod tests {
         let printed = format!("{s:?}");
         assert!(!printed.contains("hunter2"));
         assert!(!printed.contains(KEY));
+    }
+
+    #[test]
+    fn risk_thresholds_and_device_trust_are_settings() {
+        let base = [
+            ("GATEHOUSE_DEV", "true"),
+            ("GATEHOUSE_RISK_MAX_KMH", "800"),
+            ("GATEHOUSE_RISK_MIN_KM", "300"),
+            ("GATEHOUSE_MFA_TRUST_DEVICE", "0"),
+        ];
+        let s = raw(&base).into_settings().unwrap();
+        assert_eq!((s.risk.max_kmh, s.risk.min_km), (800, 300));
+        assert_eq!(s.mfa_trust_device, None, "0 turns trust off");
+        let s = raw(&[
+            ("GATEHOUSE_DEV", "true"),
+            ("GATEHOUSE_MFA_TRUST_DEVICE", "7d"),
+        ])
+        .into_settings()
+        .unwrap();
+        assert_eq!(s.mfa_trust_device, Some(Duration::from_secs(7 * 86400)));
+        for bad in [
+            ("GATEHOUSE_RISK_MAX_KMH", "fast"),
+            ("GATEHOUSE_RISK_RECENT_FAILURES", "0"),
+            ("GATEHOUSE_MFA_TRUST_DEVICE", "forever"),
+            ("GATEHOUSE_MFA_TRUST_DEVICE", "1000d"),
+        ] {
+            let e = error_of(&[("GATEHOUSE_DEV", "true"), bad]);
+            assert!(e.to_string().contains(bad.0), "{e}");
+        }
     }
 }

@@ -64,6 +64,10 @@ pub fn event_title(kind: &str) -> &'static str {
         "totp_enabled" => "Two-step verification turned on",
         "totp_removed" => "Two-step verification turned off",
         "recovery_codes_regenerated" => "New recovery codes made",
+        "sign_in_denied" => "Sign-in blocked: it looked unusual",
+        "session_flagged" => "Unusual activity on a session",
+        "reported_not_me" => "You reported a sign-in that wasn't you",
+        "device_untrusted" => "A browser is no longer trusted",
         "refresh_token_reused" => "An app's refresh token was used twice: its sign-in was ended",
         _ => "Account event",
     }

@@ -14,7 +14,10 @@ use crate::domain::{Agent, DeviceId, DeviceKind, DeviceToken, Location, SessionI
 use crate::error::AppError;
 use crate::mail::messages;
 use crate::state::AppState;
-use crate::store::{DeviceLink, SessionDetail, SessionRecord};
+use crate::store::{DeviceLink, DeviceNotice, SessionDetail, SessionRecord};
+
+/// How long a new-sign-in notice's "This wasn't me" link works.
+pub const NOT_ME_LINK_DAYS: i64 = 7;
 
 /// The device cookie a sign-in leaves in the browser: the one it came with, if we
 /// issued it, else a new one.
@@ -42,21 +45,30 @@ pub async fn device_for_sign_in(
         .keys
         .seal(columns::DEVICE_LABEL, agent.label.as_bytes())
         .map_err(|e| AppError::Unexpected(e.into()))?;
-    let when = super::describe::when(state.clock.now());
-    let notice = messages::new_device(
-        &state.settings,
-        email,
-        &agent.label,
-        &ctx.location.place(),
-        &ctx.ip.to_string(),
-        &when,
-    );
+    let now = state.clock.now();
+    let when = super::describe::when(now);
+    let (place, ip) = (ctx.location.place(), ctx.ip.to_string());
+    let facts = messages::SignInFacts {
+        device: &agent.label,
+        place: &place,
+        ip: &ip,
+        when: &when,
+    };
+    // "This wasn't me" in the notice: a single-use link that ends this session.
+    let not_me = crate::crypto::random_token();
+    let notice = DeviceNotice {
+        event: event(state, "new_device", Some(ctx))?,
+        mail: messages::new_device(&state.settings, email, &facts, &not_me),
+        not_me_hash: crate::crypto::token_hash(&not_me),
+        not_me_expires_at: now + time::Duration::days(NOT_ME_LINK_DAYS),
+    };
     let link = DeviceLink {
         new_id: DeviceId::new(),
         token_hash: token.hash(),
         label_enc,
         device_type: agent.kind.as_str(),
-        notice: Some((event(state, "new_device", Some(ctx))?, notice)),
+        notice: Some(notice),
+        trust_until: None,
     };
     Ok((link, DeviceCookie(token)))
 }
@@ -81,6 +93,8 @@ pub struct DeviceRow {
     pub current: bool,
     pub risk: Option<String>,
     pub remembered: bool,
+    /// The browser is trusted to skip the code until then.
+    pub trusted_until: Option<OffsetDateTime>,
 }
 
 /// Opens a sealed column; a value no held key opens shows as absent (it is never an
@@ -123,11 +137,11 @@ pub fn describe_session(
         second_factor_at: (s.aal == "aal2").then_some(s.aal_reached_at),
         current: current == Some(SessionId(s.id)),
         risk: s.risk_flagged.then(|| {
-            s.risk_reason
-                .clone()
+            super::risk::open_flag(state, s.risk_reason.as_deref(), s.risk_reason_enc.as_ref())
                 .unwrap_or_else(|| "Unusual sign-in".into())
         }),
         remembered: s.remember_me,
+        trusted_until: s.device_trusted_until.filter(|t| *t > state.clock.now()),
     }
 }
 
@@ -204,6 +218,52 @@ pub async fn revoke_many(
     } else {
         Revoked::IncludingThisOne(n)
     })
+}
+
+/// A browser the user trusts to skip the code, as the device list shows it.
+#[derive(Clone, Debug)]
+pub struct TrustedRow {
+    pub device_id: DeviceId,
+    pub label: String,
+    pub trusted_at: OffsetDateTime,
+    pub trusted_until: OffsetDateTime,
+    pub last_seen_at: OffsetDateTime,
+}
+
+/// The user's trusted browsers (whether or not they have a live session).
+pub async fn trusted(state: &AppState, user_id: UserId) -> Result<Vec<TrustedRow>, AppError> {
+    let rows = state
+        .store
+        .trusted_devices(user_id, state.clock.now())
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|d| TrustedRow {
+            device_id: DeviceId(d.id),
+            label: open_text(state, columns::DEVICE_LABEL, Some(&d.label_enc))
+                .unwrap_or_else(|| "Unknown browser".into()),
+            trusted_at: d.trusted_at,
+            trusted_until: d.trusted_until,
+            last_seen_at: d.last_seen_at,
+        })
+        .collect())
+}
+
+/// Withdraws the trust of one of the viewer's browsers by the id in the URL. A
+/// malformed, unknown, untrusted or another user's id answers `NotFound` alike.
+pub async fn untrust(
+    state: &AppState,
+    viewer: &SessionRecord,
+    raw_id: &str,
+    ctx: &RequestContext,
+) -> Result<(), AppError> {
+    let id = DeviceId::parse(raw_id).ok_or(AppError::NotFound)?;
+    let e = event(state, "device_untrusted", Some(ctx))?;
+    if state.store.untrust_device(viewer.user_id, id, &e).await? {
+        Ok(())
+    } else {
+        Err(AppError::NotFound)
+    }
 }
 
 /// For operators: a user's live sessions, opened.

@@ -5,10 +5,12 @@
 //! so neither parallelism nor timing tells an attacker more than one try in sequence.
 
 use crate::auth::devices::{self, DeviceCookie};
-use crate::auth::events::event;
+use crate::auth::events::{event, event_with};
 use crate::auth::second_factor::{self, PendingSignIn};
 use crate::auth::sessions::{self, lifetimes};
-use crate::auth::{RequestContext, after_answer, mailflows};
+use crate::auth::{RequestContext, after_answer, mailflows, risk};
+use crate::crypto::columns;
+use crate::domain::risk::{Assessment, Decision};
 use crate::domain::{Email, EmailError, Password, PasswordError, SessionId, SessionToken, UserId};
 use crate::error::AppError;
 use crate::hasher::Slot;
@@ -47,6 +49,9 @@ pub enum SignInOutcome {
     },
     /// The e-mail is not even syntactically an address (nothing was counted).
     Malformed(EmailError),
+    /// The password was right, but the contextual checks blocked the sign-in (the
+    /// owner was told by mail).
+    Denied,
 }
 
 fn limits(state: &AppState) -> ThrottleLimits {
@@ -129,13 +134,36 @@ pub async fn sign_in(
             email: user.email.clone(),
         });
     }
-    if second_factor::always_required(state, user.id).await? {
+    // The contextual checks, after the password and before any session exists.
+    let assessment = risk::assess_sign_in(state, user, ctx, checked.attempt()).await?;
+    if assessment.decision == Decision::Deny {
+        risk_denial(state, &checked, ctx, &assessment).await?;
+        state.metrics.sign_ins.with_label_values(&["denied"]).inc();
+        return Ok(SignInOutcome::Denied);
+    }
+    let demand = if assessment.decision == Decision::SecondFactor {
+        let flag = assessment
+            .flag()
+            .map(|(names, wording)| {
+                risk::seal_flag(state, columns::CHALLENGE_RISK_FLAG, names, &wording)
+            })
+            .transpose()?;
+        Some((assessment.summary(), flag))
+    } else if second_factor::always_required(state, user.id).await? && !assessment.trusted_browser {
+        Some(("authenticator app set up".to_string(), None))
+    } else {
+        None
+    };
+    if let Some((reason, risk_flag)) = demand {
         let pending = second_factor::demand(
             state,
             &checked,
-            remember_me,
-            return_to,
-            "authenticator app set up",
+            second_factor::Demand {
+                remember_me,
+                return_to,
+                reason,
+                risk_flag,
+            },
             ctx,
         )
         .await?;
@@ -153,11 +181,24 @@ pub async fn sign_in(
     let (token, mut session) = sessions::new_session(state, user.id, remember_me, ctx, &["pwd"])?;
     session.login_mark = crate::domain::oauth::login_mark_hash(return_to.as_deref());
     let (device, cookie) = devices::device_for_sign_in(state, user.id, &user.email, ctx).await?;
+    let signed_in = if assessment.trusted_browser {
+        event_with(
+            state,
+            "signed_in",
+            Some(ctx),
+            "Trusted browser: no code asked for",
+        )?
+    } else if assessment.signals.is_empty() {
+        event(state, "signed_in", Some(ctx))?
+    } else {
+        event_with(state, "signed_in", Some(ctx), &assessment.summary())?
+    };
     let sign_in = SignIn {
         session,
         replaces,
         device,
-        event: event(state, "signed_in", Some(ctx))?,
+        event: signed_in,
+        flag_others: risk::flag_other_countries(state, &user.email, ctx)?,
     };
     let created = state
         .store
@@ -176,6 +217,61 @@ pub async fn sign_in(
         remember_me,
         cookie,
     )))
+}
+
+/// Blocked-sign-in mails per user per 15 minutes: someone holding the password must
+/// not be able to flood the owner's inbox.
+const DENIAL_MAILS_PER_WINDOW: i32 = 3;
+
+/// Records a sign-in the checks blocked, and tells the owner (within an allowance).
+/// The attempt's counts are taken back: the password was right, not a guess.
+async fn risk_denial(
+    state: &AppState,
+    checked: &CheckedPassword,
+    ctx: &RequestContext,
+    assessment: &Assessment,
+) -> Result<(), AppError> {
+    let user = &checked.user;
+    let key = state
+        .keys
+        .mac(columns::THROTTLE_RISK_MAIL, user.id.0.as_bytes());
+    let allowed = state
+        .store
+        .count_in_window(
+            "code-mail",
+            &key,
+            state.clock.now(),
+            DENIAL_MAILS_PER_WINDOW,
+            risk::FAILURE_WINDOW_SECS,
+        )
+        .await?
+        == Attempt::Allowed;
+    let agent = crate::domain::Agent::parse(ctx.user_agent.as_deref());
+    let (place, ip) = (ctx.location.place(), ctx.ip.to_string());
+    let when = super::describe::when(state.clock.now());
+    let mails: Vec<_> = allowed
+        .then(|| {
+            messages::sign_in_blocked(
+                &state.settings,
+                &user.email,
+                &messages::SignInFacts {
+                    device: &agent.label,
+                    place: &place,
+                    ip: &ip,
+                    when: &when,
+                },
+                &assessment.reasons(),
+            )
+        })
+        .into_iter()
+        .collect();
+    let denied = event_with(state, "sign_in_denied", Some(ctx), &assessment.summary())?;
+    state
+        .store
+        .sign_in_denied(checked.attempt(), user.id, &denied, &mails)
+        .await?;
+    tracing::info!(user_id = %user.id, "sign-in blocked by the contextual checks");
+    Ok(())
 }
 
 /// A password that was checked and found right, with the throttle counts it holds.
@@ -381,6 +477,7 @@ pub async fn register(
         replaces,
         device,
         event: event(state, "signed_in", Some(ctx))?,
+        flag_others: None,
     };
     let account = NewAccount {
         user,

@@ -11,6 +11,7 @@ pub mod mailflows;
 pub mod mfa;
 pub mod operators;
 pub mod password;
+pub mod risk;
 pub mod second_factor;
 pub mod sessions;
 pub mod totp;

@@ -54,6 +54,67 @@ pub async fn list_sessions(
         .collect())
 }
 
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// `--since`: a span back from now (`24h`, `7d`) or an RFC 3339 time.
+pub fn parse_since(now: time::OffsetDateTime, text: &str) -> anyhow::Result<time::OffsetDateTime> {
+    if let Ok(span) = humantime::parse_duration(text) {
+        let span = time::Duration::try_from(span).map_err(|_| anyhow!("--since: too long"))?;
+        return now
+            .checked_sub(span)
+            .ok_or_else(|| anyhow!("--since: too long"));
+    }
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(
+        |_| anyhow!("--since: {text:?} is neither a span like 24h or 7d nor a time like 2026-12-01T00:00:00Z"),
+    )
+}
+
+/// The sessions the contextual checks flagged (what `sessions flagged` prints as JSON
+/// lines, newest first): who, when, why, where, and whether it is still live.
+pub async fn flagged_sessions(
+    state: &AppState,
+    since: Option<&str>,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let since = since
+        .map(|s| parse_since(state.clock.now(), s))
+        .transpose()?;
+    let rows = state
+        .store
+        .flagged_sessions(since)
+        .await
+        .context("reading flagged sessions")?;
+    let open = |context: &str, sealed: &Option<Vec<u8>>| {
+        sealed
+            .as_ref()
+            .and_then(|s| state.keys.open(context, s).ok())
+    };
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let place = open(crate::crypto::columns::SESSION_LOCATION, &r.location_enc)
+                .and_then(|p| serde_json::from_slice::<crate::domain::Location>(&p).ok())
+                .unwrap_or_default()
+                .place();
+            let ip = open(crate::crypto::columns::SESSION_IP, &r.ip_enc)
+                .and_then(|p| String::from_utf8(p).ok());
+            serde_json::json!({
+                "session_id": r.id.to_string(),
+                "user": r.email,
+                "flagged_at": rfc3339(r.flagged_at),
+                "reason": super::risk::open_flag(state, r.reason.as_deref(), r.reason_enc.as_ref()),
+                "signed_in_at": rfc3339(r.created_at),
+                "location": place,
+                "ip": ip,
+                "revoked_at": r.revoked_at.map(rfc3339),
+                "revoked_reason": r.revoked_reason,
+            })
+        })
+        .collect())
+}
+
 /// Revokes one session of the user (`session`) or all of them. Returns how many.
 pub async fn revoke_sessions(
     state: &AppState,

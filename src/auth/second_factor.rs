@@ -109,30 +109,41 @@ pub struct PendingSignIn {
     pub token: PendingToken,
 }
 
+/// What a sign-in that must prove a second factor carries to its completion.
+pub struct Demand {
+    pub remember_me: bool,
+    pub return_to: Option<String>,
+    /// Why, for the account's history.
+    pub reason: String,
+    /// The contextual checks' reasons, if they demanded it: the session is born
+    /// flagged with them.
+    pub risk_flag: Option<crate::store::RiskFlag>,
+}
+
 /// Demands a second factor for a sign-in whose password was right: TOTP (or a
 /// recovery code) when the user has an authenticator app, else a code sent by e-mail
-/// at once. `reason` says why, for the account's history. This is the one entry the
-/// contextual checks use to step a sign-in up. `None` if the account changed while
-/// the password was checked (reset, disabled): the sign-in fails.
+/// at once. This is the one entry the contextual checks use to step a sign-in up.
+/// `None` if the account changed while the password was checked (reset, disabled):
+/// the sign-in fails.
 pub async fn demand(
     state: &AppState,
     checked: &CheckedPassword,
-    remember_me: bool,
-    return_to: Option<String>,
-    reason: &str,
+    d: Demand,
     ctx: &RequestContext,
 ) -> Result<Option<PendingSignIn>, AppError> {
     let user = &checked.user;
     let now = state.clock.now();
     let token = PendingToken::generate();
+    let reason = d.reason;
     let challenge = NewChallenge {
         id: uuid::Uuid::new_v4(),
         user_id: user.id,
         token_hash: Some(token.hash()),
         session_id: None,
-        remember_me,
-        return_to,
-        reason: reason.to_string(),
+        remember_me: d.remember_me,
+        return_to: d.return_to,
+        reason: reason.clone(),
+        risk_flag: d.risk_flag,
         now,
         expires_at: now + span(CHALLENGE_TTL),
     };
@@ -147,7 +158,7 @@ pub async fn demand(
             code.expose_secret(),
         ));
     }
-    let required = event_with(state, "second_factor_required", Some(ctx), reason)?;
+    let required = event_with(state, "second_factor_required", Some(ctx), &reason)?;
     let begun = state
         .store
         .begin_second_factor(
@@ -235,6 +246,7 @@ pub async fn step_up_challenge(
         remember_me: false,
         return_to: None,
         reason: "step-up".into(),
+        risk_flag: None,
         now,
         expires_at: now + span(CHALLENGE_TTL),
     };
@@ -400,25 +412,49 @@ pub struct FinishedSignIn {
 }
 
 /// Completes a half-finished sign-in with a code. The session is born `aal2` with
-/// `amr` `["pwd", <method>]`; `replaces` is the browser's earlier session.
+/// `amr` `["pwd", <method>]` (flagged, when the contextual checks demanded the code);
+/// `replaces` is the browser's earlier session. `trust_browser`: the person ticked
+/// "Trust this browser", so later sign-ins from it with nothing unusual skip the code.
 pub async fn finish_sign_in(
     state: &AppState,
     ch: &ChallengeRecord,
     raw: &str,
     ctx: &RequestContext,
     replaces: Option<SessionId>,
+    trust_browser: bool,
 ) -> Result<CodeOutcome<FinishedSignIn>, AppError> {
-    let (device, cookie) = devices::device_for_sign_in(state, ch.user_id, &ch.email, ctx).await?;
-    let signed_in = event(state, "signed_in", Some(ctx))?;
+    let (mut device, cookie) =
+        devices::device_for_sign_in(state, ch.user_id, &ch.email, ctx).await?;
+    if trust_browser && let Some(ttl) = state.settings.mfa_trust_device {
+        device.trust_until = Some(state.clock.now() + span(ttl));
+    }
+    let signed_in = match &ch.risk_flag {
+        Some(flag) => event_with(
+            state,
+            "signed_in",
+            Some(ctx),
+            &format!("Flagged: {}", flag.summary),
+        )?,
+        None => event(state, "signed_in", Some(ctx))?,
+    };
+    let flag_others = super::risk::flag_other_countries(state, &ch.email, ctx)?;
     attempt_code(state, ch, raw, ctx, |method| {
         let (token, mut session) =
             sessions::new_session(state, ch.user_id, ch.remember_me, ctx, &["pwd", method])?;
         session.login_mark = crate::domain::oauth::login_mark_hash(ch.return_to.as_deref());
+        // The challenge sealed the wording under its own context; the session seals
+        // it under its own.
+        session.risk_flag = ch
+            .risk_flag
+            .as_ref()
+            .map(|f| reseal_flag(state, f))
+            .transpose()?;
         let sign_in = SignIn {
             session,
             replaces,
             device,
             event: signed_in,
+            flag_others,
         };
         let finished = FinishedSignIn {
             session: NewBrowserSession {
@@ -431,6 +467,24 @@ pub async fn finish_sign_in(
         Ok((Completion::SignIn(Box::new(sign_in)), finished))
     })
     .await
+}
+
+fn reseal_flag(
+    state: &AppState,
+    f: &crate::store::RiskFlag,
+) -> Result<crate::store::RiskFlag, AppError> {
+    let wording = state
+        .keys
+        .open(columns::CHALLENGE_RISK_FLAG, &f.sealed)
+        .ok()
+        .and_then(|p| String::from_utf8(p).ok())
+        .unwrap_or_else(|| f.summary.clone());
+    super::risk::seal_flag(
+        state,
+        columns::SESSION_RISK_REASON,
+        f.summary.clone(),
+        &wording,
+    )
 }
 
 /// Raises a session to `aal2` with a code; the session gets a new cookie token

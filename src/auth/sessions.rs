@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::RequestContext;
 use super::events::{event, seal_location};
 use crate::crypto::columns;
-use crate::domain::{SessionId, SessionToken, UserId};
+use crate::domain::{Location, SessionId, SessionToken, UserId};
 use crate::error::AppError;
 use crate::settings::Settings;
 use crate::state::AppState;
@@ -81,20 +81,28 @@ pub fn new_session(
             .as_ref()
             .map(|c| state.keys.mac(columns::SEEN_COUNTRY, c.as_bytes())),
         login_mark: None,
+        risk_flag: None,
     };
     Ok((token, session))
 }
 
 /// The live session behind a cookie token, re-checked against the database on every
-/// call; records activity at most once a minute.
+/// call; records activity at most once a minute. A request from another country than
+/// the session's sign-in (`location`) flags it once, and does not renew a "keep me
+/// signed in" session: a copied cookie used elsewhere is not kept alive by its use.
 pub async fn authenticate(
     state: &AppState,
     token: &SessionToken,
+    location: &Location,
 ) -> Result<Option<SessionRecord>, AppError> {
     let now = state.clock.now();
     let Some(mut record) = state.store.live_session(&token.hash(), now).await? else {
         return Ok(None);
     };
+    let elsewhere = super::risk::watch(state, &mut record, location).await?;
+    if elsewhere && record.remember_me {
+        return Ok(Some(record));
+    }
     if now - record.last_seen_at >= span(LAST_SEEN_GRANULARITY) {
         state.store.touch_session(record.id, now).await?;
         record.last_seen_at = now;

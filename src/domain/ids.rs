@@ -43,6 +43,12 @@ impl DeviceId {
     pub fn new() -> Self {
         Self(Uuid::new_v4())
     }
+
+    /// A device id as it appears in a URL (canonical hyphenated form only).
+    pub fn parse(text: &str) -> Option<Self> {
+        let id = Uuid::try_parse(text).ok()?;
+        (id.hyphenated().to_string() == text).then_some(Self(id))
+    }
 }
 
 impl Default for DeviceId {

@@ -9,6 +9,7 @@ pub mod net;
 pub mod oauth;
 pub mod otp;
 mod password;
+pub mod risk;
 mod token;
 
 pub use context::{Agent, DeviceKind, Location};

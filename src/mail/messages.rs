@@ -13,6 +13,7 @@ struct Text<'a> {
     greeting: &'a str,
     paragraphs: &'a [String],
     action: Option<(&'a str, &'a str)>,
+    also: Option<(&'a str, &'a str)>,
     after: &'a [String],
     site: &'a str,
 }
@@ -24,6 +25,7 @@ struct Html<'a> {
     greeting: &'a str,
     paragraphs: &'a [String],
     action: Option<(&'a str, &'a str)>,
+    also: Option<(&'a str, &'a str)>,
     after: &'a [String],
     site: &'a str,
 }
@@ -32,17 +34,21 @@ struct Draft {
     subject: String,
     paragraphs: Vec<String>,
     action: Option<(String, String)>,
+    /// A second, plainer link under the main one (e.g. "This wasn't me").
+    also: Option<(String, String)>,
     after: Vec<String>,
 }
 
 fn render(settings: &Settings, to: &str, d: Draft) -> OutboundMail {
     let site = settings.issuer();
     let action = d.action.as_ref().map(|(l, u)| (l.as_str(), u.as_str()));
+    let also = d.also.as_ref().map(|(l, u)| (l.as_str(), u.as_str()));
     let greeting = "Hello,";
     let text = Text {
         greeting,
         paragraphs: &d.paragraphs,
         action,
+        also,
         after: &d.after,
         site: &site,
     }
@@ -53,6 +59,7 @@ fn render(settings: &Settings, to: &str, d: Draft) -> OutboundMail {
         greeting,
         paragraphs: &d.paragraphs,
         action,
+        also,
         after: &d.after,
         site: &site,
     }
@@ -79,6 +86,7 @@ pub fn verify_email(settings: &Settings, to: &str, token: &str) -> OutboundMail 
         subject: "Confirm your e-mail address".into(),
         paragraphs: vec!["Someone (hopefully you) created a Gatehouse account with this address. Confirm it to finish signing up. The link works once, for 24 hours.".into()],
         action: Some(("Confirm my address".into(), link(settings, "/verify-email", token))),
+        also: None,
         after: vec![NOT_YOU.into()],
     })
 }
@@ -88,6 +96,7 @@ pub fn account_exists(settings: &Settings, to: &str) -> OutboundMail {
         subject: "Someone tried to sign up with your address".into(),
         paragraphs: vec!["Someone tried to create a Gatehouse account with this address, but you already have one. No new account was created.".into()],
         action: Some(("Forgot your password? Reset it".into(), format!("{}/password/forgot", settings.issuer()))),
+        also: None,
         after: vec!["If this wasn't you, no action is needed: your account is unchanged.".into()],
     })
 }
@@ -97,6 +106,7 @@ pub fn password_reset(settings: &Settings, to: &str, token: &str) -> OutboundMai
         subject: "Reset your password".into(),
         paragraphs: vec!["Someone asked to reset the password of your Gatehouse account. The link works once, for 30 minutes. Setting a new password signs you out everywhere.".into()],
         action: Some(("Choose a new password".into(), link(settings, "/password/reset", token))),
+        also: None,
         after: vec![NOT_YOU.into()],
     })
 }
@@ -106,6 +116,7 @@ pub fn password_changed(settings: &Settings, to: &str) -> OutboundMail {
         subject: "Your password was changed".into(),
         paragraphs: vec!["The password of your Gatehouse account was just changed, and every session was signed out.".into()],
         action: None,
+        also: None,
         after: vec!["If this wasn't you, reset your password at once and check your signed-in devices.".into()],
     })
 }
@@ -115,6 +126,7 @@ pub fn confirm_new_email(settings: &Settings, to: &str, token: &str) -> Outbound
         subject: "Confirm your new e-mail address".into(),
         paragraphs: vec!["Confirm that this address should become the e-mail address of your Gatehouse account. The change happens only when you use the link, which works once, for 24 hours.".into()],
         action: Some(("Use this address".into(), link(settings, "/account/email/confirm", token))),
+        also: None,
         after: vec![NOT_YOU.into()],
     })
 }
@@ -129,6 +141,7 @@ pub fn email_change_requested(settings: &Settings, to: &str, new_address: &str) 
                 "Someone signed in to your Gatehouse account asked to change its e-mail address to {new_address}. It changes only if that address confirms."
             )],
             action: None,
+            also: None,
             after: vec![
                 "If this wasn't you, change your password and sign out your other devices.".into(),
             ],
@@ -146,6 +159,7 @@ pub fn email_changed(settings: &Settings, to: &str, new_address: &str) -> Outbou
                 "The e-mail address of your Gatehouse account is now {new_address}. Mail about the account goes there from now on."
             )],
             action: None,
+            also: None,
             after: vec!["If this wasn't you, contact your administrator at once.".into()],
         },
     )
@@ -154,13 +168,19 @@ pub fn email_changed(settings: &Settings, to: &str, new_address: &str) -> Outbou
 /// A sign-in from a browser this account had never used (DESIGN.md "Devices and
 /// context"). Names the device, the place, the address and the time; the way to act
 /// is the device list, where one click signs that browser out.
+/// Where and how a sign-in happened, as a notice describes it.
+pub struct SignInFacts<'a> {
+    pub device: &'a str,
+    pub place: &'a str,
+    pub ip: &'a str,
+    pub when: &'a str,
+}
+
 pub fn new_device(
     settings: &Settings,
     to: &str,
-    device: &str,
-    place: &str,
-    ip: &str,
-    when: &str,
+    facts: &SignInFacts<'_>,
+    not_me_token: &str,
 ) -> OutboundMail {
     render(
         settings,
@@ -169,16 +189,76 @@ pub fn new_device(
             subject: "New sign-in to your account".into(),
             paragraphs: vec![
                 "Your Gatehouse account was just signed in to from a device it had not been used on before:".into(),
-                format!("Device: {device}"),
-                format!("Place: {place} (address {ip})"),
-                format!("Time: {when}"),
+                format!("Device: {}", facts.device),
+                format!("Place: {} (address {})", facts.place, facts.ip),
+                format!("Time: {}", facts.when),
             ],
             action: Some((
                 "Review your devices".into(),
                 format!("{}/account/devices", settings.issuer()),
             )),
+            also: Some((
+                "This wasn't me: sign that device out".into(),
+                link(settings, "/not-me", not_me_token),
+            )),
             after: vec![
-                "If this was you, there is nothing to do. If it wasn't, sign that device out from the list and change your password.".into(),
+                "If this was you, there is nothing to do. If it wasn't, the link above signs that device out at once (it works once, for 7 days); then change your password.".into(),
+            ],
+        },
+    )
+}
+
+/// The contextual checks blocked a sign-in made with the right password.
+pub fn sign_in_blocked(
+    settings: &Settings,
+    to: &str,
+    facts: &SignInFacts<'_>,
+    reasons: &str,
+) -> OutboundMail {
+    render(
+        settings,
+        to,
+        Draft {
+            subject: "We blocked a sign-in to your account".into(),
+            paragraphs: vec![
+                "Someone signed in to your Gatehouse account with the right password, and we blocked it because it looked unusual:".into(),
+                format!("Why: {reasons}"),
+                format!("Device: {}", facts.device),
+                format!("Place: {} (address {})", facts.place, facts.ip),
+                format!("Time: {}", facts.when),
+            ],
+            action: Some((
+                "Change your password".into(),
+                format!("{}/password/forgot", settings.issuer()),
+            )),
+            also: None,
+            after: vec![
+                "If this wasn't you, your password is known to someone else: change it now. If it was you, try again later from your usual network.".into(),
+            ],
+        },
+    )
+}
+
+/// A session is flagged after it began: used from another country than its sign-in,
+/// or signed in while another country had a live session.
+pub fn session_flagged(settings: &Settings, to: &str, what: &str) -> OutboundMail {
+    render(
+        settings,
+        to,
+        Draft {
+            subject: "Unusual activity on your account".into(),
+            paragraphs: vec![
+                "Your Gatehouse account is in use from two countries at once:".into(),
+                what.to_string(),
+                "The sessions concerned are marked on your device list. Until they prove a second factor again, they cannot sign in to apps silently.".into(),
+            ],
+            action: Some((
+                "Review your devices".into(),
+                format!("{}/account/devices", settings.issuer()),
+            )),
+            also: None,
+            after: vec![
+                "If you are travelling, there is nothing to do. If not, sign out the devices you don't recognise and change your password.".into(),
             ],
         },
     )
@@ -198,6 +278,7 @@ pub fn one_time_code(settings: &Settings, to: &str, code: &str) -> OutboundMail 
                 "Type it on the page that asked for it. It works once, for 10 minutes; asking for a new code makes this one stop working.".into(),
             ],
             action: None,
+            also: None,
             after: vec![
                 "If you did not just try to sign in, someone knows your password: change it now, and sign out the devices you do not recognise.".into(),
             ],
@@ -218,6 +299,7 @@ pub fn totp_enabled(settings: &Settings, to: &str) -> OutboundMail {
                 "Review your account".into(),
                 format!("{}/account/mfa", settings.issuer()),
             )),
+            also: None,
             after: vec!["If this wasn't you, reset your password at once.".into()],
         },
     )
@@ -236,6 +318,7 @@ pub fn totp_removed(settings: &Settings, to: &str) -> OutboundMail {
                 "Set it up again".into(),
                 format!("{}/account/mfa", settings.issuer()),
             )),
+            also: None,
             after: vec!["If this wasn't you, reset your password at once.".into()],
         },
     )
@@ -251,6 +334,7 @@ pub fn recovery_codes_regenerated(settings: &Settings, to: &str) -> OutboundMail
                 "A new set of ten recovery codes was just made for your Gatehouse account. The old codes no longer work.".into(),
             ],
             action: None,
+            also: None,
             after: vec!["If this wasn't you, reset your password at once.".into()],
         },
     )
@@ -273,6 +357,7 @@ pub fn recovery_code_used(settings: &Settings, to: &str, left: i64) -> OutboundM
                 "Manage two-step verification".into(),
                 format!("{}/account/mfa", settings.issuer()),
             )),
+            also: None,
             after: vec![
                 "If this wasn't you, reset your password at once and check your devices.".into(),
             ],
@@ -290,6 +375,7 @@ pub fn password_changed_signed_in(settings: &Settings, to: &str) -> OutboundMail
                 "The password of your Gatehouse account was just changed from a signed-in browser. Every other device was signed out.".into(),
             ],
             action: None,
+            also: None,
             after: vec![
                 "If this wasn't you, reset your password at once with \"Forgot your password?\" on the sign-in page.".into(),
             ],

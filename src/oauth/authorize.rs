@@ -247,6 +247,22 @@ pub async fn authorize(
             force: true,
         });
     }
+    // A session the contextual checks flagged (used from another country, or alive
+    // while another country signed in) proves a second factor again before any app
+    // gets a code from it: a risky context never gets a silent code (checklist M7).
+    if crate::auth::risk::needs_proof(session) {
+        if req.prompt.none {
+            return reply
+                .error(
+                    "interaction_required",
+                    "This sign-in must be confirmed with a second factor.",
+                )
+                .await;
+        }
+        return Ok(Outcome::StepUp {
+            return_to: again(&params, params.get(LOGIN_MARK).map(str::to_string)),
+        });
+    }
     // acr_values=urn:gatehouse:aal2: never an answer with a lower acr (checklist O9).
     if req.wants_aal2 && session.aal != "aal2" {
         if req.prompt.none {

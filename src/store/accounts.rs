@@ -231,6 +231,8 @@ impl AccountStore for PgStore {
         }
         void_tokens(&mut tx, user_id.0, &["reset"], now).await?;
         void_challenges(&mut tx, user_id).await?;
+        // A new password ends every "trust this browser" (DESIGN.md).
+        super::risk::untrust_all(&mut tx, user_id.0).await?;
         insert_mails(&mut tx, &self.keys, mails, now).await?;
         insert_event(&mut tx, user_id.0, Some(keep.id.0), event).await?;
         tx.commit().await?;

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::accounts::lock_live_user;
 use super::events::{NewEvent, insert_event};
 use super::outbox::insert_mails;
+use super::risk::RiskFlag;
 use super::sessions::{SignIn, insert_signed_in};
 use super::throttle::{AttemptKeys, refund, uncount};
 use super::{PgStore, StoreError};
@@ -27,6 +28,9 @@ pub struct NewChallenge {
     pub remember_me: bool,
     pub return_to: Option<String>,
     pub reason: String,
+    /// The contextual checks' reasons, when they demanded this second factor: the
+    /// session it becomes is flagged with them.
+    pub risk_flag: Option<RiskFlag>,
     pub now: OffsetDateTime,
     pub expires_at: OffsetDateTime,
 }
@@ -47,6 +51,8 @@ pub struct ChallengeRecord {
     pub email_code_live: bool,
     /// Whether the user has a confirmed authenticator app.
     pub has_totp: bool,
+    /// Why the contextual checks demanded it, if they did.
+    pub risk_flag: Option<RiskFlag>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -62,6 +68,8 @@ struct ChallengeRow {
     expires_at: OffsetDateTime,
     email_code_live: bool,
     has_totp: bool,
+    risk_flag: Option<String>,
+    risk_flag_enc: Option<Vec<u8>>,
 }
 
 impl From<ChallengeRow> for ChallengeRecord {
@@ -78,12 +86,16 @@ impl From<ChallengeRow> for ChallengeRecord {
             expires_at: r.expires_at,
             email_code_live: r.email_code_live,
             has_totp: r.has_totp,
+            risk_flag: r
+                .risk_flag
+                .zip(r.risk_flag_enc)
+                .map(|(summary, sealed)| RiskFlag { summary, sealed }),
         }
     }
 }
 
 const CHALLENGE_SELECT: &str = "SELECT c.id, c.user_id, u.email, c.session_id, c.remember_me,
-        c.return_to, c.reason, c.attempts, c.expires_at,
+        c.return_to, c.reason, c.attempts, c.expires_at, c.risk_flag, c.risk_flag_enc,
         (c.email_code_mac IS NOT NULL AND c.email_code_expires_at > $2) AS email_code_live,
         EXISTS (SELECT 1 FROM totp_credentials t
                 WHERE t.user_id = c.user_id AND t.confirmed_at IS NOT NULL) AS has_totp
@@ -299,8 +311,9 @@ impl ChallengeStore for PgStore {
             sqlx::query(
                 "INSERT INTO mfa_challenges
                      (id, kind, user_id, token_hash, remember_me, return_to, reason,
-                      created_at, expires_at, email_code_mac, email_code_expires_at)
-                 VALUES ($1, 'sign_in', $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                      created_at, expires_at, email_code_mac, email_code_expires_at, risk_flag,
+                      risk_flag_enc)
+                 VALUES ($1, 'sign_in', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(c.id)
             .bind(c.user_id.0)
@@ -312,6 +325,8 @@ impl ChallengeStore for PgStore {
             .bind(c.expires_at)
             .bind(email_code.map(|(mac, _)| mac))
             .bind(email_code.map(|(_, at)| at))
+            .bind(c.risk_flag.as_ref().map(|f| &f.summary))
+            .bind(c.risk_flag.as_ref().map(|f| &f.sealed))
             .execute(&mut *tx)
             .await?;
             insert_mails(&mut tx, &self.keys, mails, c.now).await?;

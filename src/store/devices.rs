@@ -6,6 +6,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::events::{EVENT_COLUMNS, NewEvent, bind_event, event_at, event_values, insert_event};
+use super::links::insert_not_me;
 use super::outbox::insert_mails;
 use super::{PgStore, StoreError};
 use crate::crypto::Keys;
@@ -24,7 +25,18 @@ pub struct DeviceLink {
     /// signed in before (never on the first sign-in ever): both facts are only
     /// certain inside the sign-in's transaction, so the service hands the notice
     /// over and the store applies it there.
-    pub notice: Option<(NewEvent, OutboundMail)>,
+    pub notice: Option<DeviceNotice>,
+    /// "Trust this browser" was ticked: trusted until then.
+    pub trust_until: Option<OffsetDateTime>,
+}
+
+/// The new-sign-in notice: its event, its mail, and the "This wasn't me" link it
+/// carries (stored only if the notice goes out).
+pub struct DeviceNotice {
+    pub event: NewEvent,
+    pub mail: OutboundMail,
+    pub not_me_hash: Vec<u8>,
+    pub not_me_expires_at: OffsetDateTime,
 }
 
 /// Links a new session to its device inside the caller's transaction; returns the
@@ -55,11 +67,14 @@ pub(super) async fn link_device(
     }
     // `xmax = 0` is true for a row this statement inserted, false for one it updated.
     let (id, inserted): (Uuid, bool) = sqlx::query_as(
-        "INSERT INTO devices (id, user_id, token_hash, label_enc, device_type, first_seen_at, last_seen_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $6)
+        "INSERT INTO devices (id, user_id, token_hash, label_enc, device_type, first_seen_at,
+                              last_seen_at, trusted_at, trusted_until)
+         VALUES ($1, $2, $3, $4, $5, $6, $6, CASE WHEN $7::timestamptz IS NOT NULL THEN $6 END, $7)
          ON CONFLICT (user_id, token_hash) DO UPDATE
              SET label_enc = EXCLUDED.label_enc, device_type = EXCLUDED.device_type,
-                 last_seen_at = GREATEST(devices.last_seen_at, EXCLUDED.last_seen_at)
+                 last_seen_at = GREATEST(devices.last_seen_at, EXCLUDED.last_seen_at),
+                 trusted_at = COALESCE(EXCLUDED.trusted_at, devices.trusted_at),
+                 trusted_until = COALESCE(EXCLUDED.trusted_until, devices.trusted_until)
          RETURNING id, (xmax = 0)",
     )
     .bind(link.new_id.0)
@@ -68,12 +83,22 @@ pub(super) async fn link_device(
     .bind(&link.label_enc)
     .bind(link.device_type)
     .bind(now)
+    .bind(link.trust_until)
     .fetch_one(&mut *conn)
     .await?;
     let is_new = inserted && had_signed_in;
-    if is_new && let Some((event, mail)) = &link.notice {
-        insert_event(conn, user_id.0, Some(session_id.0), event).await?;
-        insert_mails(conn, keys, std::slice::from_ref(mail), now).await?;
+    if is_new && let Some(notice) = &link.notice {
+        insert_event(&mut *conn, user_id.0, Some(session_id.0), &notice.event).await?;
+        insert_not_me(
+            &mut *conn,
+            &notice.not_me_hash,
+            user_id.0,
+            session_id.0,
+            now,
+            notice.not_me_expires_at,
+        )
+        .await?;
+        insert_mails(conn, keys, std::slice::from_ref(&notice.mail), now).await?;
     }
     Ok((DeviceId(id), is_new))
 }
@@ -98,7 +123,11 @@ pub struct SessionDetail {
     pub location_enc: Option<Vec<u8>>,
     pub risk_flagged: bool,
     pub risk_reason: Option<String>,
+    /// The flag's full wording, sealed (it names places).
+    pub risk_reason_enc: Option<Vec<u8>>,
     pub device_first_seen_at: Option<OffsetDateTime>,
+    /// The browser is trusted to skip the code until then (if still in the future).
+    pub device_trusted_until: Option<OffsetDateTime>,
 }
 
 /// Revokes every live session of a user (but `except`), with one event per session,
@@ -193,8 +222,9 @@ impl DeviceStore for PgStore {
         Ok(sqlx::query_as(
             "SELECT s.id, s.device_id, s.created_at, s.last_seen_at, s.idle_expires_at,
                     s.absolute_expires_at, s.auth_time, s.aal, s.aal_reached_at, s.amr, s.remember_me,
-                    s.ip_enc, s.user_agent_enc, s.location_enc, s.risk_flagged, s.risk_reason,
-                    d.first_seen_at AS device_first_seen_at
+                    s.ip_enc, s.user_agent_enc, s.location_enc, s.risk_flagged, s.risk_reason, s.risk_reason_enc,
+                    d.first_seen_at AS device_first_seen_at,
+                    d.trusted_until AS device_trusted_until
              FROM sessions s LEFT JOIN devices d ON d.id = s.device_id
              WHERE s.user_id = $1 AND s.revoked_at IS NULL
                AND s.idle_expires_at > $2 AND s.absolute_expires_at > $2
@@ -248,8 +278,13 @@ impl DeviceStore for PgStore {
         reason: &str,
         event: &NewEvent,
     ) -> Result<u64, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut tx = self.pool.begin().await?;
+        let n = revoke_all_of_user(&mut tx, user_id, except, reason, event).await?;
+        // A person signing devices out may be under attack: no browser keeps
+        // skipping the code (the one they use signs in again with a code too).
+        super::risk::untrust_all(&mut tx, user_id.0).await?;
+        tx.commit().await?;
         self.revoked_here();
-        Ok(revoke_all_of_user(&mut conn, user_id, except, reason, event).await?)
+        Ok(n)
     }
 }

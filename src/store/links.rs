@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::challenges::void_challenges;
 use super::events::{NewEvent, insert_event};
 use super::outbox::insert_mails;
+use super::risk::untrust_all;
 use super::{PgStore, StoreError};
 use crate::domain::{OutboundMail, UserId};
 
@@ -82,6 +83,39 @@ pub(super) async fn void_tokens(
     Ok(())
 }
 
+/// A "This wasn't me" link for the session `session_id`, inside the caller's
+/// transaction (the new-sign-in notice that carries it is queued there too).
+pub(super) async fn insert_not_me(
+    conn: &mut sqlx::PgConnection,
+    token_hash: &[u8],
+    user_id: Uuid,
+    session_id: Uuid,
+    now: OffsetDateTime,
+    expires_at: OffsetDateTime,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO email_tokens (token_hash, purpose, user_id, session_id, created_at, expires_at)
+         VALUES ($1, 'not-me', $2, $3, $4, $5)",
+    )
+    .bind(token_hash)
+    .bind(user_id)
+    .bind(session_id)
+    .bind(now)
+    .bind(expires_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What a used "This wasn't me" link did.
+#[derive(Clone, Debug)]
+pub struct NotMeReport {
+    pub user_id: UserId,
+    pub email: String,
+    /// The session was still live and is now revoked.
+    pub revoked: bool,
+}
+
 /// Marks a live link used; returns its user and new address if it was live.
 async fn consume_token(
     conn: &mut sqlx::PgConnection,
@@ -132,6 +166,15 @@ pub trait LinkStore: Send + Sync {
         mails: &[OutboundMail],
         event: &NewEvent,
     ) -> Result<bool, StoreError>;
+    /// Uses a "This wasn't me" link up: revokes the session it names (its tokens die
+    /// with it; apps hear through back-channel logout), withdraws its browser's trust,
+    /// flags it for operators and records `event`, atomically. `None` if the link is
+    /// unknown, used or expired.
+    async fn report_not_me(
+        &self,
+        token_hash: &[u8],
+        event: &NewEvent,
+    ) -> Result<Option<NotMeReport>, StoreError>;
     /// Uses an e-mail change link up and moves the account to the new address,
     /// queueing `mails`. False if the link is unknown, used or expired; `Conflict` if
     /// the address was taken meanwhile.
@@ -250,11 +293,85 @@ impl LinkStore for PgStore {
         // move the account to their own address.
         void_tokens(&mut tx, link.user_id, &["reset", "change"], now).await?;
         void_challenges(&mut tx, UserId(link.user_id)).await?;
+        untrust_all(&mut tx, link.user_id).await?;
         insert_mails(&mut tx, &self.keys, mails, now).await?;
         insert_event(&mut tx, link.user_id, None, event).await?;
         tx.commit().await?;
         self.revoked_here();
         Ok(true)
+    }
+
+    async fn report_not_me(
+        &self,
+        token_hash: &[u8],
+        event: &NewEvent,
+    ) -> Result<Option<NotMeReport>, StoreError> {
+        let now = event.at;
+        let mut tx = self.pool.begin().await?;
+        let link: Option<(Uuid, String, Option<Uuid>)> = sqlx::query_as(
+            "UPDATE email_tokens t SET used_at = $2
+             FROM users u
+             WHERE t.token_hash = $1 AND t.purpose = 'not-me' AND t.used_at IS NULL
+               AND t.expires_at > $2 AND u.id = t.user_id
+             RETURNING t.user_id, u.email, t.session_id",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((user_id, email, session_id)) = link else {
+            return Ok(None);
+        };
+        // A session already ended is re-labelled too, so its place never counts as
+        // the owner's again (`risk_facts`).
+        let session: Option<(bool, Option<Uuid>)> = sqlx::query_as(
+            "UPDATE sessions s SET
+                 revoked_at = COALESCE(s.revoked_at, $3),
+                 revoked_reason = $4,
+                 risk_flagged = true,
+                 risk_reason = COALESCE(s.risk_reason, 'Reported by the owner'),
+                 risk_flagged_at = COALESCE(s.risk_flagged_at, $3)
+             FROM sessions old
+             WHERE s.id = $1 AND s.user_id = $2 AND old.id = s.id
+             RETURNING (old.revoked_at IS NULL AND old.idle_expires_at > $3
+                        AND old.absolute_expires_at > $3), s.device_id",
+        )
+        .bind(session_id)
+        .bind(user_id)
+        .bind(now)
+        .bind(super::risk::REPORTED_REASON)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (mut revoked, device) = session.unwrap_or((false, None));
+        if let Some(device) = device {
+            // The intruder may have signed in again from that browser since (a new
+            // session, no new notice): every live session of it ends, and the
+            // browser is forgotten, so its next sign-in counts as a new device.
+            let others = sqlx::query(
+                "UPDATE sessions SET revoked_at = $3, revoked_reason = $4
+                 WHERE device_id = $1 AND user_id = $2 AND revoked_at IS NULL",
+            )
+            .bind(device)
+            .bind(user_id)
+            .bind(now)
+            .bind(super::risk::REPORTED_REASON)
+            .execute(&mut *tx)
+            .await?;
+            revoked |= others.rows_affected() > 0;
+            sqlx::query("DELETE FROM devices WHERE id = $1 AND user_id = $2")
+                .bind(device)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        insert_event(&mut tx, user_id, session_id, event).await?;
+        tx.commit().await?;
+        self.revoked_here();
+        Ok(Some(NotMeReport {
+            user_id: UserId(user_id),
+            email,
+            revoked,
+        }))
     }
 
     async fn change_email(

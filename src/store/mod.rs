@@ -18,6 +18,7 @@ mod oauth;
 mod outbox;
 mod pg;
 mod rekey;
+mod risk;
 mod sessions;
 mod throttle;
 mod tokens;
@@ -28,10 +29,10 @@ pub use challenges::{
     ChallengeRecord, ChallengeStore, CodeAttempt, CodeLimits, Completed, Completion, NewChallenge,
     Notices, Proof,
 };
-pub use devices::{DeviceLink, DeviceStore, SessionDetail};
+pub use devices::{DeviceLink, DeviceNotice, DeviceStore, SessionDetail};
 pub use events::{EventRecord, EventStore, NewEvent};
 pub use housekeeping::{HousekeepingStore, SweepCounts, SweepRules};
-pub use links::{EmailTokenRecord, LinkStore, NewEmailToken};
+pub use links::{EmailTokenRecord, LinkStore, NewEmailToken, NotMeReport};
 pub use mfa::{Factors, KeepSession, MfaStore};
 pub use oauth::{ClientRecord, ClientStore, ConsentRecord, SigningKeyRecord};
 pub use outbox::OutboxStore;
@@ -40,6 +41,10 @@ pub use pg::{
     run_migrations,
 };
 pub use rekey::{RekeyReport, RekeyStore};
+pub use risk::{
+    FlagOthers, FlaggedSession, REPORTED_REASON, RiskFacts, RiskFlag, RiskQuery, RiskStore,
+    TrustedDevice,
+};
 pub use sessions::{NewSession, SessionRecord, SessionStore, SignIn};
 pub use throttle::{Attempt, AttemptKeys, ThrottleLimits, ThrottleStore};
 pub use tokens::{
@@ -80,6 +85,7 @@ pub trait Store:
     + ClientStore
     + TokenStore
     + BackchannelStore
+    + RiskStore
     + Send
     + Sync
 {
@@ -101,6 +107,7 @@ impl<T> Store for T where
         + ClientStore
         + TokenStore
         + BackchannelStore
+        + RiskStore
         + Send
         + Sync
 {

@@ -52,6 +52,7 @@ const TABLES: &[SealedTable] = &[
             ("ip_enc", columns::SESSION_IP),
             ("user_agent_enc", columns::SESSION_USER_AGENT),
             ("location_enc", columns::SESSION_LOCATION),
+            ("risk_reason_enc", columns::SESSION_RISK_REASON),
         ],
         macs: &[
             MacColumn {
@@ -76,6 +77,12 @@ const TABLES: &[SealedTable] = &[
             ("user_agent_enc", columns::EVENT_USER_AGENT),
             ("location_enc", columns::EVENT_LOCATION),
         ],
+        macs: &[],
+    },
+    SealedTable {
+        table: "mfa_challenges",
+        key: "id",
+        sealed: &[("risk_flag_enc", columns::CHALLENGE_RISK_FLAG)],
         macs: &[],
     },
     SealedTable {

@@ -9,6 +9,7 @@ use super::devices::{DeviceLink, link_device};
 use super::events::{
     EVENT_COLUMNS, NewEvent, PgQuery, bind_event, event_at, event_values, insert_event,
 };
+use super::risk::{FlagOthers, RiskFlag, flag_other_countries};
 use super::throttle::{AttemptKeys, refund};
 use super::{PgStore, StoreError};
 use crate::crypto::Keys;
@@ -36,6 +37,9 @@ pub struct NewSession {
     /// SHA-256 of the `gh_login` mark the sign-in came back with (see
     /// `domain::oauth::login_mark_hash`).
     pub login_mark: Option<Vec<u8>>,
+    /// Why the contextual checks stepped this sign-in up: the session is born
+    /// flagged with it.
+    pub risk_flag: Option<RiskFlag>,
 }
 
 /// A sign-in to complete: the session, the browser's earlier session it replaces,
@@ -45,6 +49,9 @@ pub struct SignIn {
     pub replaces: Option<SessionId>,
     pub device: DeviceLink,
     pub event: NewEvent,
+    /// Live sessions of the user in other countries are flagged (two countries at
+    /// once), with one notice.
+    pub flag_others: Option<FlagOthers>,
 }
 
 /// A live session with its user, as every authenticated request sees it.
@@ -65,6 +72,10 @@ pub struct SessionRecord {
     pub remember_me: bool,
     /// SHA-256 of the authorization request mark this session's sign-in answered.
     pub login_mark: Option<Vec<u8>>,
+    /// Keyed MAC of the country the session signed in from (`None`: unknown place).
+    pub country_mac: Option<Vec<u8>>,
+    /// When the contextual checks flagged the session, if they did.
+    pub risk_flagged_at: Option<OffsetDateTime>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -82,6 +93,8 @@ struct SessionRow {
     amr: Vec<String>,
     remember_me: bool,
     login_mark: Option<Vec<u8>>,
+    country_mac: Option<Vec<u8>>,
+    risk_flagged_at: Option<OffsetDateTime>,
 }
 
 impl From<SessionRow> for SessionRecord {
@@ -100,17 +113,21 @@ impl From<SessionRow> for SessionRecord {
             amr: r.amr,
             remember_me: r.remember_me,
             login_mark: r.login_mark,
+            country_mac: r.country_mac,
+            risk_flagged_at: r.risk_flagged_at,
         }
     }
 }
 
-/// The session columns and their parameters `$1`–`$17`, as bound by `bind_session`.
+/// The session columns and their parameters `$1`–`$19`, as bound by `bind_session`.
 const SESSION_COLUMNS: &str = "(id, token_hash, user_id, created_at, last_seen_at,
      idle_timeout_secs, idle_expires_at, absolute_expires_at, remember_me,
      auth_time, aal, aal_reached_at, amr, ip_enc, user_agent_enc,
-     location_enc, ip_mac, country_mac, device_id, login_mark)";
+     location_enc, ip_mac, country_mac, device_id, login_mark,
+     risk_flagged, risk_reason, risk_flagged_at, risk_reason_enc)";
 const SESSION_VALUES: &str =
-    "$1, $2, $3, $4, $4, $5, $6, $7, $8, $4, $9, $4, $10, $11, $12, $13, $14, $15, $16, $17";
+    "$1, $2, $3, $4, $4, $5, $6, $7, $8, $4, $9, $4, $10, $11, $12, $13, $14,
+     $15, $16, $17, $18::text IS NOT NULL, $18, CASE WHEN $18::text IS NOT NULL THEN $4 END, $19";
 
 fn bind_session<'q>(q: PgQuery<'q>, s: &'q NewSession, device: DeviceId) -> PgQuery<'q> {
     q.bind(s.id.0)
@@ -130,6 +147,8 @@ fn bind_session<'q>(q: PgQuery<'q>, s: &'q NewSession, device: DeviceId) -> PgQu
         .bind(&s.country_mac)
         .bind(device.0)
         .bind(&s.login_mark)
+        .bind(s.risk_flag.as_ref().map(|f| &f.summary))
+        .bind(s.risk_flag.as_ref().map(|f| &f.sealed))
 }
 
 /// Creates a signed-in session inside the caller's transaction: links its device
@@ -156,6 +175,9 @@ pub(super) async fn insert_signed_in(
         .await?;
     if let Some(old) = s.replaces {
         revoke_replaced(conn, old, session.now).await?;
+    }
+    if let Some(flag) = &s.flag_others {
+        flag_other_countries(conn, keys, session.user_id, session.id, flag, session.now).await?;
     }
     insert_event(conn, session.user_id.0, Some(session.id.0), &s.event).await?;
     Ok(())
@@ -256,7 +278,7 @@ impl SessionStore for PgStore {
         let row: Option<SessionRow> = sqlx::query_as(
             "SELECT s.id, s.user_id, u.email, s.created_at, s.last_seen_at, s.idle_expires_at,
                     s.absolute_expires_at, s.auth_time, s.aal, s.aal_reached_at, s.amr, s.remember_me,
-                    s.login_mark
+                    s.login_mark, s.country_mac, s.risk_flagged_at
              FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.token_hash = $1
                AND s.revoked_at IS NULL

@@ -39,6 +39,18 @@ struct DeviceView {
     assurance: String,
     current: bool,
     risk: Option<String>,
+    /// "until 2027-01-05 09:30 UTC" for a trusted browser.
+    trusted_until: Option<String>,
+}
+
+/// A trusted browser as the page prints it.
+struct TrustedView {
+    device_id: String,
+    label: String,
+    since: String,
+    until: String,
+    until_iso: String,
+    last_seen_ago: String,
 }
 
 fn view(now: time::OffsetDateTime, d: DeviceRow) -> DeviceView {
@@ -70,6 +82,7 @@ fn view(now: time::OffsetDateTime, d: DeviceRow) -> DeviceView {
         },
         current: d.current,
         risk: d.risk,
+        trusted_until: d.trusted_until.map(describe::when),
     }
 }
 
@@ -78,6 +91,7 @@ fn view(now: time::OffsetDateTime, d: DeviceRow) -> DeviceView {
 struct DevicesTemplate {
     ctx: PageCtx,
     devices: Vec<DeviceView>,
+    trusted: Vec<TrustedView>,
     notice: Option<&'static str>,
 }
 
@@ -99,11 +113,27 @@ pub async fn devices_page(
     let notice = match q.done.as_deref() {
         Some("revoked") => Some("The device was signed out."),
         Some("others") => Some("All other devices were signed out."),
+        Some("untrusted") => {
+            Some("That browser is no longer trusted: it will be asked for a code again.")
+        }
         _ => None,
     };
+    let trusted = devices::trusted(&state, session.user_id)
+        .await?
+        .into_iter()
+        .map(|t| TrustedView {
+            device_id: t.device_id.0.to_string(),
+            label: t.label,
+            since: describe::when(t.trusted_at),
+            until: describe::when(t.trusted_until),
+            until_iso: iso(t.trusted_until),
+            last_seen_ago: describe::ago(now, t.last_seen_at),
+        })
+        .collect();
     let page = DevicesTemplate {
         ctx: PageCtx::new(&state, &nonce, &csrf, Some(session.email.clone())),
         devices: rows.into_iter().map(|d| view(now, d)).collect(),
+        trusted,
         notice,
     };
     html(StatusCode::OK, &page)
@@ -135,6 +165,23 @@ pub async fn revoke_device(
     csrf.verify(&form.csrf_token)?;
     let outcome = devices::revoke_one(&state, &session, &path.into_inner(), &ctx).await?;
     Ok(after_revoke(&state, outcome, "revoked"))
+}
+
+/// "Stop trusting": the browser is asked for a code again at its next sign-in.
+/// Protective, so no step-up.
+pub async fn untrust_device(
+    state: web::Data<AppState>,
+    CurrentSession(session): CurrentSession,
+    csrf: Csrf,
+    ctx: RequestContext,
+    path: web::Path<String>,
+    StrictForm(form): StrictForm<CsrfOnlyForm>,
+) -> Result<HttpResponse, AppError> {
+    csrf.verify(&form.csrf_token)?;
+    devices::untrust(&state, &session, &path.into_inner(), &ctx).await?;
+    Ok(HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, "/account/devices?done=untrusted"))
+        .finish())
 }
 
 pub async fn revoke_others(

@@ -54,24 +54,35 @@ async fn lookup(req: &HttpRequest) -> Result<SessionLookup, AppError> {
                     token_hash: None,
                 }
             }
-            Some(token) => match sessions::authenticate(&state, &token).await? {
-                Some(record) => SessionLookup {
-                    session: Some(record),
-                    token_hash: Some(token.hash()),
-                },
-                None => {
-                    // Revoked, expired or the user disabled: signed out, cookie cleared.
-                    queue_cookie(req, policy.clear_session());
-                    SessionLookup {
-                        session: None,
-                        token_hash: None,
+            Some(token) => {
+                match sessions::authenticate(&state, &token, &request_location(req, &state)).await?
+                {
+                    Some(record) => SessionLookup {
+                        session: Some(record),
+                        token_hash: Some(token.hash()),
+                    },
+                    None => {
+                        // Revoked, expired or the user disabled: signed out, cookie cleared.
+                        queue_cookie(req, policy.clear_session());
+                        SessionLookup {
+                            session: None,
+                            token_hash: None,
+                        }
                     }
                 }
-            },
+            }
         },
     };
     req.extensions_mut().insert(found.clone());
     Ok(found)
+}
+
+/// Where the request comes from (GeoIP of the client address behind trusted proxies).
+fn request_location(req: &HttpRequest, state: &AppState) -> crate::domain::Location {
+    state.geo.locate(crate::web::client::client_ip(
+        req,
+        &state.settings.trusted_proxies,
+    ))
 }
 
 impl FromRequest for MaybeSession {

@@ -17,10 +17,10 @@ use crate::web::pages::{NoticeTemplate, PageCtx, html};
 #[derive(Deserialize)]
 pub struct TokenQuery {
     #[serde(default)]
-    token: String,
+    pub(super) token: String,
 }
 
-fn notice(
+pub(super) fn notice(
     state: &AppState,
     nonce: &CspNonce,
     csrf: &Csrf,
@@ -38,7 +38,7 @@ fn notice(
     html(status, &page)
 }
 
-fn dead_link(
+pub(super) fn dead_link(
     state: &AppState,
     nonce: &CspNonce,
     csrf: &Csrf,
@@ -75,22 +75,22 @@ struct UseLinkTemplate<'a> {
 #[derive(Deserialize)]
 pub struct LinkForm {
     #[serde(default)]
-    csrf_token: String,
+    pub(super) csrf_token: String,
     #[serde(default)]
-    token: String,
+    pub(super) token: String,
 }
 
 /// What a mailed link's page says: its button, and where to go if the link is dead.
-struct LinkPage {
-    title: &'static str,
-    explanation: &'static str,
-    action: &'static str,
-    button: &'static str,
-    what: &'static str,
-    again: (&'static str, &'static str),
+pub(super) struct LinkPage {
+    pub(super) title: &'static str,
+    pub(super) explanation: &'static str,
+    pub(super) action: &'static str,
+    pub(super) button: &'static str,
+    pub(super) what: &'static str,
+    pub(super) again: (&'static str, &'static str),
 }
 
-fn link_page(
+pub(super) fn link_page(
     state: &AppState,
     nonce: &CspNonce,
     csrf: &Csrf,

@@ -8,6 +8,7 @@ pub mod extract;
 pub mod forms;
 pub mod mail_pages;
 pub mod mfa;
+pub mod not_me;
 pub mod oauth;
 pub mod oauth_pages;
 pub mod ops;
@@ -80,6 +81,7 @@ route_table! {
     "/account/devices/revoke-others" [Session] { post => devices::revoke_others }
     "/account/devices/revoke-all" [Session] { post => devices::revoke_all }
     "/account/devices/{session_id}/revoke" [Session] { post => devices::revoke_device }
+    "/account/trusted/{device_id}/remove" [Session] { post => devices::untrust_device }
     "/account/activity" [Session] { get => devices::activity_page }
     "/verify-email" [Public] {
         get => mail_pages::verify_email_page,
@@ -102,6 +104,7 @@ route_table! {
         get => mail_pages::change_email_confirm_page,
         post => mail_pages::change_email_confirm,
     }
+    "/not-me" [Public] { get => not_me::not_me_page, post => not_me::not_me }
     "/account/apps/{client_id}/withdraw" [Session] { post => account::withdraw_app }
     "/.well-known/openid-configuration" [Public] { get => oauth::openid_configuration }
     "/.well-known/oauth-authorization-server" [Public] { get => oauth::openid_configuration }

@@ -254,6 +254,11 @@ pub async fn login_submit(
             Some(retry_after_secs),
         ),
         SignInOutcome::Malformed(e) => (StatusCode::BAD_REQUEST, e.to_string(), None),
+        SignInOutcome::Denied => (
+            StatusCode::FORBIDDEN,
+            "This sign-in was blocked because it looked unusual. If this is you, try again later from your usual network, or choose a new password with \"Forgot your password?\".".to_string(),
+            None,
+        ),
         SignInOutcome::Unverified { email } => {
             let page = UnverifiedTemplate {
                 ctx: PageCtx::new(&state, &nonce, &csrf, None),

@@ -46,6 +46,20 @@ struct VerifyTemplate {
     return_to: Option<String>,
     error: Option<String>,
     info: Option<String>,
+    /// "30 days": the "Trust this browser" option, offered when finishing a sign-in
+    /// (and turned on in the settings).
+    trust_for: Option<String>,
+}
+
+/// "30 days", "12 hours": how long trust lasts, as the checkbox says it.
+fn trust_words(d: std::time::Duration) -> String {
+    let days = d.as_secs() / 86400;
+    match (days, d.as_secs() / 3600) {
+        (1, _) => "1 day".into(),
+        (d, _) if d > 1 => format!("{d} days"),
+        (_, 1) => "1 hour".into(),
+        (_, h) => format!("{} hours", h.max(1)),
+    }
 }
 
 impl VerifyTemplate {
@@ -71,7 +85,15 @@ impl VerifyTemplate {
             return_to: None,
             error: None,
             info: None,
+            trust_for: None,
         }
+    }
+
+    /// The page that finishes a sign-in, with the trust option when it is on.
+    fn sign_in(ctx: PageCtx, state: &AppState, ch: &ChallengeRecord) -> Self {
+        let mut page = Self::new(ctx, "/login/verify", ch);
+        page.trust_for = state.settings.mfa_trust_device.map(trust_words);
+        page
     }
 }
 
@@ -119,11 +141,7 @@ pub async fn verify_page(
         let _ = res.add_cookie(&state.cookies.clear_pending());
         return Ok(res);
     };
-    let page = VerifyTemplate::new(
-        PageCtx::new(&state, &nonce, &csrf, None),
-        "/login/verify",
-        &ch,
-    );
+    let page = VerifyTemplate::sign_in(PageCtx::new(&state, &nonce, &csrf, None), &state, &ch);
     let mut res = html(StatusCode::OK, &page)?;
     res.extensions_mut().insert(AllowAnyFormAction);
     Ok(res)
@@ -139,6 +157,8 @@ pub struct CodeForm {
     #[serde(default)]
     action: String,
     return_to: Option<String>,
+    /// "Trust this browser" (at `/login/verify`).
+    trust_browser: Option<String>,
 }
 
 pub async fn verify_submit(
@@ -158,17 +178,14 @@ pub async fn verify_submit(
     let Some(ch) = found else {
         return start_again(&state, &nonce, &csrf, EXPIRED);
     };
-    let mut page = VerifyTemplate::new(
-        PageCtx::new(&state, &nonce, &csrf, None),
-        "/login/verify",
-        &ch,
-    );
+    let mut page = VerifyTemplate::sign_in(PageCtx::new(&state, &nonce, &csrf, None), &state, &ch);
     if form.action == "email" {
         return send_code(&state, &ch, page).await;
     }
     let replaces = previous.0.map(|s| s.id);
+    let trust = form.trust_browser.is_some();
     let (status, retry) = match second_factor::finish_sign_in(
-        &state, &ch, &form.code, &ctx, replaces,
+        &state, &ch, &form.code, &ctx, replaces, trust,
     )
     .await?
     {

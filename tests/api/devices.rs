@@ -42,12 +42,16 @@ async fn three_browsers(app: &TestApp) -> (Browser, Browser, Browser) {
     );
     let b = browser_at(app, IPHONE, SYDNEY_IP);
     assert_eq!(
-        app.login(&b, "alice@example.com", PASSWORD).await.status,
+        crate::otp::login_completing_code(app, &b, "alice@example.com")
+            .await
+            .status,
         303
     );
     let c = browser_at(app, WINDOWS, UNKNOWN_ADDRESS);
     assert_eq!(
-        app.login(&c, "alice@example.com", PASSWORD).await.status,
+        crate::otp::login_completing_code(app, &c, "alice@example.com")
+            .await
+            .status,
         303
     );
     (a, b, c)
@@ -473,7 +477,9 @@ async fn the_device_cookie_survives_sign_out_and_marks_the_browser_as_known() {
         Some(device.as_str())
     );
     assert_eq!(
-        app.login(&a, "known@example.com", PASSWORD).await.status,
+        crate::otp::login_completing_code(&app, &a, "known@example.com")
+            .await
+            .status,
         303
     );
     assert_eq!(
@@ -503,7 +509,23 @@ async fn the_device_cookie_survives_sign_out_and_marks_the_browser_as_known() {
 async fn a_new_device_gets_a_notice_naming_device_place_and_time() {
     let app = devices_app().await;
     let (_a, _b, _c) = three_browsers(&app).await;
-    let mails = app.mail.wait_for("alice@example.com", 2).await;
+    app.mail
+        .wait_for_subject("alice@example.com", "New sign-in to your account")
+        .await;
+    let notices = || {
+        app.mail
+            .to("alice@example.com")
+            .into_iter()
+            .filter(|m| m.subject() == "New sign-in to your account")
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..50 {
+        if notices().len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mails = notices();
     let iphone = mails
         .iter()
         .find(|m| m.text().contains("Safari on iPhone"))
@@ -516,7 +538,7 @@ async fn a_new_device_gets_a_notice_naming_device_place_and_time() {
     assert!(text.contains("https://gatehouse.test/account/devices"));
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(
-        app.mail.to("alice@example.com").len(),
+        notices().len(),
         2,
         "one per new device; none for the registration's own browser"
     );
@@ -536,7 +558,9 @@ async fn a_device_cookie_gatehouse_never_issued_is_ignored() {
     let planted = "A".repeat(43);
     b.set_cookie(app.device_cookie_name(), &planted);
     assert_eq!(
-        app.login(&b, "plant@example.com", PASSWORD).await.status,
+        crate::otp::login_completing_code(&app, &b, "plant@example.com")
+            .await
+            .status,
         303
     );
     let now = b.cookie(app.device_cookie_name()).unwrap();
@@ -556,7 +580,7 @@ async fn a_device_cookie_gatehouse_never_issued_is_ignored() {
     // And back: plant@'s sign-in there is a new device for plant@ again (notice).
     let csrf = b.get("/account").await.csrf();
     b.post_form("/logout", &[("csrf_token", &csrf)]).await;
-    app.login(&b, "plant@example.com", PASSWORD).await;
+    crate::otp::login_completing_code(&app, &b, "plant@example.com").await;
     assert_eq!(
         app.count("SELECT count(*) FROM security_events e JOIN users u ON u.id = e.user_id WHERE u.email = 'plant@example.com' AND e.kind = 'new_device'").await,
         2
@@ -657,7 +681,9 @@ async fn revocations_appear_in_the_history_with_who_did_them() {
     // a's own session was ended by the operator too.
     assert!(history.is_sign_in_redirect());
     assert_eq!(
-        app.login(&a, "alice@example.com", PASSWORD).await.status,
+        crate::otp::login_completing_code(&app, &a, "alice@example.com")
+            .await
+            .status,
         303
     );
     let history = a.get("/account/activity").await;
@@ -681,7 +707,7 @@ async fn revoking_while_the_database_is_down_fails_closed() {
     .await;
     let a = app.signed_in("r2@example.com").await;
     let b = app.browser();
-    app.login(&b, "r2@example.com", PASSWORD).await;
+    crate::otp::login_completing_code(&app, &b, "r2@example.com").await;
     let page = a.get("/account/devices").await;
     let b_id = session_id_in(
         &rows(&page.body)

@@ -351,6 +351,21 @@ impl Browser {
         }
     }
 
+    /// A fresh browser whose connections come from `local` (any 127.0.0.0/8 address
+    /// works on loopback): a peer the server may or may not trust as a proxy.
+    pub fn from_address(base: &str, local: std::net::IpAddr) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .local_address(local)
+                .build()
+                .expect("reqwest client"),
+            base: base.to_string(),
+            jar: Arc::default(),
+            extra_headers: Vec::new(),
+        }
+    }
+
     /// The same browser (one cookie jar) talking to another site.
     pub fn at(&self, base: &str) -> Browser {
         Browser {

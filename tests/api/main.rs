@@ -24,6 +24,7 @@ mod oauth;
 mod operations;
 mod operators;
 mod otp;
+mod risk;
 mod second_factor;
 mod sessions;
 mod throttle;

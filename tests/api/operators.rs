@@ -39,7 +39,7 @@ async fn sessions_list_prints_json_lines_and_revoke_ends_one_or_all() {
     let a = browser_at(&app, UA, "192.0.2.20");
     app.register(&a, "ops@example.com", PASSWORD).await;
     let b = browser_at(&app, UA, "198.51.100.20");
-    app.login(&b, "ops@example.com", PASSWORD).await;
+    crate::otp::login_completing_code(&app, &b, "ops@example.com").await;
 
     let (ok, out, err) = app.cli(&["sessions", "list", "--user", "ops@example.com"], &[]);
     assert!(ok, "{err}");
@@ -114,7 +114,7 @@ async fn disabling_a_user_kills_every_session_at_once_and_enabling_lets_them_bac
     let a = app.signed_in("disable@example.com").await;
     let bystander = app.signed_in("bystander@example.com").await;
     let b = app.browser();
-    app.login(&b, "disable@example.com", PASSWORD).await;
+    crate::otp::login_completing_code(&app, &b, "disable@example.com").await;
     let (ok, out, err) = app.cli(&["user", "disable", "--email", "disable@example.com"], &[]);
     assert!(ok, "{err}");
     assert!(out.contains("\"changed\":true"), "{out}");
@@ -181,7 +181,7 @@ async fn keys_reencrypt_moves_every_sealed_value_to_the_current_key() {
     let a = browser_at(&app, UA, "192.0.2.30");
     app.register(&a, "rotate@example.com", PASSWORD).await;
     let b = browser_at(&app, UA, "198.51.100.30");
-    app.login(&b, "rotate@example.com", PASSWORD).await;
+    crate::otp::login_completing_code(&app, &b, "rotate@example.com").await;
 
     let old = app.settings.secret_key.as_ref().unwrap();
     let old_b64 = base64::engine::general_purpose::STANDARD.encode(old.expose());

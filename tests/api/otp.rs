@@ -269,3 +269,22 @@ pub fn pending_cookie_name(app: &TestApp) -> &'static str {
         "__Host-gatehouse_pending"
     }
 }
+
+/// Signs in with the password and, when the contextual checks ask for a code (a new
+/// device far from the account's last place, say), finishes with the e-mailed one.
+/// Returns the last answer (303 to the signed-in page).
+pub async fn login_completing_code(app: &TestApp, b: &Browser, email: &str) -> Resp {
+    let before = code_mails(app, email);
+    let r = app.login(b, email, crate::helpers::PASSWORD).await;
+    if r.status != 303 || r.location() != "/login/verify" {
+        return r;
+    }
+    let page = b.get("/login/verify").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let code = wait_code(app, email, before + 1).await;
+    b.post_form(
+        "/login/verify",
+        &[("csrf_token", &page.csrf()), ("code", &code)],
+    )
+    .await
+}
