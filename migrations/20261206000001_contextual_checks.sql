@@ -7,6 +7,10 @@ ALTER TABLE sessions ADD COLUMN risk_flagged_at timestamptz;
 UPDATE sessions SET risk_flagged_at = created_at WHERE risk_flagged;
 ALTER TABLE sessions ADD CONSTRAINT sessions_risk_flag_check
     CHECK (risk_flagged = (risk_flagged_at IS NOT NULL));
+-- Whether the flag asks the session to prove a second factor again (its cookie was
+-- used from another country) or only tells its owner (it was live while another
+-- country signed in).
+ALTER TABLE sessions ADD COLUMN risk_needs_proof boolean NOT NULL DEFAULT false;
 -- `gatehouse sessions flagged`, newest first.
 CREATE INDEX sessions_risk_flagged_at_idx ON sessions (risk_flagged_at DESC)
     WHERE risk_flagged;

@@ -173,16 +173,21 @@ pub fn flag_other_countries(
     }))
 }
 
-/// Whether a flagged session must prove a second factor again before an app gets a
-/// code from it silently: flagged, and not raised to `aal2` since.
+/// Whether a flagged session must prove a second factor again before it shows an
+/// account page or an app gets a code from it silently: its flag asks for proof
+/// (its cookie was used from another country), and it has not reached `aal2` since.
+/// A session flagged only because another country signed in while it was live is
+/// its owner's, at its usual place: the flag and the mail tell them, nothing more.
 pub fn needs_proof(session: &SessionRecord) -> bool {
-    session
-        .risk_flagged_at
-        .is_some_and(|flagged| !(session.aal == "aal2" && session.aal_reached_at >= flagged))
+    session.risk_needs_proof
+        && session
+            .risk_flagged_at
+            .is_some_and(|flagged| !(session.aal == "aal2" && session.aal_reached_at >= flagged))
 }
 
 /// Watches a live session's request: one from another country than the session's
-/// sign-in flags it (once: one mail, however many requests follow). Returns whether
+/// sign-in (or its last step-up) flags it (once until it proves a second factor again:
+/// one mail, however many requests follow). Returns whether
 /// this request came from elsewhere, so a "keep me signed in" session is not renewed
 /// by it.
 pub async fn watch(
@@ -199,7 +204,10 @@ pub async fn watch(
     if candidates.iter().any(|m| m == signed_in_from) {
         return Ok(false);
     }
-    if session.risk_flagged_at.is_none() {
+    // Flag it unless it is flagged already and has not proven a second factor since
+    // (a session born flagged, or one that stepped up after its flag, is watched
+    // again like any other).
+    if !needs_proof(session) {
         let country = location.country.clone().unwrap_or_else(|| code.clone());
         let names = "Used from another country";
         let wording = format!("Used from {country}, another country than its sign-in");
@@ -226,6 +234,7 @@ pub async fn watch(
             tracing::info!(session_id = %session.id, "session used from another country: flagged");
         }
         session.risk_flagged_at = Some(now);
+        session.risk_needs_proof = true;
     }
     Ok(true)
 }

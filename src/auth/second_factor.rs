@@ -503,7 +503,14 @@ pub async fn step_up(
             session_id: session.id,
             new_token_hash: token.hash(),
             method,
-            event: stepped_up,
+            event: Box::new(stepped_up),
+            // Proven from here: the contextual checks take this country as the
+            // session's own from now on (a traveller is not asked again and again).
+            country_mac: ctx
+                .location
+                .country_code
+                .as_ref()
+                .map(|c| state.keys.mac(columns::SEEN_COUNTRY, c.as_bytes())),
         };
         Ok((completion, token))
     })

@@ -143,7 +143,10 @@ pub enum Completion {
         session_id: SessionId,
         new_token_hash: Vec<u8>,
         method: &'static str,
-        event: NewEvent,
+        event: Box<NewEvent>,
+        /// The keyed MAC of the country the second factor was proven from (`None`:
+        /// unknown): the session is at home there from now on.
+        country_mac: Option<Vec<u8>>,
     },
 }
 
@@ -555,11 +558,13 @@ impl ChallengeStore for PgStore {
                 new_token_hash,
                 method,
                 event,
+                country_mac,
             } => {
                 let raised = sqlx::query(
                     "UPDATE sessions
                      SET token_hash = $2, aal = 'aal2', aal_reached_at = $3,
-                         amr = CASE WHEN $4 = ANY(amr) THEN amr ELSE amr || $4 END
+                         amr = CASE WHEN $4 = ANY(amr) THEN amr ELSE amr || $4 END,
+                         country_mac = COALESCE($6, country_mac)
                      WHERE id = $1 AND user_id = $5 AND revoked_at IS NULL
                        AND idle_expires_at > $3 AND absolute_expires_at > $3",
                 )
@@ -568,6 +573,7 @@ impl ChallengeStore for PgStore {
                 .bind(now)
                 .bind(*method)
                 .bind(user_id.0)
+                .bind(country_mac)
                 .execute(&mut *tx)
                 .await?;
                 if raised.rows_affected() != 1 {

@@ -115,6 +115,19 @@ pub(super) async fn flag_other_countries(
     .await?;
     let n = done.rows_affected();
     if n > 0 {
+        // Two sign-ins from two countries at the same moment each see no other live
+        // session when they are weighed; whichever commits second finds the other
+        // here, and the new one is flagged too.
+        sqlx::query(
+            "UPDATE sessions SET risk_flagged = true, risk_reason = $2, risk_flagged_at = $3,
+                                 risk_needs_proof = true
+             WHERE id = $1 AND NOT risk_flagged",
+        )
+        .bind(except.0)
+        .bind(&flag.reason.summary)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
         let (event, mail) = &flag.notice;
         insert_event(&mut *conn, user_id.0, Some(except.0), event).await?;
         insert_mails(conn, keys, std::slice::from_ref(mail), now).await?;
@@ -151,9 +164,10 @@ pub struct TrustedDevice {
 pub trait RiskStore: Send + Sync {
     /// The facts the contextual checks weigh for one attempt (two reads).
     async fn risk_facts(&self, q: &RiskQuery<'_>) -> Result<RiskFacts, StoreError>;
-    /// Flags a live session that is not flagged yet, recording `event` and queueing
-    /// `mail` in the same transaction; `false` (nothing written) when it was already
-    /// flagged or is gone, so a session is reported once however many requests show it.
+    /// Flags a live session that is not flagged yet (or proved a second factor since
+    /// its flag), recording `event` and queueing `mail` in the same transaction;
+    /// `false` (nothing written) when it is flagged and unproven, or gone, so a session
+    /// is reported once however many requests show it.
     async fn flag_session(
         &self,
         id: SessionId,
@@ -296,8 +310,10 @@ impl RiskStore for PgStore {
         let mut tx = self.pool.begin().await?;
         let user: Option<Uuid> = sqlx::query_scalar(
             "UPDATE sessions SET risk_flagged = true, risk_reason = $2, risk_flagged_at = $3,
-                                 risk_reason_enc = $4
-             WHERE id = $1 AND NOT risk_flagged AND revoked_at IS NULL
+                                 risk_reason_enc = $4, risk_needs_proof = true
+             WHERE id = $1 AND revoked_at IS NULL
+               AND (NOT risk_flagged OR NOT risk_needs_proof
+                    OR (aal = 'aal2' AND aal_reached_at >= risk_flagged_at))
              RETURNING user_id",
         )
         .bind(id.0)

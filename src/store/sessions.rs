@@ -76,6 +76,8 @@ pub struct SessionRecord {
     pub country_mac: Option<Vec<u8>>,
     /// When the contextual checks flagged the session, if they did.
     pub risk_flagged_at: Option<OffsetDateTime>,
+    /// The flag asks for a second factor again (not only a word to the owner).
+    pub risk_needs_proof: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -95,6 +97,7 @@ struct SessionRow {
     login_mark: Option<Vec<u8>>,
     country_mac: Option<Vec<u8>>,
     risk_flagged_at: Option<OffsetDateTime>,
+    risk_needs_proof: bool,
 }
 
 impl From<SessionRow> for SessionRecord {
@@ -115,6 +118,7 @@ impl From<SessionRow> for SessionRecord {
             login_mark: r.login_mark,
             country_mac: r.country_mac,
             risk_flagged_at: r.risk_flagged_at,
+            risk_needs_proof: r.risk_needs_proof,
         }
     }
 }
@@ -278,7 +282,8 @@ impl SessionStore for PgStore {
         let row: Option<SessionRow> = sqlx::query_as(
             "SELECT s.id, s.user_id, u.email, s.created_at, s.last_seen_at, s.idle_expires_at,
                     s.absolute_expires_at, s.auth_time, s.aal, s.aal_reached_at, s.amr, s.remember_me,
-                    s.login_mark, s.country_mac, s.risk_flagged_at
+                    s.login_mark, s.country_mac, s.risk_flagged_at,
+                    s.risk_needs_proof
              FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.token_hash = $1
                AND s.revoked_at IS NULL

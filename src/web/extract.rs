@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::future::LocalBoxFuture;
 
-use crate::auth::sessions;
+use crate::auth::{risk, sessions};
 use crate::crypto;
 use crate::domain::{PendingToken, SessionToken};
 use crate::error::AppError;
@@ -107,13 +107,26 @@ impl FromRequest for CurrentSession {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let req = req.clone();
         Box::pin(async move {
-            if let Some(session) = lookup(&req).await?.session {
-                return Ok(CurrentSession(session));
-            }
             let page_visit = matches!(
                 *req.method(),
                 actix_web::http::Method::GET | actix_web::http::Method::HEAD
             ) && representation(&req) == Representation::Html;
+            if let Some(session) = lookup(&req).await?.session {
+                // A session the contextual checks flagged (its cookie used from
+                // another country, say) shows no account page — full addresses and
+                // places are on them — until it proves a second factor again.
+                // Protective POSTs (revoking devices) stay open: they must be quick.
+                if page_visit && req.path() != "/step-up" && risk::needs_proof(&session) {
+                    return Err(AppError::StepUpRequired {
+                        return_to: match req.query_string() {
+                            "" => req.path().to_string(),
+                            q => format!("{}?{q}", req.path()),
+                        },
+                        redirect: true,
+                    });
+                }
+                return Ok(CurrentSession(session));
+            }
             if page_visit {
                 let return_to = match req.query_string() {
                     "" => req.path().to_string(),

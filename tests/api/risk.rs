@@ -156,6 +156,7 @@ async fn a_new_device_in_the_far_city_ten_minutes_later_needs_a_code_and_is_flag
 
     // The owner's device list: the Sydney session carries its reasons...
     let page = home.get("/account/devices").await;
+    assert_eq!(page.status, 200);
     let sydney = device_row(&page.body, "Sydney, Australia");
     assert!(sydney.contains("Unusual sign-in"), "{sydney}");
     assert!(sydney.contains("New country: Australia"), "{sydney}");
@@ -194,6 +195,30 @@ async fn a_new_device_in_the_far_city_ten_minutes_later_needs_a_code_and_is_flag
             .await,
         1.0
     );
+    // The Sydney session was born flagged but proven; its cookie used from Berlin
+    // later is flagged again (one more mail) and must prove itself again.
+    app.clock.advance(Duration::from_secs(60));
+    let mut moved = far.clone();
+    moved.extra_headers.retain(|(k, _)| k != "x-forwarded-for");
+    moved
+        .extra_headers
+        .push(("x-forwarded-for".into(), BERLIN_IP_2.into()));
+    assert!(
+        moved
+            .get("/account")
+            .await
+            .location()
+            .starts_with("/step-up")
+    );
+    assert!(far.get("/account").await.location().starts_with("/step-up"));
+    app.mail.wait_for(ALICE, 1).await;
+    for _ in 0..50 {
+        if mails_titled(&app, "Unusual activity on your account") == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(mails_titled(&app, "Unusual activity on your account"), 2);
 }
 
 #[tokio::test]
@@ -314,18 +339,25 @@ async fn prompt_none_from_the_far_city_gets_no_code_and_an_interactive_request_s
         Some("interaction_required"),
         "a flagged session signs in to no app silently"
     );
+    // Nor does it show an account page (addresses and places are on them), to the
+    // thief or the owner, until a second factor is proven.
+    for b in [&stolen, &home] {
+        let r = b.get("/account/activity").await;
+        assert_eq!(r.location(), "/step-up?return_to=%2Faccount%2Factivity");
+    }
+    // Interactively it asks for a second factor; once proven, the app gets its code.
+    let r = home.get(&authorize_url(&client, &[])).await;
+    assert_eq!(r.status, 303);
+    assert!(r.location().starts_with("/step-up?"), "{}", r.location());
+    crate::otp::step_up_by_email(&app, &home, ALICE, "/account").await;
     let page = home.get("/account/devices").await;
+    assert_eq!(page.status, 200);
     assert!(
         page.body
             .contains("Used from Australia, another country than its sign-in"),
         "{}",
         page.body
     );
-    // Interactively it asks for a second factor; once proven, the app gets its code.
-    let r = home.get(&authorize_url(&client, &[])).await;
-    assert_eq!(r.status, 303);
-    assert!(r.location().starts_with("/step-up?"), "{}", r.location());
-    crate::otp::step_up_by_email(&app, &home, ALICE, "/account").await;
     let r = home.get(&authorize_url(&client, &silent)).await;
     assert!(
         param(&location_params(&r), "code").is_some(),
@@ -358,6 +390,22 @@ async fn this_wasnt_me_revokes_that_session_once_and_its_access_token_dies() {
         .wait_for_subject(ALICE, NEW_SIGN_IN)
         .await
         .token("/not-me");
+    // The intruder signs in again from the same browser: a new session, and (a
+    // known device now) no new notice. The link must end that one too.
+    let csrf = intruder.get("/account").await.csrf();
+    intruder
+        .post_form("/logout", &[("csrf_token", &csrf)])
+        .await;
+    assert_eq!(
+        app.login(&intruder, ALICE, PASSWORD).await.location(),
+        "/account"
+    );
+    assert_eq!(mails_titled(&app, NEW_SIGN_IN), 1);
+    let tokens = sign_in_app(&app, &intruder, &client, &[]).await;
+    assert_eq!(
+        introspect(&app, &client, &tokens.access).await["active"],
+        true
+    );
 
     // A mail scanner's GET changes nothing.
     let owner = app.browser();
@@ -388,9 +436,26 @@ async fn this_wasnt_me_revokes_that_session_once_and_its_access_token_dies() {
             .await,
         1
     );
-    // The reported place no longer counts as alice's: the owner's own list has
-    // only her Berlin browser.
-    assert_eq!(live_sessions(&app).await, 1);
+    assert_eq!(
+        live_sessions(&app).await,
+        1,
+        "only alice's own Berlin browser"
+    );
+    // The browser is forgotten: its next sign-in is a new device again (a notice).
+    assert_eq!(app.count("SELECT count(*) FROM devices").await, 1);
+    app.clock.advance(Duration::from_secs(600));
+    assert_eq!(
+        app.login(&intruder, ALICE, PASSWORD).await.location(),
+        "/account"
+    );
+    app.mail.wait_for(ALICE, 2).await;
+    for _ in 0..50 {
+        if mails_titled(&app, NEW_SIGN_IN) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(mails_titled(&app, NEW_SIGN_IN), 2);
 }
 
 #[tokio::test]
