@@ -217,7 +217,7 @@ test('no failed /favicon.ico request on any visited page', () => {
   assert.deepEqual(problems, [], 'pages need an icon: give base.html a <link rel="icon"> (data: URLs are allowed by img-src) or serve /favicon.ico');
 });
 
-// ACCESSIBILITY ASSERTION (issue 13): axe-core found no violation of impact "serious"
+// ACCESSIBILITY ASSERTION: axe-core found no violation of impact "serious"
 // or "critical" on any page the journeys above visited, in light or dark. Kept as a
 // test of its own so a finding names its rule and page without hiding the journeys'
 // own results.
