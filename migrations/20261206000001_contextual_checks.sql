@@ -10,7 +10,13 @@ ALTER TABLE sessions ADD CONSTRAINT sessions_risk_flag_check
 -- Whether the flag asks the session to prove a second factor again (its cookie was
 -- used from another country) or only tells its owner (it was live while another
 -- country signed in).
-ALTER TABLE sessions ADD COLUMN risk_needs_proof boolean NOT NULL DEFAULT false;
+ALTER TABLE sessions ADD COLUMN risk_needs_proof boolean NOT NULL DEFAULT false,
+                     ADD CONSTRAINT sessions_risk_needs_proof_check
+                         CHECK (NOT risk_needs_proof OR risk_flagged);
+-- Where the session last proved a second factor, when that was another country than
+-- its sign-in (sealed `domain::Location`, context "sessions.anchor"): a traveller who
+-- stepped up there is at home there too, and is not flagged again for it.
+ALTER TABLE sessions ADD COLUMN anchor_enc bytea;
 -- `gatehouse sessions flagged`, newest first.
 CREATE INDEX sessions_risk_flagged_at_idx ON sessions (risk_flagged_at DESC)
     WHERE risk_flagged;

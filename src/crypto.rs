@@ -22,6 +22,7 @@ pub mod columns {
     pub const SESSION_USER_AGENT: &str = "sessions.user_agent";
     pub const SESSION_LOCATION: &str = "sessions.location";
     pub const SESSION_RISK_REASON: &str = "sessions.risk_reason";
+    pub const SESSION_ANCHOR: &str = "sessions.anchor";
     pub const CHALLENGE_RISK_FLAG: &str = "mfa_challenges.risk_flag";
     pub const EVENT_IP: &str = "security_events.ip";
     pub const EVENT_USER_AGENT: &str = "security_events.user_agent";

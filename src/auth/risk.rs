@@ -67,10 +67,10 @@ pub fn open_flag(
         .or_else(|| summary.map(str::to_string))
 }
 
-fn open_location(state: &AppState, sealed: &[u8]) -> Location {
+fn open_location(state: &AppState, context: &str, sealed: &[u8]) -> Location {
     state
         .keys
-        .open(columns::SESSION_LOCATION, sealed)
+        .open(context, sealed)
         .ok()
         .and_then(|p| serde_json::from_slice(&p).ok())
         .unwrap_or_default()
@@ -105,8 +105,18 @@ pub async fn assess_sign_in(
         country_seen: facts.country_seen,
         last_active: facts
             .last_active
-            .map(|(sealed, at)| (open_location(state, &sealed), at)),
-        live: facts.live.iter().map(|s| open_location(state, s)).collect(),
+            .map(|(sealed, at)| (open_location(state, columns::SESSION_LOCATION, &sealed), at)),
+        live: facts
+            .live
+            .iter()
+            .map(|s| open_location(state, columns::SESSION_LOCATION, s))
+            .chain(
+                facts
+                    .live_anchors
+                    .iter()
+                    .map(|s| open_location(state, columns::SESSION_ANCHOR, s)),
+            )
+            .collect(),
         recent_failures: u32::try_from(facts.recent_failures).unwrap_or(u32::MAX),
         address_failures: u32::try_from(facts.address_failures).unwrap_or(0),
     };
@@ -202,6 +212,14 @@ pub async fn watch(
         .keys
         .mac_candidates(columns::SEEN_COUNTRY, code.as_bytes());
     if candidates.iter().any(|m| m == signed_in_from) {
+        return Ok(false);
+    }
+    // Where it last proved a second factor counts as its own too.
+    let anchored = session
+        .anchor_enc
+        .as_ref()
+        .map(|a| open_location(state, columns::SESSION_ANCHOR, a));
+    if anchored.is_some_and(|a| a.country_code.as_deref() == Some(code.as_str())) {
         return Ok(false);
     }
     // Flag it unless it is flagged already and has not proven a second factor since

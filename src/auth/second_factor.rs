@@ -64,6 +64,11 @@ const STRONG: &[&str] = &["otp", "recovery", "hwk", "swk"];
 /// account's mailbox does not count then, or whoever holds only the mailbox (a reset
 /// link, then an e-mailed code) could remove the app or move the account.
 pub async fn is_fresh(state: &AppState, session: &SessionRecord) -> Result<bool, AppError> {
+    // A session the contextual checks want proven again (its cookie turned up in
+    // another country) is not fresh, however recent its last second factor.
+    if super::risk::needs_proof(session) {
+        return Ok(false);
+    }
     let recent = session.aal == "aal2"
         && state.clock.now() - session.aal_reached_at < span(STEP_UP_FRESHNESS);
     if !recent {
@@ -497,6 +502,12 @@ pub async fn step_up(
 ) -> Result<CodeOutcome<SessionToken>, AppError> {
     let ch = step_up_challenge(state, session).await?;
     let stepped_up = event(state, "stepped_up", Some(ctx))?;
+    let anchor = ctx
+        .location
+        .country_code
+        .is_some()
+        .then(|| super::events::seal_location(state, columns::SESSION_ANCHOR, &ctx.location))
+        .transpose()?;
     attempt_code(state, &ch, raw, ctx, |method| {
         let token = SessionToken::generate();
         let completion = Completion::StepUp {
@@ -504,13 +515,9 @@ pub async fn step_up(
             new_token_hash: token.hash(),
             method,
             event: Box::new(stepped_up),
-            // Proven from here: the contextual checks take this country as the
-            // session's own from now on (a traveller is not asked again and again).
-            country_mac: ctx
-                .location
-                .country_code
-                .as_ref()
-                .map(|c| state.keys.mac(columns::SEEN_COUNTRY, c.as_bytes())),
+            // Proven from here: the contextual checks take this place as the
+            // session's own too (a traveller is not asked again and again).
+            anchor_enc: anchor,
         };
         Ok((completion, token))
     })

@@ -247,9 +247,9 @@ pub async fn authorize(
             force: true,
         });
     }
-    // A session the contextual checks flagged (used from another country, or alive
-    // while another country signed in) proves a second factor again before any app
-    // gets a code from it: a risky context never gets a silent code (checklist M7).
+    // A session the contextual checks want proven again (its cookie used from another
+    // country) proves a second factor before any app gets a code from it: a risky
+    // context never gets a silent code (checklist M7).
     if crate::auth::risk::needs_proof(session) {
         if req.prompt.none {
             return reply

@@ -144,9 +144,9 @@ pub enum Completion {
         new_token_hash: Vec<u8>,
         method: &'static str,
         event: Box<NewEvent>,
-        /// The keyed MAC of the country the second factor was proven from (`None`:
-        /// unknown): the session is at home there from now on.
-        country_mac: Option<Vec<u8>>,
+        /// The place the second factor was proven from, sealed (`None`: unknown):
+        /// the session is at home there too from now on.
+        anchor_enc: Option<Vec<u8>>,
     },
 }
 
@@ -558,13 +558,13 @@ impl ChallengeStore for PgStore {
                 new_token_hash,
                 method,
                 event,
-                country_mac,
+                anchor_enc,
             } => {
                 let raised = sqlx::query(
                     "UPDATE sessions
                      SET token_hash = $2, aal = 'aal2', aal_reached_at = $3,
                          amr = CASE WHEN $4 = ANY(amr) THEN amr ELSE amr || $4 END,
-                         country_mac = COALESCE($6, country_mac)
+                         anchor_enc = COALESCE($6, anchor_enc)
                      WHERE id = $1 AND user_id = $5 AND revoked_at IS NULL
                        AND idle_expires_at > $3 AND absolute_expires_at > $3",
                 )
@@ -573,7 +573,7 @@ impl ChallengeStore for PgStore {
                 .bind(now)
                 .bind(*method)
                 .bind(user_id.0)
-                .bind(country_mac)
+                .bind(anchor_enc)
                 .execute(&mut *tx)
                 .await?;
                 if raised.rows_affected() != 1 {

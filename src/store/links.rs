@@ -344,12 +344,24 @@ impl LinkStore for PgStore {
         .await?;
         let (mut revoked, device) = session.unwrap_or((false, None));
         if let Some(device) = device {
+            // Held until the commit: a sign-in from that browser links its session
+            // to this row (`link_device` upserts it), so none can slip in between
+            // the revocation below and the row's removal.
+            sqlx::query("SELECT 1 FROM devices WHERE id = $1 FOR UPDATE")
+                .bind(device)
+                .fetch_optional(&mut *tx)
+                .await?;
             // The intruder may have signed in again from that browser since (a new
             // session, no new notice): every live session of it ends, and the
             // browser is forgotten, so its next sign-in counts as a new device.
             let others = sqlx::query(
-                "UPDATE sessions SET revoked_at = $3, revoked_reason = $4
-                 WHERE device_id = $1 AND user_id = $2 AND revoked_at IS NULL",
+                "WITH r AS (
+                     UPDATE sessions SET revoked_at = $3, revoked_reason = $4
+                     WHERE device_id = $1 AND user_id = $2 AND revoked_at IS NULL
+                     RETURNING id
+                 )
+                 INSERT INTO security_events (id, user_id, session_id, kind, actor, at, detail)
+                 SELECT gen_random_uuid(), $2, r.id, 'session_revoked', 'user', $3, $4 FROM r",
             )
             .bind(device)
             .bind(user_id)

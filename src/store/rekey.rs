@@ -53,6 +53,7 @@ const TABLES: &[SealedTable] = &[
             ("user_agent_enc", columns::SESSION_USER_AGENT),
             ("location_enc", columns::SESSION_LOCATION),
             ("risk_reason_enc", columns::SESSION_RISK_REASON),
+            ("anchor_enc", columns::SESSION_ANCHOR),
         ],
         macs: &[
             MacColumn {

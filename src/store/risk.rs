@@ -44,8 +44,10 @@ pub struct RiskFacts {
     pub country_seen: bool,
     /// (sealed place, last seen) of the most recently used session with a place.
     pub last_active: Option<(Vec<u8>, OffsetDateTime)>,
-    /// Sealed places of the live sessions.
+    /// Sealed places of the live sessions (`sessions.location`), and of their
+    /// step-ups elsewhere (`sessions.anchor`).
     pub live: Vec<Vec<u8>>,
+    pub live_anchors: Vec<Vec<u8>>,
     pub recent_failures: i64,
     /// Failures counted against the address in its current window, this attempt's
     /// own count excluded.
@@ -65,6 +67,7 @@ struct FactsRow {
 #[derive(sqlx::FromRow)]
 struct PlaceRow {
     location_enc: Vec<u8>,
+    anchor_enc: Option<Vec<u8>>,
     last_seen_at: OffsetDateTime,
     live: bool,
 }
@@ -92,14 +95,18 @@ pub struct FlagOthers {
 pub(super) async fn flag_other_countries(
     conn: &mut sqlx::PgConnection,
     keys: &crate::crypto::Keys,
-    user_id: UserId,
-    except: SessionId,
+    new: &super::sessions::NewSession,
     flag: &FlagOthers,
-    now: OffsetDateTime,
+    born_flagged: bool,
 ) -> Result<u64, StoreError> {
+    let (user_id, except, now) = (new.user_id, new.id, new.now);
+    // A new session the checks stepped up (born flagged) proved a second factor: the
+    // older sessions are only marked for their owner. One that was not (two sign-ins
+    // from two countries weighed at the same moment, each seeing no other) cannot tell
+    // which is the owner's: every session involved must prove itself again.
     let done = sqlx::query(
         "UPDATE sessions SET risk_flagged = true, risk_reason = $4, risk_flagged_at = $5,
-                             risk_reason_enc = $6
+                             risk_reason_enc = $6, risk_needs_proof = $7
          WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL
            AND idle_expires_at > $5 AND absolute_expires_at > $5
            AND country_mac IS NOT NULL AND NOT (country_mac = ANY($3))
@@ -111,6 +118,7 @@ pub(super) async fn flag_other_countries(
     .bind(&flag.reason.summary)
     .bind(now)
     .bind(&flag.reason.sealed)
+    .bind(!born_flagged)
     .execute(&mut *conn)
     .await?;
     let n = done.rows_affected();
@@ -262,8 +270,8 @@ impl RiskStore for PgStore {
         // The last place the user was active, and every live session's place (a
         // hundred at most: more live sessions than that is itself a flag elsewhere).
         let places: Vec<PlaceRow> = sqlx::query_as(
-            "SELECT location_enc, last_seen_at, live FROM (
-                 SELECT location_enc, last_seen_at,
+            "SELECT location_enc, anchor_enc, last_seen_at, live FROM (
+                 SELECT location_enc, anchor_enc, last_seen_at,
                         (revoked_at IS NULL AND idle_expires_at > $2
                          AND absolute_expires_at > $2) AS live,
                         row_number() OVER (ORDER BY last_seen_at DESC) AS rank
@@ -289,6 +297,11 @@ impl RiskStore for PgStore {
             device_trusted: facts.device_trusted,
             country_seen: facts.country_seen,
             last_active,
+            live_anchors: places
+                .iter()
+                .filter(|p| p.live)
+                .filter_map(|p| p.anchor_enc.clone())
+                .collect(),
             live: places
                 .into_iter()
                 .filter(|p| p.live)

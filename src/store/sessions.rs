@@ -78,6 +78,8 @@ pub struct SessionRecord {
     pub risk_flagged_at: Option<OffsetDateTime>,
     /// The flag asks for a second factor again (not only a word to the owner).
     pub risk_needs_proof: bool,
+    /// Sealed place of its last step-up in another country (see the migration).
+    pub anchor_enc: Option<Vec<u8>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -98,6 +100,7 @@ struct SessionRow {
     country_mac: Option<Vec<u8>>,
     risk_flagged_at: Option<OffsetDateTime>,
     risk_needs_proof: bool,
+    anchor_enc: Option<Vec<u8>>,
 }
 
 impl From<SessionRow> for SessionRecord {
@@ -119,6 +122,7 @@ impl From<SessionRow> for SessionRecord {
             country_mac: r.country_mac,
             risk_flagged_at: r.risk_flagged_at,
             risk_needs_proof: r.risk_needs_proof,
+            anchor_enc: r.anchor_enc,
         }
     }
 }
@@ -181,7 +185,8 @@ pub(super) async fn insert_signed_in(
         revoke_replaced(conn, old, session.now).await?;
     }
     if let Some(flag) = &s.flag_others {
-        flag_other_countries(conn, keys, session.user_id, session.id, flag, session.now).await?;
+        let born_flagged = session.risk_flag.is_some();
+        flag_other_countries(conn, keys, session, flag, born_flagged).await?;
     }
     insert_event(conn, session.user_id.0, Some(session.id.0), &s.event).await?;
     Ok(())
@@ -283,7 +288,7 @@ impl SessionStore for PgStore {
             "SELECT s.id, s.user_id, u.email, s.created_at, s.last_seen_at, s.idle_expires_at,
                     s.absolute_expires_at, s.auth_time, s.aal, s.aal_reached_at, s.amr, s.remember_me,
                     s.login_mark, s.country_mac, s.risk_flagged_at,
-                    s.risk_needs_proof
+                    s.risk_needs_proof, s.anchor_enc
              FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.token_hash = $1
                AND s.revoked_at IS NULL

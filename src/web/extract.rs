@@ -112,17 +112,21 @@ impl FromRequest for CurrentSession {
                 actix_web::http::Method::GET | actix_web::http::Method::HEAD
             ) && representation(&req) == Representation::Html;
             if let Some(session) = lookup(&req).await?.session {
-                // A session the contextual checks flagged (its cookie used from
-                // another country, say) shows no account page — full addresses and
-                // places are on them — until it proves a second factor again.
-                // Protective POSTs (revoking devices) stay open: they must be quick.
-                if page_visit && req.path() != "/step-up" && risk::needs_proof(&session) {
+                // A session the contextual checks want proven again (its cookie used
+                // from another country) does nothing signed in — no page (addresses,
+                // places, keys are on them), no JSON, no form — but prove a second
+                // factor at /step-up, or end every session at once ("Sign out
+                // everywhere", which ends it too). Signing out is /logout's, open.
+                let open = req.path() == "/step-up"
+                    || (req.method() == actix_web::http::Method::POST
+                        && req.path() == "/account/devices/revoke-all");
+                if !open && risk::needs_proof(&session) {
                     return Err(AppError::StepUpRequired {
                         return_to: match req.query_string() {
                             "" => req.path().to_string(),
                             q => format!("{}?{q}", req.path()),
                         },
-                        redirect: true,
+                        redirect: page_visit,
                     });
                 }
                 return Ok(CurrentSession(session));

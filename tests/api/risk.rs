@@ -211,7 +211,6 @@ async fn a_new_device_in_the_far_city_ten_minutes_later_needs_a_code_and_is_flag
             .starts_with("/step-up")
     );
     assert!(far.get("/account").await.location().starts_with("/step-up"));
-    app.mail.wait_for(ALICE, 1).await;
     for _ in 0..50 {
         if mails_titled(&app, "Unusual activity on your account") == 2 {
             break;
@@ -345,6 +344,42 @@ async fn prompt_none_from_the_far_city_gets_no_code_and_an_interactive_request_s
         let r = b.get("/account/activity").await;
         assert_eq!(r.location(), "/step-up?return_to=%2Faccount%2Factivity");
     }
+    // Nor JSON, nor any form but "Sign out everywhere": not adding an authenticator
+    // app, not signing the owner's other devices out.
+    let json = stolen
+        .send(
+            stolen
+                .request(reqwest::Method::GET, "/account/devices")
+                .header("accept", "application/json"),
+        )
+        .await;
+    assert_eq!(json.status, 403, "{}", json.body);
+    assert!(!json.body.contains(BERLIN_IP), "{}", json.body);
+    let csrf = stolen.get("/step-up?return_to=%2Faccount").await.csrf();
+    for (path, form) in [
+        (
+            "/account/mfa",
+            vec![("csrf_token", csrf.as_str()), ("action", "start")],
+        ),
+        (
+            "/account/devices/revoke-others",
+            vec![("csrf_token", csrf.as_str())],
+        ),
+        (
+            "/account/password",
+            vec![
+                ("csrf_token", csrf.as_str()),
+                ("current_password", PASSWORD),
+                ("new_password", "a thief's new passphrase"),
+                ("new_password_again", "a thief's new passphrase"),
+            ],
+        ),
+    ] {
+        let r = stolen.post_form(path, &form).await;
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+    }
+    assert_eq!(app.count("SELECT count(*) FROM totp_credentials").await, 0);
+    assert_eq!(live_sessions(&app).await, 1);
     // Interactively it asks for a second factor; once proven, the app gets its code.
     let r = home.get(&authorize_url(&client, &[])).await;
     assert_eq!(r.status, 303);
@@ -701,6 +736,20 @@ async fn operators_list_flagged_sessions_newest_first() {
         "/login/verify"
     );
     finish_with_mailed_code(&app, &far, 1, &[]).await;
+    // Later, the Sydney session's cookie turns up in Berlin: flagged again, newest.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut moved = far.clone();
+    moved.extra_headers.retain(|(k, _)| k != "x-forwarded-for");
+    moved
+        .extra_headers
+        .push(("x-forwarded-for".into(), BERLIN_IP_2.into()));
+    assert!(
+        moved
+            .get("/account")
+            .await
+            .location()
+            .starts_with("/step-up")
+    );
     let (ok, out, err) = app.cli(&["sessions", "flagged"], &[]);
     assert!(ok, "{err}");
     let lines: Vec<serde_json::Value> = out
@@ -708,22 +757,23 @@ async fn operators_list_flagged_sessions_newest_first() {
         .map(|l| serde_json::from_str(l).expect("JSON lines"))
         .collect();
     assert_eq!(lines.len(), 2, "{out}");
-    // Newest first: the Berlin session was flagged when Sydney's was born (the same
-    // moment or later), and both name alice and why.
+    // Newest first, each naming alice, why, where and whether it still lives.
     for l in &lines {
         assert_eq!(l["user"], ALICE);
         assert!(l["revoked_at"].is_null());
     }
-    assert!(
-        lines.iter().any(|l| l["reason"]
-            .as_str()
-            .unwrap()
-            .contains("New country: Australia")
-            && l["location"] == "Sydney, Australia"
-            && l["ip"] == SYDNEY_IP),
-        "{out}"
+    assert_eq!(lines[0]["location"], "Sydney, Australia", "{out}");
+    assert_eq!(lines[0]["ip"], SYDNEY_IP);
+    assert_eq!(
+        lines[0]["reason"],
+        "Used from Germany, another country than its sign-in"
     );
-    assert!(lines[0]["flagged_at"].as_str() >= lines[1]["flagged_at"].as_str());
+    assert_eq!(lines[1]["location"], "Berlin, Germany");
+    assert_eq!(
+        lines[1]["reason"],
+        "Also signed in from Australia at the same time"
+    );
+    assert!(lines[0]["flagged_at"].as_str() > lines[1]["flagged_at"].as_str());
     let (ok, out, _) = app.cli(&["sessions", "flagged", "--since", "1h"], &[]);
     assert!(ok);
     assert_eq!(out.lines().count(), 2);
@@ -736,4 +786,136 @@ async fn operators_list_flagged_sessions_newest_first() {
     let (ok, _, err) = app.cli(&["sessions", "flagged", "--since", "yesterday-ish"], &[]);
     assert!(!ok);
     assert!(err.contains("--since"), "{err}");
+}
+
+#[tokio::test]
+async fn a_traveller_who_proves_a_second_factor_abroad_is_not_asked_again_there() {
+    // M7 without nagging: alice's own session, taken to Sydney, is flagged once; a
+    // step-up there makes Sydney the session's place too.
+    let app = risk_app(vec![]).await;
+    let home = alice_at_home(&app).await;
+    let client = app_client(&app);
+    app.clock.advance(Duration::from_secs(20 * 60));
+    let mut abroad = home.clone();
+    abroad.extra_headers.retain(|(k, _)| k != "x-forwarded-for");
+    abroad
+        .extra_headers
+        .push(("x-forwarded-for".into(), SYDNEY_IP.into()));
+    let r = abroad.get("/account").await;
+    assert_eq!(r.location(), "/step-up?return_to=%2Faccount");
+    app.clock.advance(Duration::from_secs(1));
+    crate::otp::step_up_by_email(&app, &abroad, ALICE, "/account").await;
+    app.clock.advance(Duration::from_secs(60));
+    for _ in 0..3 {
+        assert_eq!(abroad.get("/account").await.status, 200);
+    }
+    let r = abroad
+        .get(&authorize_url(&client, &[("prompt", "none")]))
+        .await;
+    assert!(
+        param(&location_params(&r), "code").is_some(),
+        "{}",
+        r.location()
+    );
+    // Home is still home.
+    assert_eq!(home.get("/account").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(mails_titled(&app, "Unusual activity on your account"), 1);
+    // Anywhere else is not.
+    let mut third = home.clone();
+    third.extra_headers.retain(|(k, _)| k != "x-forwarded-for");
+    third
+        .extra_headers
+        .push(("x-forwarded-for".into(), "127.0.0.1".into()));
+    assert!(
+        third
+            .get("/account")
+            .await
+            .location()
+            .starts_with("/step-up")
+    );
+}
+
+#[tokio::test]
+async fn trust_ends_with_a_shorter_setting_and_with_sign_out_everywhere() {
+    let app = risk_app(vec![("GATEHOUSE_MFA_TRUST_DEVICE", "2h".into())]).await;
+    let home = alice_at_home(&app).await;
+    let enrolled = enrol(&app, &home, ALICE).await;
+    // Each code for a later time step than the last one used.
+    let code = || {
+        app.clock.advance(Duration::from_secs(30));
+        totp(&enrolled.secret, app.clock.now().unix_timestamp())
+    };
+    let laptop = browser_at(&app, WINDOWS, BERLIN_IP_2);
+    let trust = |laptop: Browser, code: String| {
+        let app = &app;
+        async move {
+            assert_eq!(
+                app.login(&laptop, ALICE, PASSWORD).await.location(),
+                "/login/verify"
+            );
+            let page = laptop.get("/login/verify").await;
+            assert!(
+                page.body.contains("Trust this browser for 2 hours"),
+                "{}",
+                page.body
+            );
+            let r = laptop
+                .post_form(
+                    "/login/verify",
+                    &[
+                        ("csrf_token", &page.csrf()),
+                        ("code", &code),
+                        ("trust_browser", "on"),
+                    ],
+                )
+                .await;
+            assert_eq!(r.status, 303, "{}", r.body);
+            let csrf = laptop.get("/account").await.csrf();
+            laptop.post_form("/logout", &[("csrf_token", &csrf)]).await;
+        }
+    };
+    trust(laptop.clone(), code()).await;
+    app.clock.advance(Duration::from_secs(3600));
+    assert_eq!(
+        app.login(&laptop, ALICE, PASSWORD).await.location(),
+        "/account"
+    );
+    let csrf = laptop.get("/account").await.csrf();
+    laptop.post_form("/logout", &[("csrf_token", &csrf)]).await;
+    // Two hours after it was given, it is over.
+    app.clock.advance(Duration::from_secs(3700));
+    assert_eq!(
+        app.login(&laptop, ALICE, PASSWORD).await.location(),
+        "/login/verify"
+    );
+    // Trusted again, then "Sign out everywhere" from another browser ends it.
+    trust(laptop.clone(), code()).await;
+    let phone = browser_at(&app, IPHONE, BERLIN_IP);
+    assert_eq!(
+        app.login(&phone, ALICE, PASSWORD).await.location(),
+        "/login/verify"
+    );
+    let page = phone.get("/login/verify").await;
+    let r = phone
+        .post_form(
+            "/login/verify",
+            &[("csrf_token", &page.csrf()), ("code", &code())],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let csrf = phone.get("/account/devices").await.csrf();
+    let r = phone
+        .post_form("/account/devices/revoke-all", &[("csrf_token", &csrf)])
+        .await;
+    assert_eq!(r.status, 303);
+    assert_eq!(
+        app.count("SELECT count(*) FROM devices WHERE trusted_until IS NOT NULL")
+            .await,
+        0
+    );
+    assert_eq!(
+        app.login(&laptop, ALICE, PASSWORD).await.location(),
+        "/login/verify"
+    );
 }
