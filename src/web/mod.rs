@@ -129,4 +129,5 @@ route_table! {
     "/readyz" [Public] { get => ops::readyz }
     "/metrics" [Public] { get => ops::metrics }
     "/static/css/gatehouse.css" [Public] { get => ops::stylesheet }
+    "/static/js/gatehouse.js" [Public] { get => ops::script }
 }

@@ -47,3 +47,13 @@ pub async fn stylesheet() -> HttpResponse {
         .insert_header(("Cache-Control", "public, max-age=3600"))
         .body(STYLESHEET)
 }
+
+/// Progressive enhancement (copy buttons, live relative times): pages work without it.
+const SCRIPT: &str = include_str!("../../static/js/gatehouse.js");
+
+pub async fn script() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header(("Cache-Control", "public, max-age=3600"))
+        .body(SCRIPT)
+}

@@ -281,7 +281,7 @@ async fn another_users_session_id_answers_like_an_unknown_one_and_changes_nothin
                 &[("csrf_token", &csrf)],
             )
             .await;
-        answers.push((r.status, r.body));
+        answers.push((r.status, r.page()));
     }
     for (status, body) in &answers {
         assert_eq!(*status, 404);

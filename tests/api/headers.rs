@@ -73,6 +73,29 @@ async fn every_page_and_error_carries_the_baseline_headers() {
         nonce_of(&anon.get("/login").await),
         "a fresh nonce per response"
     );
+    // The page's one script (progressive enhancement) carries the response's nonce,
+    // and nothing else on the page is a script.
+    let login = anon.get("/login").await;
+    let csp = login.header("content-security-policy").unwrap();
+    let nonce = csp
+        .split("'nonce-")
+        .nth(1)
+        .and_then(|s| s.split('\'').next())
+        .unwrap();
+    assert!(
+        login.body.contains(&format!(
+            r#"<script src="/static/js/gatehouse.js" nonce="{nonce}" defer></script>"#
+        )),
+        "{}",
+        login.body
+    );
+    assert_eq!(login.body.matches("<script").count(), 1);
+    let js = anon.get("/static/js/gatehouse.js").await;
+    assert_eq!(js.status, 200);
+    assert_eq!(
+        js.header("content-type").as_deref(),
+        Some("text/javascript; charset=utf-8")
+    );
     let not_found = &cases[2].1;
     assert_eq!(not_found.status, 404);
     assert!(
