@@ -35,10 +35,10 @@
     status.setAttribute('role', 'status');
     button.addEventListener('click', function () {
       navigator.clipboard.writeText(textOf(el)).then(function () {
+        // Said once, by the status (a screen reader reads it); the button keeps
+        // its name.
         status.textContent = 'Copied';
-        button.textContent = 'Copied';
         window.setTimeout(function () {
-          button.textContent = label;
           status.textContent = '';
         }, 2000);
       }, function () {
@@ -49,7 +49,8 @@
     holder.className = 'copy-row';
     holder.appendChild(button);
     holder.appendChild(status);
-    el.insertAdjacentElement('afterend', holder);
+    // After the paragraph that holds the element (a <p> may not hold another).
+    (el.closest('p') || el).insertAdjacentElement('afterend', holder);
   }
 
   // Times: <time data-relative datetime="…"> shows "5 minutes ago" kept current
@@ -60,7 +61,7 @@
     ['minute', 60]
   ];
   var relative = window.Intl && Intl.RelativeTimeFormat
-    ? new Intl.RelativeTimeFormat(undefined, { numeric: 'auto' })
+    ? new Intl.RelativeTimeFormat(document.documentElement.lang || undefined, { numeric: 'auto' })
     : null;
 
   function describe(date) {
@@ -84,7 +85,7 @@
         return;
       }
       el.textContent = describe(date);
-      el.title = date.toLocaleString();
+      el.title = date.toLocaleString(document.documentElement.lang || undefined);
     });
   }
 

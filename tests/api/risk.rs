@@ -78,6 +78,16 @@ async fn finish_with_mailed_code(app: &TestApp, b: &Browser, n: usize, extra: &[
     assert_eq!(r.status, 303, "{}", r.body);
 }
 
+/// The same browser (cookie jar, user agent) seen from another address.
+fn moved_to(b: &Browser, ip: &str) -> Browser {
+    let mut moved = b.clone();
+    moved.extra_headers.retain(|(k, _)| k != "x-forwarded-for");
+    moved
+        .extra_headers
+        .push(("x-forwarded-for".into(), ip.into()));
+    moved
+}
+
 /// The device-list row (`<li class="device…">`) whose text contains `needle`.
 fn device_row(body: &str, needle: &str) -> String {
     body.split("<li class=\"device")
@@ -198,11 +208,7 @@ async fn a_new_device_in_the_far_city_ten_minutes_later_needs_a_code_and_is_flag
     // The Sydney session was born flagged but proven; its cookie used from Berlin
     // later is flagged again (one more mail) and must prove itself again.
     app.clock.advance(Duration::from_secs(60));
-    let mut moved = far.clone();
-    moved.extra_headers.retain(|(k, _)| k != "x-forwarded-for");
-    moved
-        .extra_headers
-        .push(("x-forwarded-for".into(), BERLIN_IP_2.into()));
+    let moved = moved_to(&far, BERLIN_IP_2);
     assert!(
         moved
             .get("/account")
@@ -315,11 +321,7 @@ async fn prompt_none_from_the_far_city_gets_no_code_and_an_interactive_request_s
         r.location()
     );
     app.clock.advance(Duration::from_secs(600));
-    let mut stolen = home.clone();
-    stolen.extra_headers.retain(|(k, _)| k != "x-forwarded-for");
-    stolen
-        .extra_headers
-        .push(("x-forwarded-for".into(), SYDNEY_IP.into()));
+    let stolen = moved_to(&home, SYDNEY_IP);
     let r = stolen.get(&authorize_url(&client, &silent)).await;
     assert_eq!(r.status, 303, "{}", r.body);
     let params = location_params(&r);
@@ -570,11 +572,7 @@ async fn a_trusted_browser_skips_the_code_only_while_every_condition_holds() {
     assert_eq!(sign_in(&laptop).await, "/account", "failures aged out");
     sign_out(&laptop).await;
     // ...another country (the same browser, travelling)...
-    let mut abroad = laptop.clone();
-    abroad.extra_headers.retain(|(k, _)| k != "x-forwarded-for");
-    abroad
-        .extra_headers
-        .push(("x-forwarded-for".into(), SYDNEY_IP.into()));
+    let abroad = moved_to(&laptop, SYDNEY_IP);
     app.clock.advance(Duration::from_secs(48 * 3600));
     assert_eq!(sign_in(&abroad).await, "/login/verify");
     // ...and trust withdrawn on the device list (back home, still trusted).
@@ -738,11 +736,7 @@ async fn operators_list_flagged_sessions_newest_first() {
     finish_with_mailed_code(&app, &far, 1, &[]).await;
     // Later, the Sydney session's cookie turns up in Berlin: flagged again, newest.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let mut moved = far.clone();
-    moved.extra_headers.retain(|(k, _)| k != "x-forwarded-for");
-    moved
-        .extra_headers
-        .push(("x-forwarded-for".into(), BERLIN_IP_2.into()));
+    let moved = moved_to(&far, BERLIN_IP_2);
     assert!(
         moved
             .get("/account")
@@ -796,11 +790,7 @@ async fn a_traveller_who_proves_a_second_factor_abroad_is_not_asked_again_there(
     let home = alice_at_home(&app).await;
     let client = app_client(&app);
     app.clock.advance(Duration::from_secs(20 * 60));
-    let mut abroad = home.clone();
-    abroad.extra_headers.retain(|(k, _)| k != "x-forwarded-for");
-    abroad
-        .extra_headers
-        .push(("x-forwarded-for".into(), SYDNEY_IP.into()));
+    let abroad = moved_to(&home, SYDNEY_IP);
     let r = abroad.get("/account").await;
     assert_eq!(r.location(), "/step-up?return_to=%2Faccount");
     app.clock.advance(Duration::from_secs(1));
@@ -822,11 +812,7 @@ async fn a_traveller_who_proves_a_second_factor_abroad_is_not_asked_again_there(
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(mails_titled(&app, "Unusual activity on your account"), 1);
     // Anywhere else is not.
-    let mut third = home.clone();
-    third.extra_headers.retain(|(k, _)| k != "x-forwarded-for");
-    third
-        .extra_headers
-        .push(("x-forwarded-for".into(), "127.0.0.1".into()));
+    let third = moved_to(&home, "127.0.0.1");
     assert!(
         third
             .get("/account")

@@ -25,7 +25,7 @@ export const CHROMIUM_ARGS = [
 ];
 export const SCREENSHOTS = join(REPO, 'target', 'screenshots');
 // Cookies that must never be readable from page scripts (dev-mode names over http).
-const SECRET_COOKIES = ['gatehouse_session', 'gatehouse_device', 'gatehouse_pending', 'gatehouse_presession'];
+const SECRET_COOKIES = ['gatehouse_session', 'gatehouse_device', 'gatehouse_pending', 'gatehouse_presession', 'gatehouse_bound'];
 const SHOTS = [
   { width: 1280, height: 800, colorScheme: 'light' },
   { width: 1280, height: 800, colorScheme: 'dark' },
@@ -138,6 +138,8 @@ export class Journey {
     }
     for (const c of await page.context().cookies()) {
       if (SECRET_COOKIES.includes(c.name)) assert.ok(c.httpOnly, `${where}: cookie ${c.name} lacks HttpOnly`);
+      // Gatehouse sets no cookie a page script may read.
+      if (new URL(page.url()).origin === new URL(this.base).origin) assert.ok(c.httpOnly, `${where}: cookie ${c.name} lacks HttpOnly`);
     }
 
     // Without a declared icon Chromium falls back to /favicon.ico; ask for it as it
