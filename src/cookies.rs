@@ -15,6 +15,9 @@ pub struct CookiePolicy {
     pub session_name: &'static str,
     pub pre_session_name: &'static str,
     pub device_name: &'static str,
+    /// The short-lived cookie of a device-bound session (DBSC), renewed only by a
+    /// proof from the browser's key.
+    pub bound_name: &'static str,
     pub pending_name: &'static str,
 }
 
@@ -29,6 +32,7 @@ impl CookiePolicy {
                 session_name: "gatehouse_session",
                 pre_session_name: "gatehouse_presession",
                 device_name: "gatehouse_device",
+                bound_name: "gatehouse_bound",
                 pending_name: "gatehouse_pending",
             }
         } else {
@@ -37,6 +41,7 @@ impl CookiePolicy {
                 session_name: "__Host-gatehouse_session",
                 pre_session_name: "__Host-gatehouse_presession",
                 device_name: "__Host-gatehouse_device",
+                bound_name: "__Host-gatehouse_bound",
                 pending_name: "__Host-gatehouse_pending",
             }
         }
@@ -95,6 +100,25 @@ impl CookiePolicy {
         c.set_max_age(time::Duration::ZERO);
         c.set_expires(OffsetDateTime::UNIX_EPOCH);
         c
+    }
+
+    /// The device-bound cookie: lives `ttl`, renewed by the browser's DBSC refresh.
+    pub fn bound_cookie(&self, value: &str, ttl: Duration) -> Cookie<'static> {
+        let mut c = self.base(self.bound_name, value.to_string());
+        c.set_max_age(time::Duration::seconds(
+            i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
+        ));
+        c
+    }
+
+    /// The bound cookie's attributes as the DBSC session configuration states them
+    /// (they must match its `Set-Cookie`).
+    pub fn bound_attributes(&self) -> &'static str {
+        if self.secure {
+            "Path=/; Secure; HttpOnly; SameSite=Lax"
+        } else {
+            "Path=/; HttpOnly; SameSite=Lax"
+        }
     }
 
     /// A short-lived random value that binds the CSRF token of the sign-in and

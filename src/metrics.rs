@@ -27,6 +27,8 @@ pub struct Metrics {
     /// Signals the checks saw, by kind (`new_device`, `impossible_travel`, …), and
     /// sessions flagged after they began (`in_use_elsewhere`, `two_countries`).
     pub risk_signals: IntCounterVec,
+    /// Device-bound sessions: registrations, refreshes, challenges, refusals, …
+    pub dbsc: IntCounterVec,
     pub argon2_waiting: IntGauge,
     pub argon2_running: IntGauge,
     pub argon2_skipped: prometheus::IntCounter,
@@ -210,6 +212,14 @@ impl Metrics {
         registry.register(Box::new(registrations.clone()))?;
         registry.register(Box::new(risk_decisions.clone()))?;
         registry.register(Box::new(risk_signals.clone()))?;
+        let dbsc = IntCounterVec::new(
+            Opts::new(
+                "dbsc_total",
+                "Device-bound session events (registered, refreshed, challenged, refused, ...)",
+            ),
+            &["event"],
+        )?;
+        registry.register(Box::new(dbsc.clone()))?;
         registry.register(Box::new(argon2_waiting.clone()))?;
         registry.register(Box::new(argon2_running.clone()))?;
         Ok(Self {
@@ -221,6 +231,7 @@ impl Metrics {
             registrations,
             risk_decisions,
             risk_signals,
+            dbsc,
             argon2_waiting,
             argon2_running,
             argon2_skipped,

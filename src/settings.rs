@@ -163,6 +163,9 @@ pub struct Settings {
     /// How long "Trust this browser" lasts after a second factor
     /// (`GATEHOUSE_MFA_TRUST_DEVICE`); `None` (`0`) turns the option off.
     pub mfa_trust_device: Option<Duration>,
+    /// Lifetime of the device-bound cookie (`GATEHOUSE_DBSC_COOKIE_TTL`): how long a
+    /// copied session cookie of a bound session can outlive the theft, at most.
+    pub dbsc_cookie_ttl: Duration,
 }
 
 /// Thresholds of the contextual sign-in checks.
@@ -211,6 +214,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "GATEHOUSE_RISK_RECENT_FAILURES",
     "GATEHOUSE_RISK_IP_FAILURES",
     "GATEHOUSE_MFA_TRUST_DEVICE",
+    "GATEHOUSE_DBSC_COOKIE_TTL",
 ];
 
 /// Raw key → value pairs, already merged from the file and the environment.
@@ -520,6 +524,16 @@ impl RawSettings {
                     Some(d)
                 }
             },
+            dbsc_cookie_ttl: {
+                let d = self.duration("GATEHOUSE_DBSC_COOKIE_TTL", "10m")?;
+                if d < Duration::from_secs(60) || d > Duration::from_secs(86400) {
+                    return Err(err(
+                        "GATEHOUSE_DBSC_COOKIE_TTL",
+                        "must be between 1m and 24h (it bounds how long a stolen cookie works)",
+                    ));
+                }
+                d
+            },
         })
     }
 }
@@ -748,6 +762,7 @@ mod tests {
             }
         );
         assert_eq!(s.mfa_trust_device, Some(Duration::from_secs(30 * 86400)));
+        assert_eq!(s.dbsc_cookie_ttl, Duration::from_secs(600));
         assert_eq!(s.log_format, LogFormat::Json);
         assert!(!s.insecure_cookies());
         assert_eq!(s.argon2, Argon2Cost::PRODUCTION);

@@ -95,6 +95,8 @@ pub struct DeviceRow {
     pub remembered: bool,
     /// The browser is trusted to skip the code until then.
     pub trusted_until: Option<OffsetDateTime>,
+    /// Bound to a key the browser keeps in hardware (DBSC).
+    pub device_bound: bool,
 }
 
 /// Opens a sealed column; a value no held key opens shows as absent (it is never an
@@ -142,6 +144,7 @@ pub fn describe_session(
         }),
         remembered: s.remember_me,
         trusted_until: s.device_trusted_until.filter(|t| *t > state.clock.now()),
+        device_bound: s.dbsc_bound,
     }
 }
 

@@ -2,6 +2,7 @@
 //! one of these; these call the store.
 
 pub mod activity;
+pub mod dbsc;
 pub mod describe;
 pub mod devices;
 pub mod events;

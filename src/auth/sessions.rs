@@ -94,20 +94,44 @@ pub async fn authenticate(
     state: &AppState,
     token: &SessionToken,
     location: &Location,
-) -> Result<Option<SessionRecord>, AppError> {
+    bound: BoundCookie<'_>,
+) -> Result<Authenticated, AppError> {
     let now = state.clock.now();
     let Some(mut record) = state.store.live_session(&token.hash(), now).await? else {
-        return Ok(None);
+        return Ok(Authenticated::Gone);
     };
+    // A device-bound session's request without its bound cookie is refused before
+    // anything else: it neither renews the session nor is watched as its use.
+    if !super::dbsc::admits(state, &record, bound.presented, bound.skipped).await? {
+        return Ok(Authenticated::Refused);
+    }
     let elsewhere = super::risk::watch(state, &mut record, location).await?;
     if elsewhere && record.remember_me {
-        return Ok(Some(record));
+        return Ok(Authenticated::Live(Box::new(record)));
     }
     if now - record.last_seen_at >= span(LAST_SEEN_GRANULARITY) {
         state.store.touch_session(record.id, now).await?;
         record.last_seen_at = now;
     }
-    Ok(Some(record))
+    Ok(Authenticated::Live(Box::new(record)))
+}
+
+/// The device-bound cookie a request brought, and whether it said it skipped a
+/// refresh (`Secure-Session-Skipped`).
+#[derive(Clone, Copy, Default)]
+pub struct BoundCookie<'a> {
+    pub presented: Option<&'a str>,
+    pub skipped: bool,
+}
+
+/// What a session cookie turned out to be.
+pub enum Authenticated {
+    Live(Box<SessionRecord>),
+    /// A live session bound to a browser key, without its bound cookie: not signed
+    /// in for this request (the cookie stays: its browser refreshes and comes back).
+    Refused,
+    /// Revoked, expired, unknown, or its user disabled.
+    Gone,
 }
 
 /// Signs a session out: the row is revoked, so the cookie is useless everywhere at once.

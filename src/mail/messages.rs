@@ -240,7 +240,7 @@ pub fn sign_in_blocked(
 }
 
 /// A session is flagged after it began: used from another country than its sign-in,
-/// or signed in while another country had a live session.
+/// signed in while another country had a live session, or used without its device key.
 pub fn session_flagged(settings: &Settings, to: &str, what: &str) -> OutboundMail {
     render(
         settings,
@@ -248,9 +248,9 @@ pub fn session_flagged(settings: &Settings, to: &str, what: &str) -> OutboundMai
         Draft {
             subject: "Unusual activity on your account".into(),
             paragraphs: vec![
-                "Your Gatehouse account is in use from two countries at once:".into(),
+                "Something unusual happened with your Gatehouse account:".into(),
                 what.to_string(),
-                "The sessions concerned are marked on your device list. Until they prove a second factor again, they cannot sign in to apps silently.".into(),
+                "The sessions concerned are marked on your device list.".into(),
             ],
             action: Some((
                 "Review your devices".into(),

@@ -128,6 +128,8 @@ pub struct SessionDetail {
     pub device_first_seen_at: Option<OffsetDateTime>,
     /// The browser is trusted to skip the code until then (if still in the future).
     pub device_trusted_until: Option<OffsetDateTime>,
+    /// Bound to a key the browser keeps (DBSC).
+    pub dbsc_bound: bool,
 }
 
 /// Revokes every live session of a user (but `except`), with one event per session,
@@ -224,7 +226,8 @@ impl DeviceStore for PgStore {
                     s.absolute_expires_at, s.auth_time, s.aal, s.aal_reached_at, s.amr, s.remember_me,
                     s.ip_enc, s.user_agent_enc, s.location_enc, s.risk_flagged, s.risk_reason, s.risk_reason_enc,
                     d.first_seen_at AS device_first_seen_at,
-                    d.trusted_until AS device_trusted_until
+                    d.trusted_until AS device_trusted_until,
+                    s.dbsc_bound_at IS NOT NULL AS dbsc_bound
              FROM sessions s LEFT JOIN devices d ON d.id = s.device_id
              WHERE s.user_id = $1 AND s.revoked_at IS NULL
                AND s.idle_expires_at > $2 AND s.absolute_expires_at > $2

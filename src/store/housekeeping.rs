@@ -271,7 +271,15 @@ impl PgStore {
                 &[now - r.spent_after],
             )
             .await?,
-            challenges: drain(conn, "mfa_challenges", "id", "expires_at < $1", &[now]).await?,
+            challenges: drain(conn, "mfa_challenges", "id", "expires_at < $1", &[now]).await?
+                + drain(
+                    conn,
+                    "dbsc_used_challenges",
+                    "challenge_hash",
+                    "expires_at < $1",
+                    &[now],
+                )
+                .await?,
             enrolments: drain(
                 conn,
                 "totp_credentials",

@@ -8,6 +8,7 @@
 mod accounts;
 mod backchannel;
 mod challenges;
+mod dbsc;
 mod devices;
 mod events;
 mod housekeeping;
@@ -29,6 +30,7 @@ pub use challenges::{
     ChallengeRecord, ChallengeStore, CodeAttempt, CodeLimits, Completed, Completion, NewChallenge,
     Notices, Proof,
 };
+pub use dbsc::{BoundCookie, BoundSession, DbscOutcome, DbscStore, SpentChallenge};
 pub use devices::{DeviceLink, DeviceNotice, DeviceStore, SessionDetail};
 pub use events::{EventRecord, EventStore, NewEvent};
 pub use housekeeping::{HousekeepingStore, SweepCounts, SweepRules};
@@ -45,7 +47,7 @@ pub use risk::{
     FlagOthers, FlaggedSession, REPORTED_REASON, RiskFacts, RiskFlag, RiskQuery, RiskStore,
     TrustedDevice,
 };
-pub use sessions::{NewSession, SessionRecord, SessionStore, SignIn};
+pub use sessions::{BoundCookies, NewSession, SessionRecord, SessionStore, SignIn};
 pub use throttle::{Attempt, AttemptKeys, ThrottleLimits, ThrottleStore};
 pub use tokens::{
     CodeRecord, CodeVerdict, LiveRefresh, LiveToken, NewCode, NewTokens, Redemption, RefreshRecord,
@@ -86,6 +88,7 @@ pub trait Store:
     + TokenStore
     + BackchannelStore
     + RiskStore
+    + DbscStore
     + Send
     + Sync
 {
@@ -108,6 +111,7 @@ impl<T> Store for T where
         + TokenStore
         + BackchannelStore
         + RiskStore
+        + DbscStore
         + Send
         + Sync
 {

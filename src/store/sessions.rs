@@ -80,6 +80,27 @@ pub struct SessionRecord {
     pub risk_needs_proof: bool,
     /// Sealed place of its last step-up in another country (see the migration).
     pub anchor_enc: Option<Vec<u8>>,
+    /// Bound to a browser key (DBSC): every request needs a live bound cookie.
+    pub dbsc: Option<BoundCookies>,
+}
+
+/// The bound cookies a device-bound session accepts: the current one and, until it
+/// lapses, the one before it (requests already under way when a refresh lands).
+#[derive(Clone, Debug)]
+pub struct BoundCookies {
+    pub current: (Vec<u8>, OffsetDateTime),
+    pub previous: Option<(Vec<u8>, OffsetDateTime)>,
+}
+
+impl BoundCookies {
+    /// When the bound cookie `hash` names lapses (or lapsed), if it is one of the two.
+    pub fn lapses(&self, hash: &[u8]) -> Option<OffsetDateTime> {
+        [Some(&self.current), self.previous.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|(h, _)| crate::crypto::constant_time_eq(h, hash))
+            .map(|(_, until)| *until)
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -101,6 +122,10 @@ struct SessionRow {
     risk_flagged_at: Option<OffsetDateTime>,
     risk_needs_proof: bool,
     anchor_enc: Option<Vec<u8>>,
+    dbsc_cookie_hash: Option<Vec<u8>>,
+    dbsc_cookie_expires_at: Option<OffsetDateTime>,
+    dbsc_prev_cookie_hash: Option<Vec<u8>>,
+    dbsc_prev_cookie_expires_at: Option<OffsetDateTime>,
 }
 
 impl From<SessionRow> for SessionRecord {
@@ -123,6 +148,13 @@ impl From<SessionRow> for SessionRecord {
             risk_flagged_at: r.risk_flagged_at,
             risk_needs_proof: r.risk_needs_proof,
             anchor_enc: r.anchor_enc,
+            dbsc: r
+                .dbsc_cookie_hash
+                .zip(r.dbsc_cookie_expires_at)
+                .map(|current| BoundCookies {
+                    current,
+                    previous: r.dbsc_prev_cookie_hash.zip(r.dbsc_prev_cookie_expires_at),
+                }),
         }
     }
 }
@@ -288,7 +320,9 @@ impl SessionStore for PgStore {
             "SELECT s.id, s.user_id, u.email, s.created_at, s.last_seen_at, s.idle_expires_at,
                     s.absolute_expires_at, s.auth_time, s.aal, s.aal_reached_at, s.amr, s.remember_me,
                     s.login_mark, s.country_mac, s.risk_flagged_at,
-                    s.risk_needs_proof, s.anchor_enc
+                    s.risk_needs_proof, s.anchor_enc, s.dbsc_cookie_hash,
+                    s.dbsc_cookie_expires_at, s.dbsc_prev_cookie_hash,
+                    s.dbsc_prev_cookie_expires_at
              FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.token_hash = $1
                AND s.revoked_at IS NULL

@@ -30,6 +30,10 @@ pub fn set_rotated_cookie(
         std::time::Duration::from_secs(u64::try_from(left.whole_seconds()).unwrap_or(0))
     });
     let _ = res.add_cookie(&state.cookies.session_cookie(token, persist_for));
+    // A new token for a session not bound yet: the browser may bind it now.
+    if session.dbsc.is_none() {
+        crate::web::pages::offer_binding(state, res, token);
+    }
 }
 
 #[derive(Template)]

@@ -41,6 +41,7 @@ struct DeviceView {
     risk: Option<String>,
     /// "until 2027-01-05 09:30 UTC" for a trusted browser.
     trusted_until: Option<String>,
+    device_bound: bool,
 }
 
 /// A trusted browser as the page prints it.
@@ -83,6 +84,7 @@ fn view(now: time::OffsetDateTime, d: DeviceRow) -> DeviceView {
         current: d.current,
         risk: d.risk,
         trusted_until: d.trusted_until.map(describe::when),
+        device_bound: d.device_bound,
     }
 }
 

@@ -9,7 +9,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::future::LocalBoxFuture;
 
-use crate::auth::{risk, sessions};
+use crate::auth::sessions::{self, Authenticated};
+use crate::auth::{dbsc, risk};
 use crate::crypto;
 use crate::domain::{PendingToken, SessionToken};
 use crate::error::AppError;
@@ -26,6 +27,10 @@ pub(super) fn state(req: &HttpRequest) -> Result<web::Data<AppState>, AppError> 
 /// The signed-in session, if the request carries a live one.
 #[derive(Clone)]
 pub struct MaybeSession(pub Option<SessionRecord>);
+
+/// Marks a request whose `Secure-Session-Skipped` was counted.
+#[derive(Clone, Copy)]
+struct SkipCounted;
 
 /// Cached per request so that several extractors share one database read.
 #[derive(Clone)]
@@ -55,13 +60,33 @@ async fn lookup(req: &HttpRequest) -> Result<SessionLookup, AppError> {
                 }
             }
             Some(token) => {
-                match sessions::authenticate(&state, &token, &request_location(req, &state)).await?
+                let skipped = req.headers().get("secure-session-skipped");
+                // Counted once a request (extractors may look the session up twice).
+                if let Some(reason) = skipped
+                    && req.extensions().get::<SkipCounted>().is_none()
                 {
-                    Some(record) => SessionLookup {
-                        session: Some(record),
+                    req.extensions_mut().insert(SkipCounted);
+                    dbsc::skipped(&state, reason.to_str().unwrap_or(""));
+                }
+                let presented = req.cookie(policy.bound_name);
+                let bound = sessions::BoundCookie {
+                    presented: presented.as_ref().map(|c| c.value()),
+                    skipped: skipped.is_some(),
+                };
+                let location = request_location(req, &state);
+                match sessions::authenticate(&state, &token, &location, bound).await? {
+                    Authenticated::Live(record) => SessionLookup {
+                        session: Some(*record),
                         token_hash: Some(token.hash()),
                     },
-                    None => {
+                    // A device-bound session without its bound cookie: not signed in
+                    // for this request. The cookie is left alone: its owner's browser
+                    // refreshes and comes back.
+                    Authenticated::Refused => SessionLookup {
+                        session: None,
+                        token_hash: None,
+                    },
+                    Authenticated::Gone => {
                         // Revoked, expired or the user disabled: signed out, cookie cleared.
                         queue_cookie(req, policy.clear_session());
                         SessionLookup {

@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod client;
+pub mod dbsc;
 pub mod devices;
 pub mod edge;
 pub mod extract;
@@ -104,6 +105,8 @@ route_table! {
         get => mail_pages::change_email_confirm_page,
         post => mail_pages::change_email_confirm,
     }
+    "/dbsc/register" [Public] { post => dbsc::register }
+    "/dbsc/refresh" [Public] { post => dbsc::refresh }
     "/not-me" [Public] { get => not_me::not_me_page, post => not_me::not_me }
     "/account/apps/{client_id}/withdraw" [Session] { post => account::withdraw_app }
     "/.well-known/openid-configuration" [Public] { get => oauth::openid_configuration }

@@ -90,6 +90,7 @@ pub fn signed_in(
 
 pub fn set_signed_in_cookies(state: &AppState, res: &mut HttpResponse, new: NewBrowserSession) {
     let _ = res.add_cookie(&state.cookies.session_cookie(&new.token, new.persist_for));
+    offer_binding(state, res, &new.token);
     // The device cookie outlives sign-outs: it is how the next sign-in from this
     // browser is recognised.
     let _ = res.add_cookie(&state.cookies.device_cookie(&new.device.0));
@@ -98,6 +99,23 @@ pub fn set_signed_in_cookies(state: &AppState, res: &mut HttpResponse, new: NewB
     spent.set_max_age(time::Duration::ZERO);
     let _ = res.add_cookie(&spent);
     let _ = res.add_cookie(&state.cookies.clear_pending());
+}
+
+/// Offers a browser that supports DBSC to bind the session behind `token` to a key
+/// it keeps in hardware (`auth::dbsc`); others ignore the header.
+pub fn offer_binding(
+    state: &AppState,
+    res: &mut HttpResponse,
+    token: &crate::domain::SessionToken,
+) {
+    if let Ok(v) =
+        header::HeaderValue::from_str(&crate::auth::dbsc::registration_header(state, token))
+    {
+        res.headers_mut().insert(
+            header::HeaderName::from_static("secure-session-registration"),
+            v,
+        );
+    }
 }
 
 #[derive(Template)]

@@ -10,6 +10,7 @@ mod accounts;
 mod backchannel;
 mod cli;
 mod csrf;
+mod dbsc;
 mod devices;
 mod example_rp;
 mod geoip_fixture;
