@@ -166,6 +166,9 @@ pub struct Settings {
     /// Lifetime of the device-bound cookie (`GATEHOUSE_DBSC_COOKIE_TTL`): how long a
     /// copied session cookie of a bound session can outlive the theft, at most.
     pub dbsc_cookie_ttl: Duration,
+    /// Administrators' sessions must be bound to a browser key (DBSC) within a
+    /// minute of signing in, or they stop working (`GATEHOUSE_DBSC_REQUIRE_FOR_ADMINS`).
+    pub dbsc_require_for_admins: bool,
 }
 
 /// Thresholds of the contextual sign-in checks.
@@ -215,6 +218,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "GATEHOUSE_RISK_IP_FAILURES",
     "GATEHOUSE_MFA_TRUST_DEVICE",
     "GATEHOUSE_DBSC_COOKIE_TTL",
+    "GATEHOUSE_DBSC_REQUIRE_FOR_ADMINS",
 ];
 
 /// Raw key → value pairs, already merged from the file and the environment.
@@ -534,6 +538,7 @@ impl RawSettings {
                 }
                 d
             },
+            dbsc_require_for_admins: self.bool("GATEHOUSE_DBSC_REQUIRE_FOR_ADMINS", false)?,
         })
     }
 }
@@ -763,6 +768,7 @@ mod tests {
         );
         assert_eq!(s.mfa_trust_device, Some(Duration::from_secs(30 * 86400)));
         assert_eq!(s.dbsc_cookie_ttl, Duration::from_secs(600));
+        assert!(!s.dbsc_require_for_admins);
         assert_eq!(s.log_format, LogFormat::Json);
         assert!(!s.insecure_cookies());
         assert_eq!(s.argon2, Argon2Cost::PRODUCTION);

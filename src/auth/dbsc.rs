@@ -33,6 +33,9 @@ pub const REGISTRATION_PATH: &str = "/dbsc/register";
 pub const REFRESH_PATH: &str = "/dbsc/refresh";
 /// How long a challenge may be answered.
 pub const CHALLENGE_TTL_SECS: i64 = 300;
+/// With `GATEHOUSE_DBSC_REQUIRE_FOR_ADMINS`: how long an administrator's new session
+/// may go unbound (its browser registers within moments of the sign-in).
+pub const ADMIN_GRACE_SECS: i64 = 60;
 /// The proof's media type (DBSC: `typ` of the JWS header).
 const PROOF_TYP: &str = "dbsc+jwt";
 
@@ -392,10 +395,20 @@ pub async fn admits(
     presented: Option<&str>,
     skipped: bool,
 ) -> Result<bool, AppError> {
+    let now = state.clock.now();
     let Some(bound) = &session.dbsc else {
+        // An administrator's session, where the operator requires binding, gets the
+        // minute after its sign-in to register a key, and no more.
+        if state.settings.dbsc_require_for_admins
+            && session.is_admin
+            && now - session.created_at > time::Duration::seconds(ADMIN_GRACE_SECS)
+        {
+            count(state, "required");
+            tracing::info!(session_id = %session.id, "administrator's session not bound to a device key: refused");
+            return Ok(false);
+        }
         return Ok(true);
     };
-    let now = state.clock.now();
     let lapses = presented.and_then(|v| bound.lapses(&crypto::token_hash(v)));
     if lapses.is_some_and(|until| until > now) {
         return Ok(true);

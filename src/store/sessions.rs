@@ -82,6 +82,8 @@ pub struct SessionRecord {
     pub anchor_enc: Option<Vec<u8>>,
     /// Bound to a browser key (DBSC): every request needs a live bound cookie.
     pub dbsc: Option<BoundCookies>,
+    /// The user is an administrator.
+    pub is_admin: bool,
 }
 
 /// The bound cookies a device-bound session accepts: the current one and, until it
@@ -126,6 +128,7 @@ struct SessionRow {
     dbsc_cookie_expires_at: Option<OffsetDateTime>,
     dbsc_prev_cookie_hash: Option<Vec<u8>>,
     dbsc_prev_cookie_expires_at: Option<OffsetDateTime>,
+    is_admin: bool,
 }
 
 impl From<SessionRow> for SessionRecord {
@@ -155,6 +158,7 @@ impl From<SessionRow> for SessionRecord {
                     current,
                     previous: r.dbsc_prev_cookie_hash.zip(r.dbsc_prev_cookie_expires_at),
                 }),
+            is_admin: r.is_admin,
         }
     }
 }
@@ -322,7 +326,7 @@ impl SessionStore for PgStore {
                     s.login_mark, s.country_mac, s.risk_flagged_at,
                     s.risk_needs_proof, s.anchor_enc, s.dbsc_cookie_hash,
                     s.dbsc_cookie_expires_at, s.dbsc_prev_cookie_hash,
-                    s.dbsc_prev_cookie_expires_at
+                    s.dbsc_prev_cookie_expires_at, u.is_admin
              FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.token_hash = $1
                AND s.revoked_at IS NULL

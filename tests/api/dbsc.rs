@@ -531,3 +531,51 @@ async fn a_revoked_session_tells_the_browser_to_stop_and_browsers_without_dbsc_a
         1.0
     );
 }
+
+#[tokio::test]
+async fn an_operator_can_require_binding_for_administrators() {
+    let app = spawn_app_with(Options {
+        frozen_clock: true,
+        extra: vec![("GATEHOUSE_DBSC_REQUIRE_FOR_ADMINS", "true".into())],
+        ..Options::default()
+    })
+    .await;
+    // An administrator whose browser does not bind: a minute's grace, then refused.
+    let admin = app.browser();
+    app.register(&admin, "root@example.com", PASSWORD).await;
+    sqlx::query("UPDATE users SET is_admin = true WHERE email = 'root@example.com'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(admin.get("/account").await.status, 200);
+    // One whose browser binds, and a user who is not an administrator.
+    let key = DeviceKey::new();
+    let bound = app.browser();
+    let r = app.login(&bound, "root@example.com", PASSWORD).await;
+    let offer = r.header("secure-session-registration").unwrap();
+    let proof = key.proof(
+        &param(&offer, "challenge"),
+        Some(&param(&offer, "authorization")),
+        true,
+    );
+    assert_eq!(
+        post_with(
+            &bound,
+            "/dbsc/register",
+            &[("secure-session-response", &proof)]
+        )
+        .await
+        .status,
+        200
+    );
+    let user = app.browser();
+    app.register(&user, "someone@example.com", PASSWORD).await;
+    app.clock.advance(Duration::from_secs(61));
+    assert!(admin.get("/account").await.is_sign_in_redirect());
+    assert_eq!(bound.get("/account").await.status, 200);
+    assert_eq!(user.get("/account").await.status, 200);
+    assert_eq!(
+        app.metric("gatehouse_dbsc_total{event=\"required\"}").await,
+        1.0
+    );
+}
