@@ -8,6 +8,8 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::future::LocalBoxFuture;
+use std::rc::Rc;
+use tokio::sync::OnceCell;
 
 use crate::auth::sessions::{self, Authenticated};
 use crate::auth::{dbsc, risk};
@@ -28,10 +30,6 @@ pub(super) fn state(req: &HttpRequest) -> Result<web::Data<AppState>, AppError> 
 #[derive(Clone)]
 pub struct MaybeSession(pub Option<SessionRecord>);
 
-/// Marks a request whose `Secure-Session-Skipped` was counted.
-#[derive(Clone, Copy)]
-struct SkipCounted;
-
 /// Cached per request so that several extractors share one database read.
 #[derive(Clone)]
 struct SessionLookup {
@@ -39,10 +37,25 @@ struct SessionLookup {
     token_hash: Option<Vec<u8>>,
 }
 
+/// The request's session, looked up once however many extractors ask, even at the
+/// same moment (a handler's extractors are polled together): one database read, one
+/// watch of the session's use, one count of a refusal.
 async fn lookup(req: &HttpRequest) -> Result<SessionLookup, AppError> {
-    if let Some(found) = req.extensions().get::<SessionLookup>() {
-        return Ok(found.clone());
-    }
+    let once = {
+        let mut ext = req.extensions_mut();
+        match ext.get::<Rc<OnceCell<SessionLookup>>>() {
+            Some(cell) => cell.clone(),
+            None => {
+                let cell = Rc::new(OnceCell::new());
+                ext.insert(cell.clone());
+                cell
+            }
+        }
+    };
+    once.get_or_try_init(|| resolve(req)).await.cloned()
+}
+
+async fn resolve(req: &HttpRequest) -> Result<SessionLookup, AppError> {
     let state = state(req)?;
     let policy = &state.cookies;
     let found = match req.cookie(policy.session_name) {
@@ -61,11 +74,7 @@ async fn lookup(req: &HttpRequest) -> Result<SessionLookup, AppError> {
             }
             Some(token) => {
                 let skipped = req.headers().get("secure-session-skipped");
-                // Counted once a request (extractors may look the session up twice).
-                if let Some(reason) = skipped
-                    && req.extensions().get::<SkipCounted>().is_none()
-                {
-                    req.extensions_mut().insert(SkipCounted);
+                if let Some(reason) = skipped {
                     dbsc::skipped(&state, reason.to_str().unwrap_or(""));
                 }
                 let presented = req.cookie(policy.bound_name);
@@ -98,7 +107,6 @@ async fn lookup(req: &HttpRequest) -> Result<SessionLookup, AppError> {
             }
         },
     };
-    req.extensions_mut().insert(found.clone());
     Ok(found)
 }
 
