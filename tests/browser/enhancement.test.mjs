@@ -98,6 +98,7 @@ test('with JavaScript: copy buttons for the key and the recovery codes, live tim
     await page.getByRole('button', { name: 'Copy all codes' }).click();
     await page.getByRole('status').filter({ hasText: 'Copied' }).waitFor();
     assert.equal(await page.evaluate(() => navigator.clipboard.readText()), `${codes.join('\n')}\n`);
+    await j.finish();
     assert.deepEqual(j.a11y, [], `axe-core (serious/critical):\n${j.a11yReport?.() ?? ''}`);
   } finally {
     await server.stop();

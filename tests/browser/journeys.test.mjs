@@ -45,6 +45,7 @@ async function journey(name, body) {
   };
   try {
     await body({ server, j, newPage });
+    await j.finish();
   } catch (e) {
     const tail = server.log().split('\n').slice(-40).join('\n');
     e.message += `\n--- pages visited: ${j.pagesVisited.join(' → ')}\n--- last server log lines:\n${tail}`;

@@ -69,6 +69,7 @@ export class Journey {
     this.a11yAll = [];
     this.iconProblems = new Set();
     this.pagesVisited = [];
+    this.pages = [];
     mkdirSync(join(SCREENSHOTS, this.name), { recursive: true });
   }
 
@@ -94,6 +95,7 @@ export class Journey {
       });
     });
     const page = await context.newPage();
+    this.pages.push(page);
     page.problems = [];
     // Chromium asks every site for /favicon.ico on its own, at a moment unrelated to
     // the page checks; its failure is kept apart (see `iconProblems`) so it is reported
@@ -118,6 +120,20 @@ export class Journey {
       }
     });
     return page;
+  }
+
+  /**
+   * The checks once more on every page still open, at the end of a journey: what
+   * happened after a page's last check (a click that ran a script, say) counts too.
+   */
+  async finish() {
+    for (const page of this.pages) {
+      if (page.isClosed()) continue;
+      const where = `${this.name}, after the last check (${new URL(page.url()).pathname})`;
+      assert.deepEqual(page.problems, [], `${where}: console errors or failed subresource requests`);
+      const csp = await page.evaluate(() => window.__cspViolations ?? []);
+      assert.deepEqual(csp, [], `${where}: Content-Security-Policy violations`);
+    }
   }
 
   /** Every check on the page now shown; call it after each navigation. */
