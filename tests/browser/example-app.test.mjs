@@ -204,6 +204,31 @@ test('the example app signs in through Gatehouse (password, authenticator, conse
     assert.equal(await page.locator('form[action="/account/password"] #current_password').count(), 1, 'its form is shown');
     await j.visited(page, 'change password');
     assert.deepEqual(violations, [], 'no securitypolicyviolation on any Gatehouse page');
+
+    // A third browser, consent remembered: the POST at /login/verify itself is
+    // answered by the redirect to the app (the other path form-action would block).
+    const again = await newPage();
+    const againViolations = await recordCspViolations(again);
+    await again.context().route(`${rp.url}/favicon.ico`, (r) => r.fulfill({ status: 204, body: '' }));
+    await again.goto(`${rp.url}/`);
+    await leadsToPage(again, () => again.getByRole('link', { name: 'Sign in with Gatehouse' }).click());
+    assert.equal(path(again), '/login');
+    await again.getByLabel('E-mail address').fill(email);
+    await again.getByLabel('Password', { exact: true }).fill(password);
+    await leadsToPage(again, () => again.getByRole('button', { name: 'Sign in' }).click());
+    assert.equal(path(again), '/login/verify', `an authenticator code is asked for (is at ${again.url()})`);
+    await again.locator('#code').fill(await authenticator.code());
+    const backAtApp = again
+      .waitForURL((u) => u.origin === rp.url, { timeout: 15_000, waitUntil: 'load' })
+      .then(() => true, () => false);
+    await again.getByRole('button', { name: 'Sign in' }).click();
+    assert.ok(
+      await backAtApp,
+      appFailure(`the code did not lead to the app: at ${again.url()}; CSP ${JSON.stringify(againViolations)}`),
+    );
+    await again.waitForLoadState('load');
+    assert.ok((await again.locator('body').textContent()).includes(`Signed in as ${email}`));
+    assert.deepEqual(againViolations, [], 'no securitypolicyviolation from /login/verify to the app');
   });
 });
 
