@@ -3,25 +3,10 @@
 // Gatehouse with `gatehouse client create` and started on a free loopback port.
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { REPO } from './server.mjs';
+import { REPO, freePort, sleep } from './server.mjs';
 
 export const RP_BINARY = process.env.GATEHOUSE_RP_BIN || join(REPO, 'target', 'debug', 'examples', 'relying-party');
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function freePort() {
-  return new Promise((ok, fail) => {
-    const srv = createServer();
-    srv.unref();
-    srv.on('error', fail);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => ok(port));
-    });
-  });
-}
 
 /**
  * Registers the example app with `server` (not first-party, so the consent page is

@@ -16,7 +16,8 @@ export const BINARY = process.env.GATEHOUSE_BIN || join(REPO, 'target', 'debug',
 // The admin connection used to create and drop each journey's database.
 const ADMIN_URL = process.env.GATEHOUSE_TEST_DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/postgres';
 
-function freePort() {
+/** A port nobody listens on right now, on loopback. */
+export function freePort() {
   return new Promise((ok, fail) => {
     const srv = createServer();
     srv.unref();
@@ -44,7 +45,7 @@ function dbUrl(name) {
   return u.toString();
 }
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 export async function startServer() {
   if (!existsSync(BINARY)) {
