@@ -27,6 +27,7 @@ pub struct Metrics {
     /// Signals the checks saw, by kind (`new_device`, `impossible_travel`, …), and
     /// sessions flagged after they began (`in_use_elsewhere`, `two_countries`).
     pub risk_signals: IntCounterVec,
+    pub passkeys: IntCounterVec,
     /// Device-bound sessions: registrations, refreshes, challenges, refusals, …
     pub dbsc: IntCounterVec,
     pub argon2_waiting: IntGauge,
@@ -220,6 +221,14 @@ impl Metrics {
             &["event"],
         )?;
         registry.register(Box::new(dbsc.clone()))?;
+        let passkeys = IntCounterVec::new(
+            Opts::new(
+                "passkey_ceremonies_total",
+                "Passkey ceremonies by kind (register, sign_in, second_factor, step_up) and outcome",
+            ),
+            &["ceremony", "outcome"],
+        )?;
+        registry.register(Box::new(passkeys.clone()))?;
         registry.register(Box::new(argon2_waiting.clone()))?;
         registry.register(Box::new(argon2_running.clone()))?;
         Ok(Self {
@@ -232,6 +241,7 @@ impl Metrics {
             risk_decisions,
             risk_signals,
             dbsc,
+            passkeys,
             argon2_waiting,
             argon2_running,
             argon2_skipped,

@@ -39,6 +39,9 @@ pub struct AppState {
     /// Work done after a request was answered (so its timing tells nothing); the
     /// server waits for it on shutdown.
     pub background: tokio_util::task::TaskTracker,
+    /// The site's WebAuthn settings for passkeys; `None` when the public URL names an
+    /// address, not a host (passkeys are then not offered).
+    pub webauthn: Option<Arc<webauthn_rs::Webauthn>>,
 }
 
 impl AppState {
@@ -80,6 +83,12 @@ impl AppState {
             settings.argon2_max_wait,
             metrics.clone(),
         )?);
+        let webauthn = crate::auth::passkeys::relying_party(&settings).map(Arc::new);
+        if webauthn.is_none() {
+            tracing::warn!(
+                "GATEHOUSE_PUBLIC_URL names an address, not a host name: passkeys are not offered"
+            );
+        }
         Ok(Self {
             cookies: CookiePolicy::from_settings(&settings),
             settings: Arc::new(settings),
@@ -93,6 +102,7 @@ impl AppState {
             live,
             session_ended: Arc::new(tokio::sync::Notify::new()),
             background: tokio_util::task::TaskTracker::new(),
+            webauthn,
         })
     }
 }

@@ -22,10 +22,12 @@ pub fn ago(now: OffsetDateTime, t: OffsetDateTime) -> String {
 }
 
 /// How the person proved themselves, from `amr`: "Password", "Password +
-/// authenticator code".
+/// authenticator code", "Passkey" (`user`, the verification a passkey itself asks
+/// for, is part of the passkey, not a method of its own).
 pub fn methods(amr: &[String]) -> String {
-    let words: Vec<&str> = amr
+    let mut words: Vec<&str> = amr
         .iter()
+        .filter(|m| m.as_str() != "user")
         .map(|m| match m.as_str() {
             "pwd" => "password",
             "otp" => "authenticator code",
@@ -35,6 +37,7 @@ pub fn methods(amr: &[String]) -> String {
             _ => "other method",
         })
         .collect();
+    words.dedup();
     let mut text = words.join(" + ");
     if let Some(first) = text.get(..1) {
         text = first.to_uppercase() + &text[1..];
@@ -68,6 +71,9 @@ pub fn event_title(kind: &str) -> &'static str {
         "session_flagged" => "Unusual activity on a session",
         "reported_not_me" => "You reported a sign-in that wasn't you",
         "device_untrusted" => "A browser is no longer trusted",
+        "passkey_added" => "Passkey added",
+        "passkey_removed" => "Passkey removed",
+        "passkey_clone_suspected" => "A passkey may have been copied: it no longer signs in",
         "refresh_token_reused" => "An app's refresh token was used twice: its sign-in was ended",
         _ => "Account event",
     }
@@ -97,6 +103,11 @@ mod tests {
         assert_eq!(
             methods(&["pwd".into(), "otp".into()]),
             "Password + authenticator code"
+        );
+        assert_eq!(methods(&["hwk".into(), "user".into()]), "Passkey");
+        assert_eq!(
+            methods(&["pwd".into(), "swk".into(), "user".into()]),
+            "Password + passkey"
         );
     }
 }

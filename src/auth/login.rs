@@ -137,7 +137,14 @@ pub async fn sign_in(
     // The contextual checks, after the password and before any session exists.
     let assessment = risk::assess_sign_in(state, user, ctx, checked.attempt()).await?;
     if assessment.decision == Decision::Deny {
-        risk_denial(state, &checked, ctx, &assessment).await?;
+        risk_denial(
+            state,
+            &checked.user,
+            Some(checked.attempt()),
+            ctx,
+            &assessment,
+        )
+        .await?;
         state.metrics.sign_ins.with_label_values(&["denied"]).inc();
         return Ok(SignInOutcome::Denied);
     }
@@ -219,19 +226,22 @@ pub async fn sign_in(
     )))
 }
 
+/// What a person is told when the contextual checks blocked their sign-in.
+pub const DENIED: &str = "This sign-in was blocked because it looked unusual. If this is you, try again later from your usual network, or choose a new password with \"Forgot your password?\".";
+
 /// Blocked-sign-in mails per user per 15 minutes: someone holding the password must
 /// not be able to flood the owner's inbox.
 const DENIAL_MAILS_PER_WINDOW: i32 = 3;
 
 /// Records a sign-in the checks blocked, and tells the owner (within an allowance).
-/// The attempt's counts are taken back: the password was right, not a guess.
-async fn risk_denial(
+/// A password attempt's counts are taken back: the password was right, not a guess.
+pub(crate) async fn risk_denial(
     state: &AppState,
-    checked: &CheckedPassword,
+    user: &UserRecord,
+    attempt: Option<&AttemptKeys>,
     ctx: &RequestContext,
     assessment: &Assessment,
 ) -> Result<(), AppError> {
-    let user = &checked.user;
     let key = state
         .keys
         .mac(columns::THROTTLE_RISK_MAIL, user.id.0.as_bytes());
@@ -268,7 +278,7 @@ async fn risk_denial(
     let denied = event_with(state, "sign_in_denied", Some(ctx), &assessment.summary())?;
     state
         .store
-        .sign_in_denied(checked.attempt(), user.id, &denied, &mails)
+        .sign_in_denied(attempt, user.id, &denied, &mails)
         .await?;
     tracing::info!(user_id = %user.id, "sign-in blocked by the contextual checks");
     Ok(())

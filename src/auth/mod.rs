@@ -11,6 +11,7 @@ pub mod login;
 pub mod mailflows;
 pub mod mfa;
 pub mod operators;
+pub mod passkeys;
 pub mod password;
 pub mod risk;
 pub mod second_factor;

@@ -416,18 +416,20 @@ pub struct FinishedSignIn {
     pub return_to: Option<String>,
 }
 
-/// Completes a half-finished sign-in with a code. The session is born `aal2` with
-/// `amr` `["pwd", <method>]` (flagged, when the contextual checks demanded the code);
-/// `replaces` is the browser's earlier session. `trust_browser`: the person ticked
-/// "Trust this browser", so later sign-ins from it with nothing unusual skip the code.
-pub async fn finish_sign_in(
+/// What a sign-in's completion needs that is read or made before its transaction.
+struct Prepared {
+    device: crate::store::DeviceLink,
+    cookie: devices::DeviceCookie,
+    signed_in: crate::store::NewEvent,
+    flag_others: Option<crate::store::FlagOthers>,
+}
+
+async fn prepare_sign_in(
     state: &AppState,
     ch: &ChallengeRecord,
-    raw: &str,
     ctx: &RequestContext,
-    replaces: Option<SessionId>,
     trust_browser: bool,
-) -> Result<CodeOutcome<FinishedSignIn>, AppError> {
+) -> Result<Prepared, AppError> {
     let (mut device, cookie) =
         devices::device_for_sign_in(state, ch.user_id, &ch.email, ctx).await?;
     if trust_browser && let Some(ttl) = state.settings.mfa_trust_device {
@@ -443,35 +445,101 @@ pub async fn finish_sign_in(
         None => event(state, "signed_in", Some(ctx))?,
     };
     let flag_others = super::risk::flag_other_countries(state, &ch.email, ctx)?;
+    Ok(Prepared {
+        device,
+        cookie,
+        signed_in,
+        flag_others,
+    })
+}
+
+/// The session a completed sign-in becomes, `aal2` with `amr` `methods` (flagged,
+/// when the contextual checks demanded the second factor).
+fn sign_in_completion(
+    state: &AppState,
+    ch: &ChallengeRecord,
+    ctx: &RequestContext,
+    prepared: Prepared,
+    replaces: Option<SessionId>,
+    methods: &[&str],
+) -> Result<(Completion, FinishedSignIn), AppError> {
+    let (token, mut session) =
+        sessions::new_session(state, ch.user_id, ch.remember_me, ctx, methods)?;
+    session.login_mark = crate::domain::oauth::login_mark_hash(ch.return_to.as_deref());
+    // The challenge sealed the wording under its own context; the session seals it
+    // under its own.
+    session.risk_flag = ch
+        .risk_flag
+        .as_ref()
+        .map(|f| reseal_flag(state, f))
+        .transpose()?;
+    let sign_in = SignIn {
+        session,
+        replaces,
+        device: prepared.device,
+        event: prepared.signed_in,
+        flag_others: prepared.flag_others,
+    };
+    let finished = FinishedSignIn {
+        session: NewBrowserSession {
+            token,
+            persist_for: remembered_for(state, ch.remember_me),
+            device: prepared.cookie,
+        },
+        return_to: ch.return_to.clone(),
+    };
+    Ok((Completion::SignIn(Box::new(sign_in)), finished))
+}
+
+/// Completes a half-finished sign-in with a code. The session is born `aal2` with
+/// `amr` `["pwd", <method>]`; `replaces` is the browser's earlier session.
+/// `trust_browser`: the person ticked "Trust this browser", so later sign-ins from it
+/// with nothing unusual skip the code.
+pub async fn finish_sign_in(
+    state: &AppState,
+    ch: &ChallengeRecord,
+    raw: &str,
+    ctx: &RequestContext,
+    replaces: Option<SessionId>,
+    trust_browser: bool,
+) -> Result<CodeOutcome<FinishedSignIn>, AppError> {
+    let prepared = prepare_sign_in(state, ch, ctx, trust_browser).await?;
     attempt_code(state, ch, raw, ctx, |method| {
-        let (token, mut session) =
-            sessions::new_session(state, ch.user_id, ch.remember_me, ctx, &["pwd", method])?;
-        session.login_mark = crate::domain::oauth::login_mark_hash(ch.return_to.as_deref());
-        // The challenge sealed the wording under its own context; the session seals
-        // it under its own.
-        session.risk_flag = ch
-            .risk_flag
-            .as_ref()
-            .map(|f| reseal_flag(state, f))
-            .transpose()?;
-        let sign_in = SignIn {
-            session,
-            replaces,
-            device,
-            event: signed_in,
-            flag_others,
-        };
-        let finished = FinishedSignIn {
-            session: NewBrowserSession {
-                token,
-                persist_for: remembered_for(state, ch.remember_me),
-                device: cookie,
-            },
-            return_to: ch.return_to.clone(),
-        };
-        Ok((Completion::SignIn(Box::new(sign_in)), finished))
+        sign_in_completion(state, ch, ctx, prepared, replaces, &["pwd", method])
     })
     .await
+}
+
+/// Completes a half-finished sign-in with a verified passkey assertion (`amr`
+/// `["pwd", "hwk" | "swk", "user"]`). `None`, with nothing changed, if the challenge
+/// is gone or the use no longer holds (its counter taken by a parallel request).
+pub async fn finish_sign_in_with_passkey(
+    state: &AppState,
+    ch: &ChallengeRecord,
+    proof: crate::store::PasskeyUse,
+    methods: &[&str],
+    ctx: &RequestContext,
+    replaces: Option<SessionId>,
+    trust_browser: bool,
+) -> Result<Option<FinishedSignIn>, AppError> {
+    let prepared = prepare_sign_in(state, ch, ctx, trust_browser).await?;
+    let amr: Vec<&str> = std::iter::once("pwd")
+        .chain(methods.iter().copied())
+        .collect();
+    let (completion, finished) = sign_in_completion(state, ch, ctx, prepared, replaces, &amr)?;
+    let key = user_code_key(state, ch.user_id);
+    let done = state
+        .store
+        .complete_challenge(
+            ch.id,
+            ch.user_id,
+            &Proof::Passkey(proof),
+            &key,
+            &completion,
+            &|_| Vec::new(),
+        )
+        .await?;
+    Ok(done.map(|_| finished))
 }
 
 fn reseal_flag(
@@ -492,6 +560,34 @@ fn reseal_flag(
     )
 }
 
+/// The completion of a step-up: the session raised to `aal2` under a new cookie
+/// token, anchored where it was proven.
+fn step_up_completion(
+    state: &AppState,
+    session: &SessionRecord,
+    ctx: &RequestContext,
+    methods: Vec<&'static str>,
+) -> Result<(Completion, SessionToken), AppError> {
+    let stepped_up = event(state, "stepped_up", Some(ctx))?;
+    let anchor = ctx
+        .location
+        .country_code
+        .is_some()
+        .then(|| super::events::seal_location(state, columns::SESSION_ANCHOR, &ctx.location))
+        .transpose()?;
+    let token = SessionToken::generate();
+    let completion = Completion::StepUp {
+        session_id: session.id,
+        new_token_hash: token.hash(),
+        methods,
+        event: Box::new(stepped_up),
+        // Proven from here: the contextual checks take this place as the session's
+        // own too (a traveller is not asked again and again).
+        anchor_enc: anchor,
+    };
+    Ok((completion, token))
+}
+
 /// Raises a session to `aal2` with a code; the session gets a new cookie token
 /// (checklist S2), returned here.
 pub async fn step_up(
@@ -501,25 +597,34 @@ pub async fn step_up(
     ctx: &RequestContext,
 ) -> Result<CodeOutcome<SessionToken>, AppError> {
     let ch = step_up_challenge(state, session).await?;
-    let stepped_up = event(state, "stepped_up", Some(ctx))?;
-    let anchor = ctx
-        .location
-        .country_code
-        .is_some()
-        .then(|| super::events::seal_location(state, columns::SESSION_ANCHOR, &ctx.location))
-        .transpose()?;
     attempt_code(state, &ch, raw, ctx, |method| {
-        let token = SessionToken::generate();
-        let completion = Completion::StepUp {
-            session_id: session.id,
-            new_token_hash: token.hash(),
-            method,
-            event: Box::new(stepped_up),
-            // Proven from here: the contextual checks take this place as the
-            // session's own too (a traveller is not asked again and again).
-            anchor_enc: anchor,
-        };
-        Ok((completion, token))
+        step_up_completion(state, session, ctx, vec![method])
     })
     .await
+}
+
+/// Raises a session to `aal2` with a verified passkey assertion; its new cookie
+/// token, or `None` with nothing changed if the use no longer holds.
+pub async fn step_up_with_passkey(
+    state: &AppState,
+    session: &SessionRecord,
+    proof: crate::store::PasskeyUse,
+    methods: Vec<&'static str>,
+    ctx: &RequestContext,
+) -> Result<Option<SessionToken>, AppError> {
+    let ch = step_up_challenge(state, session).await?;
+    let (completion, token) = step_up_completion(state, session, ctx, methods)?;
+    let key = user_code_key(state, session.user_id);
+    let done = state
+        .store
+        .complete_challenge(
+            ch.id,
+            session.user_id,
+            &Proof::Passkey(proof),
+            &key,
+            &completion,
+            &|_| Vec::new(),
+        )
+        .await?;
+    Ok(done.map(|_| token))
 }

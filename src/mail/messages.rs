@@ -382,3 +382,70 @@ pub fn password_changed_signed_in(settings: &Settings, to: &str) -> OutboundMail
         },
     )
 }
+
+/// A passkey was added (`name` is the person's own label for it).
+pub fn passkey_added(settings: &Settings, to: &str, name: &str) -> OutboundMail {
+    render(
+        settings,
+        to,
+        Draft {
+            subject: "A passkey was added to your account".into(),
+            paragraphs: vec![format!(
+                "A passkey named “{name}” was just added to your Gatehouse account. It signs in without a password or a code."
+            )],
+            action: Some((
+                "See your passkeys".into(),
+                format!("{}/account/passkeys", settings.issuer()),
+            )),
+            also: None,
+            after: vec![
+                "If this wasn't you, remove the passkey, change your password and sign out everywhere at once.".into(),
+            ],
+        },
+    )
+}
+
+/// A passkey was removed.
+pub fn passkey_removed(settings: &Settings, to: &str, name: &str) -> OutboundMail {
+    render(
+        settings,
+        to,
+        Draft {
+            subject: "A passkey was removed from your account".into(),
+            paragraphs: vec![format!(
+                "The passkey named “{name}” was just removed from your Gatehouse account. It no longer signs in."
+            )],
+            action: Some((
+                "See your passkeys".into(),
+                format!("{}/account/passkeys", settings.issuer()),
+            )),
+            also: None,
+            after: vec!["If this wasn't you, reset your password at once.".into()],
+        },
+    )
+}
+
+/// A passkey answered with a sign counter lower than before: it may have been copied.
+pub fn passkey_clone_suspected(settings: &Settings, to: &str, name: &str) -> OutboundMail {
+    render(
+        settings,
+        to,
+        Draft {
+            subject: "One of your passkeys may have been copied".into(),
+            paragraphs: vec![
+                format!(
+                    "The passkey named “{name}” was just used with a sign counter lower than the last time. That happens when a copy of the passkey is used somewhere else."
+                ),
+                "So it signs nothing in any more, and the sessions it signed in must confirm it's you again.".into(),
+            ],
+            action: Some((
+                "Review your passkeys".into(),
+                format!("{}/account/passkeys", settings.issuer()),
+            )),
+            also: None,
+            after: vec![
+                "Remove that passkey and add it again from your device. If you don't recognise this, change your password and sign out everywhere.".into(),
+            ],
+        },
+    )
+}

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::accounts::lock_live_user;
 use super::events::{NewEvent, insert_event};
 use super::outbox::insert_mails;
+use super::passkeys::{PasskeyUse, mark_session, record_use};
 use super::risk::RiskFlag;
 use super::sessions::{SignIn, insert_signed_in};
 use super::throttle::{AttemptKeys, refund, uncount};
@@ -51,6 +52,9 @@ pub struct ChallengeRecord {
     pub email_code_live: bool,
     /// Whether the user has a confirmed authenticator app.
     pub has_totp: bool,
+    /// Whether the user has a passkey that may be used (not suspected of being
+    /// copied).
+    pub has_passkey: bool,
     /// Why the contextual checks demanded it, if they did.
     pub risk_flag: Option<RiskFlag>,
 }
@@ -68,6 +72,7 @@ struct ChallengeRow {
     expires_at: OffsetDateTime,
     email_code_live: bool,
     has_totp: bool,
+    has_passkey: bool,
     risk_flag: Option<String>,
     risk_flag_enc: Option<Vec<u8>>,
 }
@@ -86,6 +91,7 @@ impl From<ChallengeRow> for ChallengeRecord {
             expires_at: r.expires_at,
             email_code_live: r.email_code_live,
             has_totp: r.has_totp,
+            has_passkey: r.has_passkey,
             risk_flag: r
                 .risk_flag
                 .zip(r.risk_flag_enc)
@@ -98,7 +104,9 @@ const CHALLENGE_SELECT: &str = "SELECT c.id, c.user_id, u.email, c.session_id, c
         c.return_to, c.reason, c.attempts, c.expires_at, c.risk_flag, c.risk_flag_enc,
         (c.email_code_mac IS NOT NULL AND c.email_code_expires_at > $2) AS email_code_live,
         EXISTS (SELECT 1 FROM totp_credentials t
-                WHERE t.user_id = c.user_id AND t.confirmed_at IS NOT NULL) AS has_totp
+                WHERE t.user_id = c.user_id AND t.confirmed_at IS NOT NULL) AS has_totp,
+        EXISTS (SELECT 1 FROM passkeys p
+                WHERE p.user_id = c.user_id AND p.clone_suspected_at IS NULL) AS has_passkey
      FROM mfa_challenges c JOIN users u ON u.id = c.user_id";
 
 /// Limits on code guessing (DESIGN.md "Precise rules").
@@ -132,6 +140,8 @@ pub enum Proof {
     RecoveryCode(Vec<Vec<u8>>),
     /// The challenge's e-mailed code, as MACs under every key still accepted.
     EmailCode(Vec<Vec<u8>>),
+    /// A passkey assertion, verified: recorded only if its counter still holds.
+    Passkey(PasskeyUse),
 }
 
 /// What a proven challenge does.
@@ -142,7 +152,8 @@ pub enum Completion {
     StepUp {
         session_id: SessionId,
         new_token_hash: Vec<u8>,
-        method: &'static str,
+        /// The RFC 8176 methods it proved (added to the session's `amr`).
+        methods: Vec<&'static str>,
         event: Box<NewEvent>,
         /// The place the second factor was proven from, sealed (`None`: unknown):
         /// the session is at home there too from now on.
@@ -547,23 +558,36 @@ impl ChallengeStore for PgStore {
                 }
             }
             Proof::EmailCode(_) => {}
+            Proof::Passkey(u) => {
+                if !record_use(&mut tx, u).await? {
+                    return Ok(None);
+                }
+            }
         }
-        uncount(&mut tx, "code", user_key).await?;
+        // A code counted before it was checked is taken back; a passkey was never
+        // counted.
+        if !matches!(proof, Proof::Passkey(_)) {
+            uncount(&mut tx, "code", user_key).await?;
+        }
         match completion {
             Completion::SignIn(sign_in) => {
                 insert_signed_in(&mut tx, &self.keys, sign_in).await?;
+                if let Proof::Passkey(u) = proof {
+                    mark_session(&mut tx, sign_in.session.id, u.passkey_id).await?;
+                }
             }
             Completion::StepUp {
                 session_id,
                 new_token_hash,
-                method,
+                methods,
                 event,
                 anchor_enc,
             } => {
                 let raised = sqlx::query(
                     "UPDATE sessions
                      SET token_hash = $2, aal = 'aal2', aal_reached_at = $3,
-                         amr = CASE WHEN $4 = ANY(amr) THEN amr ELSE amr || $4 END,
+                         amr = amr || ARRAY(SELECT m FROM unnest($4::text[]) AS m
+                                            WHERE NOT (m = ANY(amr))),
                          anchor_enc = COALESCE($6, anchor_enc)
                      WHERE id = $1 AND user_id = $5 AND revoked_at IS NULL
                        AND idle_expires_at > $3 AND absolute_expires_at > $3",
@@ -571,7 +595,7 @@ impl ChallengeStore for PgStore {
                 .bind(session_id.0)
                 .bind(new_token_hash)
                 .bind(now)
-                .bind(*method)
+                .bind(methods)
                 .bind(user_id.0)
                 .bind(anchor_enc)
                 .execute(&mut *tx)
@@ -580,6 +604,9 @@ impl ChallengeStore for PgStore {
                     return Ok(None);
                 }
                 insert_event(&mut tx, user_id.0, Some(session_id.0), event).await?;
+                if let Proof::Passkey(u) = proof {
+                    mark_session(&mut tx, *session_id, u.passkey_id).await?;
+                }
             }
         }
         let completed = Completed {

@@ -35,7 +35,8 @@ pub struct SweepCounts {
     pub throttle: u64,
     pub events: u64,
     pub mails: u64,
-    /// Expired half-finished sign-ins and step-ups.
+    /// Expired half-finished sign-ins and step-ups, passkey ceremonies and spent
+    /// DBSC challenges.
     pub challenges: u64,
     /// Authenticator enrolments never confirmed.
     pub enrolments: u64,
@@ -272,6 +273,7 @@ impl PgStore {
             )
             .await?,
             challenges: drain(conn, "mfa_challenges", "id", "expires_at < $1", &[now]).await?
+                + drain(conn, "passkey_ceremonies", "id", "expires_at < $1", &[now]).await?
                 + drain(
                     conn,
                     "dbsc_used_challenges",

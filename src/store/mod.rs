@@ -17,6 +17,7 @@ mod mfa;
 pub mod notify;
 mod oauth;
 mod outbox;
+mod passkeys;
 mod pg;
 mod rekey;
 mod risk;
@@ -38,6 +39,9 @@ pub use links::{EmailTokenRecord, LinkStore, NewEmailToken, NotMeReport};
 pub use mfa::{Factors, KeepSession, MfaStore};
 pub use oauth::{ClientRecord, ClientStore, ConsentRecord, SigningKeyRecord};
 pub use outbox::OutboxStore;
+pub use passkeys::{
+    CeremonyRecord, NewCeremony, NewPasskey, PasskeyOwner, PasskeyRecord, PasskeyStore, PasskeyUse,
+};
 pub use pg::{
     HealthStore, PgStore, connect_pool, dev_secret_key, is_unavailable, migrate_when_reachable,
     run_migrations,
@@ -89,6 +93,7 @@ pub trait Store:
     + BackchannelStore
     + RiskStore
     + DbscStore
+    + PasskeyStore
     + Send
     + Sync
 {
@@ -112,6 +117,7 @@ impl<T> Store for T where
         + BackchannelStore
         + RiskStore
         + DbscStore
+        + PasskeyStore
         + Send
         + Sync
 {

@@ -187,7 +187,7 @@ pub trait RiskStore: Send + Sync {
     /// attempt's throttle counts (the password was right), atomically.
     async fn sign_in_denied(
         &self,
-        attempt: &AttemptKeys,
+        attempt: Option<&AttemptKeys>,
         user_id: UserId,
         event: &NewEvent,
         mails: &[OutboundMail],
@@ -346,7 +346,7 @@ impl RiskStore for PgStore {
 
     async fn sign_in_denied(
         &self,
-        attempt: &AttemptKeys,
+        attempt: Option<&AttemptKeys>,
         user_id: UserId,
         event: &NewEvent,
         mails: &[OutboundMail],
@@ -354,7 +354,9 @@ impl RiskStore for PgStore {
         let mut tx = self.pool.begin().await?;
         insert_event(&mut tx, user_id.0, None, event).await?;
         insert_mails(&mut tx, &self.keys, mails, event.at).await?;
-        refund(&mut tx, attempt).await?;
+        if let Some(attempt) = attempt {
+            refund(&mut tx, attempt).await?;
+        }
         tx.commit().await?;
         Ok(())
     }

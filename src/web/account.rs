@@ -47,6 +47,7 @@ struct AccountTemplate {
     methods: String,
     totp_on: bool,
     recovery_left: i64,
+    passkeys: usize,
     apps: Vec<crate::oauth::consents::AllowedApp>,
 }
 
@@ -59,6 +60,9 @@ pub async fn account(
     let factors = mfa::factors(&state, &session).await?;
     let methods = describe::methods(&session.amr).to_lowercase();
     let apps = crate::oauth::consents::allowed_apps(&state, session.user_id).await?;
+    let passkeys = crate::auth::passkeys::list(&state, session.user_id)
+        .await?
+        .len();
     let page = AccountTemplate {
         ctx: PageCtx::new(&state, &nonce, &csrf, Some(session.email.clone())),
         email: session.email,
@@ -68,6 +72,7 @@ pub async fn account(
         methods,
         totp_on: factors.totp_confirmed_at.is_some(),
         recovery_left: factors.recovery_codes_left,
+        passkeys,
         apps,
     };
     html(StatusCode::OK, &page)

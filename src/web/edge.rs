@@ -147,7 +147,7 @@ pub fn representation(req: &HttpRequest) -> Representation {
     if path.starts_with("/oauth2/") && !OAUTH_PAGES.contains(&path) {
         return Representation::OAuth;
     }
-    if path.starts_with("/.well-known/") || path == "/jwks.json" {
+    if path.starts_with("/.well-known/") || path == "/jwks.json" || path.starts_with("/webauthn/") {
         return Representation::Problem;
     }
     let accept = req

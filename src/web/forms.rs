@@ -139,6 +139,38 @@ impl<T: DeserializeOwned + 'static> FromRequest for StrictForm<T> {
     }
 }
 
+/// A JSON body (`application/json`), read with the size cap and parsed into `T`: a
+/// missing, repeated or wrongly typed field is a 400, never a guess.
+pub struct StrictJson<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for StrictJson<T> {
+    type Error = AppError;
+    type Future = LocalBoxFuture<'static, Result<Self, AppError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let content_type_ok = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
+        let mut payload = payload.take();
+        Box::pin(async move {
+            if !content_type_ok {
+                return Err(AppError::UnsupportedMediaType);
+            }
+            let body = read_capped(&mut payload).await?;
+            serde_json::from_slice::<T>(&body)
+                .map(StrictJson)
+                .map_err(|_| {
+                    AppError::Validation(
+                        "The request body is not the JSON this endpoint takes.".into(),
+                    )
+                })
+        })
+    }
+}
+
 /// A urlencoded body checked like `StrictForm` but kept as text, for endpoints whose
 /// parameters are read by name (the OAuth endpoints).
 pub struct RawForm(pub String);

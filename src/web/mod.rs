@@ -14,6 +14,7 @@ pub mod oauth;
 pub mod oauth_pages;
 pub mod ops;
 pub mod pages;
+pub mod passkeys;
 pub mod second_factor;
 
 use actix_web::web;
@@ -78,6 +79,18 @@ route_table! {
         post => account::password_submit,
     }
     "/account/mfa" [Session] { get => mfa::mfa_page, post => mfa::mfa_submit }
+    "/account/passkeys" [Session] {
+        get => passkeys::passkeys_page,
+        post => passkeys::passkeys_submit,
+    }
+    "/webauthn/register/options" [Session] { post => passkeys::register_options }
+    "/webauthn/register" [Session] { post => passkeys::register }
+    "/webauthn/sign-in/options" [Public] { post => passkeys::sign_in_options }
+    "/webauthn/sign-in" [Public] { post => passkeys::sign_in }
+    "/webauthn/verify/options" [Public] { post => passkeys::verify_options }
+    "/webauthn/verify" [Public] { post => passkeys::verify }
+    "/webauthn/step-up/options" [Session] { post => passkeys::step_up_options }
+    "/webauthn/step-up" [Session] { post => passkeys::step_up }
     "/account/devices" [Session] { get => devices::devices_page }
     "/account/devices/revoke-others" [Session] { post => devices::revoke_others }
     "/account/devices/revoke-all" [Session] { post => devices::revoke_all }
@@ -133,4 +146,5 @@ route_table! {
     "/metrics" [Public] { get => ops::metrics }
     "/static/css/gatehouse.css" [Public] { get => ops::stylesheet }
     "/static/js/gatehouse.js" [Public] { get => ops::script }
+    "/static/js/passkeys.js" [Public] { get => ops::passkeys_script }
 }

@@ -50,6 +50,15 @@ pub async fn stylesheet() -> HttpResponse {
 
 /// Progressive enhancement (copy buttons, live relative times): pages work without it.
 const SCRIPT: &str = include_str!("../../static/js/gatehouse.js");
+const PASSKEYS_SCRIPT: &str = include_str!("../../static/js/passkeys.js");
+
+/// The WebAuthn ceremonies' script, on the pages that offer passkeys.
+pub async fn passkeys_script() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header(("Cache-Control", "public, max-age=3600"))
+        .body(PASSKEYS_SCRIPT)
+}
 
 pub async fn script() -> HttpResponse {
     HttpResponse::Ok()

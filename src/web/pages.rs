@@ -190,6 +190,8 @@ struct LoginTemplate<'a> {
     remember: bool,
     return_to: Option<String>,
     error: Option<String>,
+    /// Whether "Sign in with a passkey" is offered (the server has a host name).
+    passkeys: bool,
 }
 
 pub async fn login_page(
@@ -210,6 +212,7 @@ pub async fn login_page(
         remember: false,
         return_to,
         error: None,
+        passkeys: crate::auth::passkeys::available(&state),
     };
     let mut res = html(StatusCode::OK, &page)?;
     res.extensions_mut().insert(AllowAnyFormAction);
@@ -274,7 +277,7 @@ pub async fn login_submit(
         SignInOutcome::Malformed(e) => (StatusCode::BAD_REQUEST, e.to_string(), None),
         SignInOutcome::Denied => (
             StatusCode::FORBIDDEN,
-            "This sign-in was blocked because it looked unusual. If this is you, try again later from your usual network, or choose a new password with \"Forgot your password?\".".to_string(),
+            crate::auth::login::DENIED.to_string(),
             None,
         ),
         SignInOutcome::Unverified { email } => {
@@ -291,6 +294,7 @@ pub async fn login_submit(
         remember,
         return_to: safe_return_to(form.return_to.as_deref()),
         error: Some(error),
+        passkeys: crate::auth::passkeys::available(&state),
     };
     let mut res = html(status, &page)?;
     if let Some(secs) = retry_after

@@ -49,6 +49,8 @@ struct VerifyTemplate {
     /// "30 days": the "Trust this browser" option, offered when finishing a sign-in
     /// (and turned on in the settings).
     trust_for: Option<String>,
+    /// Whether the user has a passkey to use instead of a code.
+    passkey: bool,
 }
 
 /// "30 days", "12 hours": how long trust lasts, as the checkbox says it.
@@ -86,6 +88,7 @@ impl VerifyTemplate {
             error: None,
             info: None,
             trust_for: None,
+            passkey: ch.has_passkey,
         }
     }
 

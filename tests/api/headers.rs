@@ -89,7 +89,15 @@ async fn every_page_and_error_carries_the_baseline_headers() {
         "{}",
         login.body
     );
-    assert_eq!(login.body.matches("<script").count(), 1);
+    // The passkey ceremonies' script, with the same nonce; no other script.
+    assert!(
+        login.body.contains(&format!(
+            r#"<script src="/static/js/passkeys.js" nonce="{nonce}" defer></script>"#
+        )),
+        "{}",
+        login.body
+    );
+    assert_eq!(login.body.matches("<script").count(), 2);
     let js = anon.get("/static/js/gatehouse.js").await;
     assert_eq!(js.status, 200);
     assert_eq!(

@@ -5,6 +5,7 @@
 mod helpers;
 mod oauth_helpers;
 mod oidc_crate;
+mod soft_passkey;
 
 mod accounts;
 mod backchannel;
@@ -25,6 +26,7 @@ mod oauth;
 mod operations;
 mod operators;
 mod otp;
+mod passkeys;
 mod risk;
 mod second_factor;
 mod sessions;

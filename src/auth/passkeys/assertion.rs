@@ -1,0 +1,267 @@
+//! Proving a passkey: sign-in (no account named first), a second factor after a
+//! password, and a step-up of a live session.
+
+use super::*;
+
+/// Options for signing in with a passkey: no account named (the authenticator offers
+/// its discoverable credentials). `conditional`: for the browser's autofill.
+pub async fn sign_in_options(
+    state: &AppState,
+    ctx: &RequestContext,
+    conditional: bool,
+) -> Result<serde_json::Value, AppError> {
+    let wa = webauthn(state)?;
+    allowance(state, ctx).await?;
+    let (mut options, ceremony) = wa.start_discoverable_authentication().map_err(unexpected)?;
+    if !conditional {
+        options.mediation = None;
+    }
+    begin(state, "sign_in", None, None, None, &ceremony, &options).await
+}
+
+/// What a passkey sign-in asks for besides the assertion.
+pub struct PasskeySignIn<'a> {
+    pub ceremony: &'a str,
+    pub credential: &'a PublicKeyCredential,
+    pub remember_me: bool,
+    pub return_to: Option<String>,
+    /// The browser's earlier session, replaced.
+    pub replaces: Option<SessionId>,
+}
+
+/// Signs in with a passkey: the credential names its account; the contextual checks
+/// weigh the sign-in like any other (a passkey is the second factor they may ask
+/// for; a denial is a denial).
+pub async fn finish_sign_in(
+    state: &AppState,
+    req: PasskeySignIn<'_>,
+    ctx: &RequestContext,
+) -> Result<NewBrowserSession, AppError> {
+    let wa = webauthn(state)?;
+    let what = "sign_in";
+    let (_, ceremony): (_, DiscoverableAuthentication) = take(state, req.ceremony, what).await?;
+    let (handle, credential_id) = wa
+        .identify_discoverable_authentication(req.credential)
+        .map_err(|e| refused(state, what, &e))?;
+    // The credential's account, and the account the authenticator says it is for,
+    // must be one: another account's credential never signs in (checklist P4).
+    let found = state
+        .store
+        .passkey_by_credential(credential_id)
+        .await?
+        .filter(|o| o.passkey.user_id == handle && !o.disabled);
+    let Some(owner) = found else {
+        counted(state, what, "unknown");
+        return Err(AppError::Validation(UNKNOWN.into()));
+    };
+    if owner.passkey.clone_suspected_at.is_some() {
+        counted(state, what, "suspended");
+        return Err(AppError::Forbidden(SUSPENDED.into()));
+    }
+    let passkey = stored_passkey(&owner.passkey)?;
+    let result = match wa.finish_discoverable_authentication_v2(req.credential, ceremony, &passkey)
+    {
+        Ok(r) => r,
+        Err(WebauthnError::CredentialPossibleCompromise) => {
+            counted(state, what, "clone");
+            return Err(clone_suspected(state, &owner.passkey, &owner.email, None, ctx).await?);
+        }
+        Err(e) => return Err(refused(state, what, &e)),
+    };
+    let user = UserRecord {
+        id: UserId(owner.passkey.user_id),
+        email: owner.email.clone(),
+        password_hash: String::new(),
+        disabled: owner.disabled,
+        verified: owner.verified,
+    };
+    if state.settings.require_verified_email && !user.verified {
+        counted(state, what, "unverified");
+        return Err(AppError::Forbidden(
+            "Confirm your e-mail address first: follow the link we sent you, then sign in.".into(),
+        ));
+    }
+    // Weighed like a password sign-in: the address's failures count, there is no
+    // failed attempt of this one's own.
+    let attempt = AttemptKeys {
+        account_key: Vec::new(),
+        ip_key: state
+            .keys
+            .mac("throttle/ip", ctx.throttle_address().as_bytes()),
+        failure_id: Uuid::new_v4(),
+    };
+    let assessment = risk::assess_sign_in(state, &user, ctx, &attempt).await?;
+    if assessment.decision == Decision::Deny {
+        crate::auth::login::risk_denial(state, &user, None, ctx, &assessment).await?;
+        state.metrics.sign_ins.with_label_values(&["denied"]).inc();
+        return Err(AppError::Forbidden(crate::auth::login::DENIED.into()));
+    }
+    let used = passkey_use(state, &owner.passkey, passkey, &result)?;
+    let (token, mut session) =
+        sessions::new_session(state, user.id, req.remember_me, ctx, &methods(&result))?;
+    session.login_mark = crate::domain::oauth::login_mark_hash(req.return_to.as_deref());
+    let signed_in = if assessment.decision == Decision::SecondFactor {
+        // What the checks would have asked a code for, the passkey proved: the
+        // session is born flagged with their reasons, and proven.
+        if let Some((names, wording)) = assessment.flag() {
+            session.risk_flag = Some(risk::seal_flag(
+                state,
+                columns::SESSION_RISK_REASON,
+                names,
+                &wording,
+            )?);
+        }
+        event_with(
+            state,
+            "signed_in",
+            Some(ctx),
+            &format!("Passkey; flagged: {}", assessment.summary()),
+        )?
+    } else {
+        event_with(state, "signed_in", Some(ctx), "Passkey")?
+    };
+    let (device, cookie) = devices::device_for_sign_in(state, user.id, &user.email, ctx).await?;
+    let sign_in = SignIn {
+        session,
+        replaces: req.replaces,
+        device,
+        event: signed_in,
+        flag_others: risk::flag_other_countries(state, &user.email, ctx)?,
+    };
+    if !state.store.passkey_signed_in(&used, &sign_in).await? {
+        counted(state, what, "raced");
+        return Err(AppError::Conflict(RACED.into()));
+    }
+    counted(state, what, "done");
+    state.metrics.sign_ins.with_label_values(&["success"]).inc();
+    tracing::info!(user_id = %user.id, "signed in with a passkey");
+    Ok(NewBrowserSession {
+        token,
+        persist_for: remembered_for(state, req.remember_me),
+        device: cookie,
+    })
+}
+
+/// Options for finishing a half-finished sign-in with one of the user's passkeys.
+pub async fn second_factor_options(
+    state: &AppState,
+    ch: &ChallengeRecord,
+    ctx: &RequestContext,
+) -> Result<serde_json::Value, AppError> {
+    let wa = webauthn(state)?;
+    allowance(state, ctx).await?;
+    let keys: Vec<Passkey> = usable(state, ch.user_id)
+        .await?
+        .iter()
+        .map(stored_passkey)
+        .collect::<Result<_, _>>()?;
+    if keys.is_empty() {
+        return Err(AppError::Validation(
+            "This account has no passkey to use. Enter a code instead.".into(),
+        ));
+    }
+    let (options, ceremony) = wa.start_passkey_authentication(&keys).map_err(unexpected)?;
+    begin(
+        state,
+        "second_factor",
+        Some(ch.user_id),
+        None,
+        Some(ch.id),
+        &ceremony,
+        &options,
+    )
+    .await
+}
+
+/// Finishes a half-finished sign-in with a passkey instead of a code.
+pub async fn finish_second_factor(
+    state: &AppState,
+    ch: &ChallengeRecord,
+    ceremony_id: &str,
+    credential: &PublicKeyCredential,
+    ctx: &RequestContext,
+    replaces: Option<SessionId>,
+    trust_browser: bool,
+) -> Result<FinishedSignIn, AppError> {
+    let what = "second_factor";
+    let (record, ceremony): (_, PasskeyAuthentication) = take(state, ceremony_id, what).await?;
+    if record.challenge_id != Some(ch.id) {
+        return Err(AppError::Validation(EXPIRED.into()));
+    }
+    let who = Claimant {
+        user_id: ch.user_id,
+        email: &ch.email,
+        current: None,
+    };
+    let (used, methods) = verify_own(state, who, credential, &ceremony, ctx, what).await?;
+    let finished = second_factor::finish_sign_in_with_passkey(
+        state,
+        ch,
+        used,
+        &methods,
+        ctx,
+        replaces,
+        trust_browser,
+    )
+    .await?
+    .ok_or_else(|| AppError::Conflict(RACED.into()))?;
+    counted(state, what, "done");
+    Ok(finished)
+}
+
+/// Options for confirming it's you with one of the session's user's passkeys.
+pub async fn step_up_options(
+    state: &AppState,
+    session: &SessionRecord,
+    ctx: &RequestContext,
+) -> Result<serde_json::Value, AppError> {
+    let wa = webauthn(state)?;
+    allowance(state, ctx).await?;
+    let keys: Vec<Passkey> = usable(state, session.user_id)
+        .await?
+        .iter()
+        .map(stored_passkey)
+        .collect::<Result<_, _>>()?;
+    if keys.is_empty() {
+        return Err(AppError::Validation(
+            "This account has no passkey to use. Enter a code instead.".into(),
+        ));
+    }
+    let (options, ceremony) = wa.start_passkey_authentication(&keys).map_err(unexpected)?;
+    begin(
+        state,
+        "step_up",
+        Some(session.user_id),
+        Some(session.id),
+        None,
+        &ceremony,
+        &options,
+    )
+    .await
+}
+
+/// Raises the session with a passkey; its new cookie token.
+pub async fn finish_step_up(
+    state: &AppState,
+    session: &SessionRecord,
+    ceremony_id: &str,
+    credential: &PublicKeyCredential,
+    ctx: &RequestContext,
+) -> Result<SessionToken, AppError> {
+    let what = "step_up";
+    let (record, ceremony): (_, PasskeyAuthentication) = take(state, ceremony_id, what).await?;
+    if record.session_id != Some(session.id.0) {
+        return Err(AppError::Validation(EXPIRED.into()));
+    }
+    let who = Claimant {
+        user_id: session.user_id,
+        email: &session.email,
+        current: Some(session.id),
+    };
+    let (used, methods) = verify_own(state, who, credential, &ceremony, ctx, what).await?;
+    let token = second_factor::step_up_with_passkey(state, session, used, methods, ctx)
+        .await?
+        .ok_or_else(|| AppError::Conflict(RACED.into()))?;
+    counted(state, what, "done");
+    Ok(token)
+}
