@@ -135,7 +135,7 @@ pub async fn sign_in(
         });
     }
     // The contextual checks, after the password and before any session exists.
-    let assessment = risk::assess_sign_in(state, user, ctx, checked.attempt()).await?;
+    let assessment = risk::assess_sign_in(state, user, ctx, Some(checked.attempt())).await?;
     if assessment.decision == Decision::Deny {
         risk_denial(
             state,

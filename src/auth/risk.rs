@@ -76,13 +76,24 @@ fn open_location(state: &AppState, context: &str, sealed: &[u8]) -> Location {
         .unwrap_or_default()
 }
 
-/// Weighs a sign-in whose password was right, before any session exists.
+/// Weighs a sign-in whose password (`attempt`: its throttle counts) or passkey
+/// (`None`) was right, before any session exists.
 pub async fn assess_sign_in(
     state: &AppState,
     user: &UserRecord,
     ctx: &RequestContext,
-    attempt: &AttemptKeys,
+    attempt: Option<&AttemptKeys>,
 ) -> Result<Assessment, AppError> {
+    let passkey_ip_key;
+    let (ip_key, own_failure) = match attempt {
+        Some(a) => (a.ip_key.as_slice(), a.failure_id),
+        None => {
+            passkey_ip_key = state
+                .keys
+                .mac("throttle/ip", ctx.throttle_address().as_bytes());
+            (passkey_ip_key.as_slice(), uuid::Uuid::nil())
+        }
+    };
     let now = state.clock.now();
     let macs = country_macs(state, &ctx.location);
     let device_hash = ctx.device.as_ref().map(|t| t.hash());
@@ -92,8 +103,9 @@ pub async fn assess_sign_in(
             user_id: user.id,
             device_hash: device_hash.as_deref(),
             country_macs: &macs,
-            ip_key: &attempt.ip_key,
-            own_failure: attempt.failure_id,
+            ip_key,
+            own_failure,
+            own_counted: attempt.is_some(),
             now,
             failure_window_secs: FAILURE_WINDOW_SECS,
             ip_window_secs: super::login::IP_WINDOW_SECS,

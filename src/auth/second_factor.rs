@@ -77,7 +77,22 @@ pub async fn is_fresh(state: &AppState, session: &SessionRecord) -> Result<bool,
     if session.amr.iter().any(|m| STRONG.contains(&m.as_str())) {
         return Ok(true);
     }
-    Ok(!always_required(state, session.user_id).await?)
+    Ok(!has_strong_factor(state, session.user_id).await?)
+}
+
+/// Whether the user has a factor stronger than their mailbox: an authenticator app
+/// or a passkey that may be used. Then a step-up proves that factor, never an
+/// e-mailed code (whoever holds only the mailbox must not change the account).
+pub async fn has_strong_factor(state: &AppState, user_id: UserId) -> Result<bool, AppError> {
+    if always_required(state, user_id).await? {
+        return Ok(true);
+    }
+    Ok(state
+        .store
+        .passkeys(user_id)
+        .await?
+        .iter()
+        .any(|p| p.clone_suspected_at.is_none()))
 }
 
 /// The rule every sensitive action starts with: a second factor proven in the last
@@ -273,7 +288,7 @@ pub enum SendOutcome {
 /// Sends (or re-sends) the challenge's e-mailed code. A resend voids the previous
 /// code; sends are limited per user.
 pub async fn send_code(state: &AppState, ch: &ChallengeRecord) -> Result<SendOutcome, AppError> {
-    if ch.session_id.is_some() && ch.has_totp {
+    if ch.session_id.is_some() && (ch.has_totp || ch.has_passkey) {
         return Ok(SendOutcome::NotOffered);
     }
     if let Attempt::Blocked { retry_after_secs } = code_mail_allowance(state, ch.user_id).await? {
@@ -322,8 +337,9 @@ async fn candidate_proof(
             {
                 return Ok(Some((Proof::TotpStep(step), "otp")));
             }
-            // At step-up a user with an app proves the app, not the mailbox.
-            if ch.email_code_live && !(ch.has_totp && ch.session_id.is_some()) {
+            // At step-up a user with an app or a passkey proves that, not the
+            // mailbox.
+            if ch.email_code_live && !((ch.has_totp || ch.has_passkey) && ch.session_id.is_some()) {
                 let macs = state
                     .keys
                     .mac_candidates(columns::EMAIL_CODE, &email_code_binding(ch.id, digits));

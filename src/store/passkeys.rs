@@ -338,17 +338,61 @@ impl PasskeyStore for PgStore {
         mails: &[OutboundMail],
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // The acting session must still be live (a "sign out everywhere" that landed
+        // meanwhile wins), and the account enabled.
+        let acting: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id
+             WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL
+               AND u.disabled_at IS NULL
+             FOR UPDATE OF s",
+        )
+        .bind(session_id.0)
+        .bind(user_id.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if acting.is_none() {
+            return Ok(false);
+        }
+        // A lost or stolen passkey's sessions end with it (but the one removing it),
+        // before the row goes (its foreign key would forget which they were).
+        let ended: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE sessions SET revoked_at = $4, revoked_reason = 'passkey removed'
+             WHERE user_id = $1 AND passkey_id = $2 AND id <> $3 AND revoked_at IS NULL
+             RETURNING id",
+        )
+        .bind(user_id.0)
+        .bind(id)
+        .bind(session_id.0)
+        .bind(event.at)
+        .fetch_all(&mut *tx)
+        .await?;
         let done = sqlx::query("DELETE FROM passkeys WHERE id = $1 AND user_id = $2")
             .bind(id)
             .bind(user_id.0)
             .execute(&mut *tx)
             .await?;
         if done.rows_affected() != 1 {
+            // Not theirs: nothing at all changes (the transaction is dropped).
             return Ok(false);
+        }
+        for s in &ended {
+            sqlx::query(
+                "INSERT INTO security_events (id, user_id, session_id, kind, actor, at, detail)
+                 VALUES (gen_random_uuid(), $1, $2, 'session_revoked', 'user', $3,
+                         'passkey removed')",
+            )
+            .bind(user_id.0)
+            .bind(s)
+            .bind(event.at)
+            .execute(&mut *tx)
+            .await?;
         }
         insert_event(&mut tx, user_id.0, Some(session_id.0), event).await?;
         insert_mails(&mut tx, &self.keys, mails, event.at).await?;
         tx.commit().await?;
+        if !ended.is_empty() {
+            self.revoked_here();
+        }
         Ok(true)
     }
 

@@ -27,6 +27,9 @@ pub struct RiskQuery<'a> {
     pub ip_key: &'a [u8],
     /// The attempt's own provisional failure event, not to be counted.
     pub own_failure: Uuid,
+    /// Whether the attempt itself is in the address's count (a password attempt is
+    /// counted before it is checked; a passkey assertion is not counted at all).
+    pub own_counted: bool,
     pub now: OffsetDateTime,
     pub failure_window_secs: i32,
     pub ip_window_secs: i32,
@@ -250,7 +253,7 @@ impl RiskStore for PgStore {
                   WHERE user_id = $1 AND kind = 'sign_in_failed' AND id <> $5
                     AND at > $6 - make_interval(secs => $7))
                      AS recent_failures,
-                 COALESCE((SELECT GREATEST(failures - 1, 0) FROM sign_in_throttle
+                 COALESCE((SELECT GREATEST(failures - $11, 0) FROM sign_in_throttle
                            WHERE scope = 'ip' AND key = $4
                              AND window_started_at + make_interval(secs => $8) > $6), 0)
                      AS address_failures",
@@ -265,6 +268,7 @@ impl RiskStore for PgStore {
         .bind(f64::from(q.ip_window_secs))
         .bind(REPORTED_REASON)
         .bind(q.trust_secs)
+        .bind(i32::from(q.own_counted))
         .fetch_one(&self.pool)
         .await?;
         // The last place the user was active, and every live session's place (a

@@ -151,7 +151,8 @@ impl FromRequest for CurrentSession {
                 // factor at /step-up, or end every session at once ("Sign out
                 // everywhere", which ends it too). Signing out is /logout's, open.
                 let open = req.path() == "/step-up"
-                    || req.path().starts_with("/webauthn/step-up")
+                    || req.path() == "/webauthn/step-up/options"
+                    || req.path() == "/webauthn/step-up"
                     || (req.method() == actix_web::http::Method::POST
                         && req.path() == "/account/devices/revoke-all");
                 if !open && risk::needs_proof(&session) {

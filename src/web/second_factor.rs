@@ -75,7 +75,7 @@ impl VerifyTemplate {
                 "Two-step verification"
             },
             has_totp: ch.has_totp,
-            offer_email: !(ch.has_totp && action == "/step-up"),
+            offer_email: !((ch.has_totp || ch.has_passkey) && action == "/step-up"),
             email_code_live: ch.email_code_live,
             // Before sign-in the address is masked (a shared screen); a signed-in
             // person sees their own address in full anyway.

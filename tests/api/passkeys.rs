@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Browser, PUBLIC_URL, Resp, TestApp, spawn_app};
 use crate::oauth_helpers::{app_client, introspect, sign_in_app};
-use crate::otp::{enrol, password_step, step_up_by_email};
+use crate::otp::{enrol, password_step, step_up_by_email, totp};
 use crate::soft_passkey::SoftPasskey;
 
 /// A way the authenticator lies.
@@ -117,6 +117,28 @@ async fn passkey_sign_in(b: &Browser, key: &mut SoftPasskey) -> Resp {
     let (csrf, options) = sign_in_options(b).await;
     let credential = key.assert(&options);
     finish_sign_in(b, &csrf, &options, credential).await
+}
+
+/// Steps a signed-in browser up with its passkey; the answer.
+async fn passkey_step_up(b: &Browser, key: &mut SoftPasskey) -> Resp {
+    let page = b.get("/step-up").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csrf = page.csrf();
+    let r = post_json(
+        b,
+        "/webauthn/step-up/options",
+        &json!({ "csrf_token": csrf }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let options = json_of(&r);
+    let credential = key.assert(&options);
+    post_json(
+        b,
+        "/webauthn/step-up",
+        &json!({ "csrf_token": csrf, "ceremony": options["ceremony"], "credential": credential }),
+    )
+    .await
 }
 
 async fn sessions_of(app: &TestApp, email: &str) -> i64 {
@@ -547,10 +569,20 @@ async fn a_passkey_is_the_second_factor_after_a_password() {
     let app = spawn_app().await;
     let email = "tia@example.com";
     let b = app.signed_in(email).await;
-    // The passkey first (a step-up by e-mail), then the app (which ends e-mailed
-    // step-ups for this account).
-    let mut key = add_passkey(&app, &b, email, "Key").await;
-    enrol(&app, &b, email).await;
+    // The app first; then a step-up with it, and the passkey.
+    let enrolled = enrol(&app, &b, email).await;
+    app.clock.advance(std::time::Duration::from_secs(700));
+    let page = b.get("/step-up").await;
+    let code = totp(&enrolled.secret, app.clock.now().unix_timestamp());
+    let r = b
+        .post_form("/step-up", &[("csrf_token", &page.csrf()), ("code", &code)])
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let (csrf, options) = register_options(&b).await;
+    let mut key = SoftPasskey::new(PUBLIC_URL);
+    let credential = key.register(&options);
+    let r = finish_registration(&b, &csrf, &options, "Key", credential).await;
+    assert_eq!(r.status, 200, "{}", r.body);
     let other = app.browser();
     let page = password_step(&app, &other, email).await;
     assert!(page.body.contains("Use a passkey"), "{}", page.body);
@@ -593,7 +625,10 @@ async fn removing_a_passkey_needs_step_up_and_mails_a_notice() {
     let app = spawn_app().await;
     let email = "rem@example.com";
     let b = app.signed_in(email).await;
-    let _key = add_passkey(&app, &b, email, "Spare key").await;
+    let mut key = add_passkey(&app, &b, email, "Spare key").await;
+    // A browser signed in with it (the one that was lost, say).
+    let lost = app.browser();
+    assert_eq!(passkey_sign_in(&lost, &mut key).await.status, 200);
     let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM passkeys")
         .fetch_one(&app.db)
         .await
@@ -627,7 +662,21 @@ async fn removing_a_passkey_needs_step_up_and_mails_a_notice() {
         .await;
     assert_eq!(r.status, 403, "{}", r.body);
 
-    step_up_by_email(&app, &b, email, "/account/passkeys").await;
+    // With a passkey set up, the mailbox no longer steps up: the passkey does.
+    let page = b.get("/step-up").await;
+    assert!(!page.body.contains("Send the code"), "{}", page.body);
+    assert!(
+        page.body
+            .contains("Confirm it's you with one of your passkeys")
+    );
+    let r = b
+        .post_form(
+            "/step-up",
+            &[("csrf_token", &page.csrf()), ("action", "email")],
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(passkey_step_up(&b, &mut key).await.status, 200);
     let page = b.get("/account/passkeys").await;
     let r = b
         .post_form(
@@ -680,6 +729,14 @@ async fn removing_a_passkey_needs_step_up_and_mails_a_notice() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.contains("“Yubikey 5C” was removed"), "{}", r.body);
     assert_eq!(app.count("SELECT count(*) FROM passkeys").await, 0);
+    // The session it signed in ended with it; the one that removed it lives on.
+    assert!(lost.get("/account").await.is_sign_in_redirect());
+    assert_eq!(b.get("/account").await.status, 200);
+    assert_eq!(
+        app.count("SELECT count(*) FROM sessions WHERE revoked_reason = 'passkey removed'")
+            .await,
+        1
+    );
     app.mail
         .wait_for_subject(email, "A passkey was removed from your account")
         .await;
@@ -819,4 +876,140 @@ async fn the_login_page_offers_passkeys_only_where_the_server_can() {
     )
     .await;
     problem(&r, 404);
+}
+
+/// Behind a trusted proxy (the test client), with the GeoIP fixture (Berlin
+/// 192.0.2.0/24, Sydney 198.51.100.0/24) and a clock the test moves.
+async fn risk_app(extra: Vec<(&'static str, String)>) -> TestApp {
+    let mut all = vec![(
+        "GATEHOUSE_GEOIP_DB",
+        crate::geoip_fixture::write_fixture().display().to_string(),
+    )];
+    all.extend(extra);
+    crate::helpers::spawn_app_with(crate::helpers::Options {
+        trusted_proxies: Some("127.0.0.1/32".into()),
+        frozen_clock: true,
+        extra: all,
+        ..Default::default()
+    })
+    .await
+}
+
+const FIREFOX: &str =
+    "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1";
+
+#[tokio::test]
+async fn a_passkey_is_the_second_factor_the_contextual_checks_ask_for() {
+    // M7 with a passkey: a new device in another country, ten minutes after Berlin,
+    // would need a code after a password; the passkey proves it, and the session is
+    // born flagged with the reasons (and proven).
+    let app = risk_app(vec![]).await;
+    let email = "alice@example.com";
+    let home = crate::devices::browser_at(&app, FIREFOX, "192.0.2.10");
+    assert_eq!(
+        app.register(&home, email, crate::helpers::PASSWORD)
+            .await
+            .status,
+        303
+    );
+    let mut key = add_passkey(&app, &home, email, "Phone").await;
+    app.clock.advance(std::time::Duration::from_secs(600));
+    let far = crate::devices::browser_at(&app, IPHONE, "198.51.100.7");
+    let r = passkey_sign_in(&far, &mut key).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (flagged, needs_proof, aal): (bool, bool, String) = sqlx::query_as(
+        "SELECT risk_flagged, risk_needs_proof, aal FROM sessions
+         WHERE passkey_id IS NOT NULL AND revoked_at IS NULL",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert!(flagged, "born flagged with the checks' reasons");
+    assert!(!needs_proof, "and proven by the passkey");
+    assert_eq!(aal, "aal2");
+    assert_eq!(far.get("/account").await.status, 200);
+    let activity = home.get("/account/activity").await;
+    assert!(
+        activity
+            .body
+            .contains("Passkey; flagged: Second factor demanded"),
+        "{}",
+        activity.body
+    );
+}
+
+#[tokio::test]
+async fn a_passkey_sign_in_the_checks_deny_stays_denied() {
+    // M7 (deny) with a passkey: an address that failed on other accounts, in a
+    // country the owner has never been to. No session; the owner is told.
+    let app = risk_app(vec![("GATEHOUSE_RISK_IP_FAILURES", "3".into())]).await;
+    let email = "alice@example.com";
+    let home = crate::devices::browser_at(&app, FIREFOX, "192.0.2.10");
+    assert_eq!(
+        app.register(&home, email, crate::helpers::PASSWORD)
+            .await
+            .status,
+        303
+    );
+    let mut key = add_passkey(&app, &home, email, "Stolen phone").await;
+    app.clock.advance(std::time::Duration::from_secs(6 * 3600));
+    let bot = crate::devices::browser_at(&app, IPHONE, "198.51.100.7");
+    for victim in ["bob@example.com", "carol@example.com", "dave@example.com"] {
+        assert_eq!(app.login(&bot, victim, "Summer2026!").await.status, 401);
+    }
+    let before = sessions_of(&app, email).await;
+    let r = passkey_sign_in(&bot, &mut key).await;
+    assert!(problem(&r, 403).contains("This sign-in was blocked"));
+    assert!(app.session_cookie(&bot).is_none());
+    assert_eq!(sessions_of(&app, email).await, before);
+    app.mail
+        .wait_for_subject(email, "We blocked a sign-in to your account")
+        .await;
+}
+
+#[tokio::test]
+async fn a_copy_used_at_step_up_after_the_key_moved_on_is_flagged() {
+    // P3 on the step-up path: the options were made before the key was used again;
+    // the answer's counter is above the one in the ceremony but not above the stored
+    // one.
+    let app = spawn_app().await;
+    let email = "sue@example.com";
+    let b = app.signed_in(email).await;
+    let mut key = add_passkey(&app, &b, email, "Laptop").await;
+    app.clock.advance(std::time::Duration::from_secs(700));
+    let page = b.get("/step-up").await;
+    let csrf = page.csrf();
+    let r = post_json(
+        &b,
+        "/webauthn/step-up/options",
+        &json!({ "csrf_token": csrf }),
+    )
+    .await;
+    let options = json_of(&r);
+    // The key signs in elsewhere twice meanwhile (counter 1, 2)...
+    assert_eq!(passkey_sign_in(&app.browser(), &mut key).await.status, 200);
+    assert_eq!(passkey_sign_in(&app.browser(), &mut key).await.status, 200);
+    // ...and a copy taken at counter 0 answers the step-up with counter 1.
+    key.counter = 1;
+    let credential = key.assertion(options["publicKey"]["challenge"].as_str().unwrap());
+    let r = post_json(
+        &b,
+        "/webauthn/step-up",
+        &json!({ "csrf_token": csrf, "ceremony": options["ceremony"], "credential": credential }),
+    )
+    .await;
+    assert!(problem(&r, 403).contains("may have been copied"));
+    assert_eq!(
+        app.count("SELECT count(*) FROM passkeys WHERE clone_suspected_at IS NOT NULL")
+            .await,
+        1
+    );
+    // The session that tried it, and the two the key signed in, must prove
+    // themselves again.
+    assert_eq!(
+        app.count("SELECT count(*) FROM sessions WHERE risk_needs_proof")
+            .await,
+        3
+    );
 }

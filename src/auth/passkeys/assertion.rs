@@ -81,16 +81,9 @@ pub async fn finish_sign_in(
             "Confirm your e-mail address first: follow the link we sent you, then sign in.".into(),
         ));
     }
-    // Weighed like a password sign-in: the address's failures count, there is no
-    // failed attempt of this one's own.
-    let attempt = AttemptKeys {
-        account_key: Vec::new(),
-        ip_key: state
-            .keys
-            .mac("throttle/ip", ctx.throttle_address().as_bytes()),
-        failure_id: Uuid::new_v4(),
-    };
-    let assessment = risk::assess_sign_in(state, &user, ctx, &attempt).await?;
+    // Weighed like a password sign-in: the address's failures count; this
+    // assertion is no failure of its own.
+    let assessment = risk::assess_sign_in(state, &user, ctx, None).await?;
     if assessment.decision == Decision::Deny {
         crate::auth::login::risk_denial(state, &user, None, ctx, &assessment).await?;
         state.metrics.sign_ins.with_label_values(&["denied"]).inc();

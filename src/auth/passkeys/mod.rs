@@ -37,8 +37,8 @@ use crate::mail::messages;
 use crate::settings::Settings;
 use crate::state::AppState;
 use crate::store::{
-    Attempt, AttemptKeys, CeremonyRecord, ChallengeRecord, NewCeremony, NewPasskey, PasskeyRecord,
-    PasskeyUse, SessionRecord, SignIn, StoreError, UserRecord,
+    Attempt, CeremonyRecord, ChallengeRecord, NewCeremony, NewPasskey, PasskeyRecord, PasskeyUse,
+    SessionRecord, SignIn, StoreError, UserRecord,
 };
 
 /// The passkeys page.
@@ -331,6 +331,14 @@ async fn verify_own(
         counted(state, what, "suspended");
         return Err(AppError::Forbidden(SUSPENDED.into()));
     }
+    // An authenticator that names its account must name this one.
+    if credential
+        .get_user_unique_id()
+        .is_some_and(|handle| handle != user_id.0.as_bytes())
+    {
+        counted(state, what, "unknown");
+        return Err(AppError::Validation(UNKNOWN.into()));
+    }
     let passkey = stored_passkey(&owner.passkey)?;
     let result = match wa.finish_passkey_authentication(credential, ceremony) {
         Ok(r) => r,
@@ -340,6 +348,13 @@ async fn verify_own(
         }
         Err(e) => return Err(refused(state, what, &e)),
     };
+    // webauthn-rs compared the counter with the passkey as it was when the options
+    // were made; it may have been used since. Compared again with the stored one.
+    let counter = i64::from(result.counter());
+    if (counter > 0 || owner.passkey.sign_count > 0) && counter <= owner.passkey.sign_count {
+        counted(state, what, "clone");
+        return Err(clone_suspected(state, &owner.passkey, email, current, ctx).await?);
+    }
     let used = passkey_use(state, &owner.passkey, passkey, &result)?;
     Ok((used, methods(&result)))
 }

@@ -56,15 +56,22 @@ pub async fn finish_registration(
     ctx: &RequestContext,
 ) -> Result<String, AppError> {
     let wa = webauthn(state)?;
-    second_factor::require_fresh(state, session, PAGE, false).await?;
     let name = clean_name(name)?;
+    // The ceremony first: an answer given once is spent, whatever else is wrong.
     let (record, ceremony): (_, PasskeyRegistration) = take(state, ceremony_id, "register").await?;
     if record.session_id != Some(session.id.0) {
         return Err(AppError::Validation(EXPIRED.into()));
     }
+    second_factor::require_fresh(state, session, PAGE, false).await?;
     let passkey = wa
         .finish_passkey_registration(credential, &ceremony)
         .map_err(|e| refused(state, "register", &e))?;
+    // Credential ids are random and at most 1023 bytes (WebAuthn L3 §5.8.3); one
+    // outside that is refused before anything is written.
+    if !(16..=1023).contains(&passkey.cred_id().len()) {
+        counted(state, "register", "refused");
+        return Err(AppError::Validation(INVALID.into()));
+    }
     let stored = serde_json::to_string(&passkey).map_err(unexpected)?;
     let f = flags(&stored)?;
     let now = state.clock.now();
