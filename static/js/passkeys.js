@@ -137,7 +137,6 @@
     }
     box.textContent = message;
     box.hidden = false;
-    box.focus && box.setAttribute('tabindex', '-1');
   }
 
   function clearError(root) {
@@ -199,7 +198,12 @@
         }
         pending = new AbortController();
         assert(root, base, extra, pending.signal, true).then(go, function (err) {
-          showError(root, describe(err));
+          // The person asked for nothing here: a browser that refuses or ends the
+          // autofill request (no passkey for this site, say) is not news. What the
+          // server said about a passkey they picked is.
+          if (err && err.fromServer) {
+            showError(root, describe(err));
+          }
         });
       });
     }

@@ -47,7 +47,13 @@ function dbUrl(name) {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-export async function startServer() {
+/**
+ * `host` names the server in GATEHOUSE_PUBLIC_URL (and `base`, the address browsers
+ * open); it still listens on 127.0.0.1 only. The default, the IP address, leaves
+ * passkeys off: WebAuthn refuses an IP address as relying-party id, so journeys with
+ * passkeys pass `{ host: 'localhost' }` (a secure context over plain http).
+ */
+export async function startServer({ host = '127.0.0.1' } = {}) {
   if (!existsSync(BINARY)) {
     throw new Error(
       `Gatehouse binary not found at ${BINARY}: build it first (\`cargo build\`, or \`scripts/test\`, which runs cargo test before this suite)`,
@@ -57,7 +63,7 @@ export async function startServer() {
   const db = 'gatehouse_browser_' + randomBytes(6).toString('hex');
   await psql(`CREATE DATABASE ${db}`);
   const mailDir = mkdtempSync(join(tmpdir(), 'gatehouse-mail-'));
-  const base = `http://127.0.0.1:${port}`;
+  const base = `http://${host}:${port}`;
   const env = {
     ...process.env,
     GATEHOUSE_DEV: 'true',
@@ -115,7 +121,8 @@ export async function startServer() {
       throw new Error(`gatehouse serve exited (${JSON.stringify(exited)}) before it was ready:\n${log}`);
     }
     try {
-      const res = await fetch(`${base}/readyz`);
+      // By address: `localhost` may resolve to ::1 first, where nothing listens.
+      const res = await fetch(`http://127.0.0.1:${port}/readyz`);
       if (res.status === 200) break;
     } catch {
       // not listening yet
