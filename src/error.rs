@@ -62,10 +62,43 @@ pub enum AppError {
     /// The password hash queue is full: try again in a moment (503).
     #[error("overloaded")]
     Overloaded,
+    /// The node has as many requests in progress as it takes
+    /// (`GATEHOUSE_HTTP_MAX_IN_FLIGHT`): try again in a moment (503).
+    #[error("busy")]
+    Busy,
+    /// The request body did not arrive in time (a trickled body): 408.
+    #[error("request timeout")]
+    RequestTimeout,
     #[error("service unavailable")]
     Unavailable(#[source] anyhow::Error),
     #[error("unexpected error")]
     Unexpected(#[source] anyhow::Error),
+}
+
+impl AppError {
+    /// The reason code the request's log line carries.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AppError::Validation(_) => "validation",
+            AppError::Unauthorized => "unauthorized",
+            AppError::Forbidden(_) => "forbidden",
+            AppError::NotFound => "not_found",
+            AppError::Conflict(_) => "conflict",
+            AppError::PayloadTooLarge => "payload_too_large",
+            AppError::UnsupportedMediaType => "unsupported_media_type",
+            AppError::RateLimited { .. } => "throttled",
+            AppError::SignInRequired { .. } => "sign_in_required",
+            AppError::StepUpRequired { .. } => "step_up_required",
+            AppError::OAuth { error, .. } => error,
+            AppError::InvalidToken => "invalid_token",
+            AppError::NoBearerToken => "no_token",
+            AppError::Overloaded => "overloaded",
+            AppError::Busy => "busy",
+            AppError::RequestTimeout => "timeout",
+            AppError::Unavailable(_) => "database_unavailable",
+            AppError::Unexpected(_) => "unexpected",
+        }
+    }
 }
 
 /// What an error response says, whatever its representation. Stored in the
@@ -79,6 +112,9 @@ pub struct ErrorPage {
     pub oauth_error: Option<&'static str>,
     /// A way on for the person: a button's label and link.
     pub action: Option<(&'static str, String)>,
+    /// Why, as a code for the request's log line (`validation`, `csrf`, `throttled`…):
+    /// never the message, which may quote what the client sent.
+    pub reason: &'static str,
 }
 
 /// `/step-up?return_to=…`
@@ -115,6 +151,10 @@ impl ErrorPage {
                 "Too many attempts",
                 "Too many attempts. Please wait and try again.",
             ),
+            408 => (
+                "Too slow",
+                "The request did not arrive in time. Please try again.",
+            ),
             431 => (
                 "Headers too large",
                 "The request's headers (often cookies) are too large.",
@@ -129,11 +169,28 @@ impl ErrorPage {
             ),
             _ => ("Error", "The request could not be completed."),
         };
+        let reason = match status.as_u16() {
+            400 => "bad_request",
+            401 => "unauthorized",
+            403 => "forbidden",
+            404 => "not_found",
+            405 => "method_not_allowed",
+            408 => "timeout",
+            409 => "conflict",
+            413 => "payload_too_large",
+            415 => "unsupported_media_type",
+            429 => "throttled",
+            431 => "headers_too_large",
+            503 => "unavailable",
+            _ if status.is_server_error() => "server_error",
+            _ => "error",
+        };
         Self {
             title,
             message: message.to_string(),
             oauth_error: None,
             action: None,
+            reason,
         }
     }
 
@@ -207,7 +264,8 @@ impl ResponseError for AppError {
             AppError::StepUpRequired { .. } => StatusCode::FORBIDDEN,
             AppError::OAuth { status, .. } => *status,
             AppError::InvalidToken | AppError::NoBearerToken => StatusCode::UNAUTHORIZED,
-            AppError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Overloaded | AppError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -234,7 +292,8 @@ impl ResponseError for AppError {
         }
         match self {
             AppError::Unavailable(cause) => {
-                tracing::warn!(error = format!("{cause:#}"), "database unavailable")
+                // An operator must act: an error (held back to ten a minute).
+                tracing::error!(error = format!("{cause:#}"), "database unavailable")
             }
             AppError::Overloaded => {
                 tracing::warn!("password hashing queue full; answered 503") // log-ok: no secret
@@ -245,6 +304,7 @@ impl ResponseError for AppError {
             _ => {}
         }
         let mut page = ErrorPage::for_status(status);
+        page.reason = self.reason();
         match self {
             AppError::Validation(m) | AppError::Forbidden(m) | AppError::Conflict(m) => {
                 page.message = m.clone();
@@ -255,7 +315,7 @@ impl ResponseError for AppError {
                     human_wait(*retry_after_secs)
                 );
             }
-            AppError::Overloaded => {
+            AppError::Overloaded | AppError::Busy => {
                 page.message =
                     "Gatehouse is very busy right now. Please try again in a moment.".into();
             }
@@ -307,7 +367,7 @@ impl ResponseError for AppError {
             }
             _ => {}
         }
-        if let AppError::Overloaded = self {
+        if let AppError::Overloaded | AppError::Busy = self {
             builder.insert_header(("Retry-After", "1"));
         } else if status == StatusCode::SERVICE_UNAVAILABLE {
             builder.insert_header(("Retry-After", "5"));

@@ -229,6 +229,9 @@ impl Metrics {
             &["ceremony", "outcome"],
         )?;
         registry.register(Box::new(passkeys.clone()))?;
+        // Counted by the log filter (`telemetry`), process-wide.
+        registry.register(Box::new(crate::telemetry::PROTOCOL_ERRORS.clone()))?;
+        registry.register(Box::new(crate::telemetry::SUPPRESSED.clone()))?;
         registry.register(Box::new(argon2_waiting.clone()))?;
         registry.register(Box::new(argon2_running.clone()))?;
         Ok(Self {

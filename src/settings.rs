@@ -133,6 +133,20 @@ pub struct Settings {
     pub database_acquire_timeout: Duration,
     /// HTTP worker threads (each runs its own event loop).
     pub http_workers: usize,
+    /// A client must send its whole request head within this
+    /// (`GATEHOUSE_HTTP_REQUEST_TIMEOUT`, 5s): a trickled head (slowloris) is cut off
+    /// with 408.
+    pub http_request_timeout: Duration,
+    /// An idle keep-alive connection is closed after this (`GATEHOUSE_HTTP_KEEP_ALIVE`,
+    /// 15s).
+    pub http_keep_alive: Duration,
+    /// Open connections per node at most (`GATEHOUSE_HTTP_MAX_CONNECTIONS`, 4096);
+    /// beyond it new ones wait in the listen queue.
+    pub http_max_connections: u32,
+    /// Requests in progress per node at most (`GATEHOUSE_HTTP_MAX_IN_FLIGHT`, 512);
+    /// beyond it a request is answered 503 with `Retry-After` at once rather than
+    /// queued (the health and metrics endpoints are never refused).
+    pub http_max_in_flight: u32,
     /// Registrations accepted per client address per hour.
     pub registrations_per_ip_hour: u32,
     /// `smtp://host:port` (plain or `?tls=required` for STARTTLS) or
@@ -219,6 +233,10 @@ pub const KNOWN_KEYS: &[&str] = &[
     "GATEHOUSE_MFA_TRUST_DEVICE",
     "GATEHOUSE_DBSC_COOKIE_TTL",
     "GATEHOUSE_DBSC_REQUIRE_FOR_ADMINS",
+    "GATEHOUSE_HTTP_REQUEST_TIMEOUT",
+    "GATEHOUSE_HTTP_KEEP_ALIVE",
+    "GATEHOUSE_HTTP_MAX_CONNECTIONS",
+    "GATEHOUSE_HTTP_MAX_IN_FLIGHT",
 ];
 
 /// Raw key → value pairs, already merged from the file and the environment.
@@ -479,6 +497,16 @@ impl RawSettings {
             argon2_max_wait: Duration::from_secs(10),
             database_acquire_timeout: Duration::from_secs(5),
             http_workers: cores(),
+            http_request_timeout: {
+                let d = self.duration("GATEHOUSE_HTTP_REQUEST_TIMEOUT", "5s")?;
+                if d > Duration::from_secs(60) {
+                    return Err(err("GATEHOUSE_HTTP_REQUEST_TIMEOUT", "must be at most 60s"));
+                }
+                d
+            },
+            http_keep_alive: self.duration("GATEHOUSE_HTTP_KEEP_ALIVE", "15s")?,
+            http_max_connections: self.count("GATEHOUSE_HTTP_MAX_CONNECTIONS", 4096, 1_000_000)?,
+            http_max_in_flight: self.count("GATEHOUSE_HTTP_MAX_IN_FLIGHT", 512, 1_000_000)?,
             registrations_per_ip_hour: 20,
             smtp_url,
             mail_from,

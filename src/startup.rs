@@ -23,6 +23,8 @@ pub struct Application {
     housekeeping: tokio::task::JoinHandle<()>,
     invalidation: tokio::task::JoinHandle<()>,
     backchannel: tokio::task::JoinHandle<()>,
+    /// Once a minute: how many repeated warnings the log held back.
+    log_summary: tokio::task::JoinHandle<()>,
     background: tokio_util::task::TaskTracker,
 }
 
@@ -33,6 +35,11 @@ impl Application {
         let port = listener.local_addr()?.port();
         let dev = settings.dev;
         let workers = settings.http_workers;
+        let request_timeout = settings.http_request_timeout;
+        let keep_alive = settings.http_keep_alive;
+        let per_worker_connections = usize::try_from(settings.http_max_connections)
+            .unwrap_or(usize::MAX)
+            .div_ceil(workers.max(1));
         let state = web::Data::new(AppState::new(settings, clock, migrate).await?);
         // This node's outbox worker; every node runs one, they share the work.
         let worker = Worker {
@@ -54,6 +61,14 @@ impl Application {
                 .context("building the back-channel logout HTTP client")?,
         };
         let backchannel = tokio::spawn(backchannel.run(state.settings.outbox_poll));
+        let log_summary = tokio::spawn(async {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+            every.tick().await;
+            loop {
+                every.tick().await;
+                crate::telemetry::report_suppressed();
+            }
+        });
         // The token signing key: created at first start. A database that is down now
         // only delays it to the first token request.
         if let Err(e) = crate::oauth::keys::ensure(&state).await {
@@ -70,6 +85,17 @@ impl Application {
                 .configure(routes)
         })
         .workers(workers)
+        // Timeouts and bounds set on purpose (README "Reliability"): a request head
+        // must arrive within the request timeout (slowloris is cut off with 408), a
+        // closing connection gets 2 s to shut down cleanly, idle keep-alive
+        // connections close, and connections beyond the bound wait in the kernel's
+        // listen queue. (The head timeout covers a connection's first request: later
+        // ones on a kept-alive connection are bounded by the keep-alive timeout until
+        // their first byte; a reverse proxy in front bounds the rest.)
+        .client_request_timeout(request_timeout)
+        .client_disconnect_timeout(std::time::Duration::from_secs(2))
+        .keep_alive(keep_alive)
+        .max_connections(per_worker_connections)
         .listen(listener)?
         // SIGTERM/SIGINT: stop accepting, let in-flight requests finish.
         .shutdown_timeout(30)
@@ -81,6 +107,7 @@ impl Application {
             housekeeping,
             invalidation,
             backchannel,
+            log_summary,
             background,
         })
     }
@@ -110,6 +137,7 @@ impl Application {
         self.invalidation.abort();
         // Undelivered logouts stay in the outbox for the next start (or another node).
         self.backchannel.abort();
+        self.log_summary.abort();
         result
     }
 }

@@ -42,6 +42,8 @@ pub struct AppState {
     /// The site's WebAuthn settings for passkeys; `None` when the public URL names an
     /// address, not a host (passkeys are then not offered).
     pub webauthn: Option<Arc<webauthn_rs::Webauthn>>,
+    /// Requests in progress on this node (bounded by `http_max_in_flight`).
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl AppState {
@@ -103,6 +105,7 @@ impl AppState {
             session_ended: Arc::new(tokio::sync::Notify::new()),
             background: tokio_util::task::TaskTracker::new(),
             webauthn,
+            in_flight: Arc::default(),
         })
     }
 }

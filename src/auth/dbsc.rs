@@ -263,6 +263,23 @@ pub async fn register(
     result
 }
 
+/// A registration proof as `/dbsc/register` reads it, before any session or
+/// challenge is looked at: the key from its own header, then the signature by that
+/// key. `Some(jti)` when it holds. For the fuzz targets (fuzz/), which feed it
+/// anything; it must never panic.
+pub fn self_signed_proof(proof: &str) -> Option<String> {
+    let header = jsonwebtoken::decode_header(proof).ok()?;
+    let jwk = header.jwk?;
+    verify(proof, &jwk).ok().map(|c| c.jti)
+}
+
+/// A refresh proof checked against a stored key (JSON), as `/dbsc/refresh` does.
+/// For the fuzz targets.
+pub fn proof_by_key(proof: &str, jwk_json: &str) -> Option<String> {
+    let jwk: Jwk = serde_json::from_str(jwk_json).ok()?;
+    verify(proof, &jwk).ok().map(|c| c.jti)
+}
+
 async fn register_inner(
     state: &AppState,
     token: &SessionToken,

@@ -7,7 +7,7 @@ use time::Duration;
 use crate::auth::events::event;
 use crate::auth::login::{self, PasswordCheck, hash_slot};
 use crate::auth::second_factor;
-use crate::auth::{RequestContext, after_answer};
+use crate::auth::{RequestContext, after_answer_retrying};
 use crate::clock::Clock;
 use crate::crypto;
 use crate::domain::{Email, OutboundMail, Password, PasswordError, UserId};
@@ -140,15 +140,23 @@ pub async fn resend_verification(
     let store = state.store.clone();
     let settings = state.settings.clone();
     let clock = state.clock.clone();
-    after_answer(state, "verification resend", async move {
-        if let Some(user) = store.user_by_email(&email).await?
-            && !user.verified
-            && !user.disabled
-        {
-            let (record, mail) = verification(&clock, &settings, user.id, &user.email);
-            store.issue_email_token(record, &[mail], None).await?;
+    after_answer_retrying(state, "verification resend", move || {
+        let (store, settings, clock, email) = (
+            store.clone(),
+            settings.clone(),
+            clock.clone(),
+            email.clone(),
+        );
+        async move {
+            if let Some(user) = store.user_by_email(&email).await?
+                && !user.verified
+                && !user.disabled
+            {
+                let (record, mail) = verification(&clock, &settings, user.id, &user.email);
+                store.issue_email_token(record, &[mail], None).await?;
+            }
+            Ok(())
         }
-        Ok(())
     });
     Ok(MailRequest::Accepted)
 }
@@ -167,15 +175,23 @@ pub async fn forgot_password(
     let store = state.store.clone();
     let settings = state.settings.clone();
     let clock = state.clock.clone();
-    after_answer(state, "password reset", async move {
-        if let Some(user) = store.user_by_email(&email).await?
-            && !user.disabled
-        {
-            let (token, record) = new_token(&clock, "reset", user.id, None, RESET_TTL);
-            let mail = messages::password_reset(&settings, &user.email, &token);
-            store.issue_email_token(record, &[mail], None).await?;
+    after_answer_retrying(state, "password reset", move || {
+        let (store, settings, clock, email) = (
+            store.clone(),
+            settings.clone(),
+            clock.clone(),
+            email.clone(),
+        );
+        async move {
+            if let Some(user) = store.user_by_email(&email).await?
+                && !user.disabled
+            {
+                let (token, record) = new_token(&clock, "reset", user.id, None, RESET_TTL);
+                let mail = messages::password_reset(&settings, &user.email, &token);
+                store.issue_email_token(record, &[mail], None).await?;
+            }
+            Ok(())
         }
-        Ok(())
     });
     Ok(MailRequest::Accepted)
 }

@@ -41,6 +41,33 @@ pub fn after_answer(
     });
 }
 
+/// Like `after_answer`, for work that may simply be done again: while the database
+/// cannot be reached it is retried (after 0.5 s, 1 s, 2 s … 8 s, for up to a minute),
+/// so a request answered just before or during a short outage still gets its mail.
+pub fn after_answer_retrying<F, Fut>(state: &AppState, what: &'static str, work: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), StoreError>> + Send + 'static,
+{
+    state.background.spawn(async move {
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut wait = std::time::Duration::from_millis(500);
+        loop {
+            match work().await {
+                Ok(()) => return,
+                Err(StoreError::Unavailable(_)) if std::time::Instant::now() + wait < give_up => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(8));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, what, "work after the answer failed"); // log-ok: no secret
+                    return;
+                }
+            }
+        }
+    });
+}
+
 /// Where a request came from, as far as the rules care.
 #[derive(Clone, Debug)]
 pub struct RequestContext {

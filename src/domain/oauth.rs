@@ -116,6 +116,14 @@ pub fn check_redirect_uri(uri: &str) -> Result<(), String> {
     }
 }
 
+/// Whether a redirect URI a request names may be used: only one of the client's
+/// registered URIs, compared byte for byte, with no normalisation of any kind
+/// (checklist O1; authentik CVE-2024-52289). The same rule serves the post-logout
+/// redirect.
+pub fn redirect_registered(registered: &[String], requested: &str) -> bool {
+    registered.iter().any(|r| r == requested)
+}
+
 /// RFC 7636 §4.1: 43–128 characters of `[A-Z] / [a-z] / [0-9] / "-" / "." / "_" / "~"`.
 fn is_pkce_text(s: &str) -> bool {
     (43..=128).contains(&s.len())
@@ -490,5 +498,97 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    mod properties {
+        use super::super::{check_redirect_uri, redirect_registered};
+        use proptest::prelude::*;
+
+        fn uri() -> impl Strategy<Value = String> {
+            let scheme = prop_oneof![
+                Just("https://"),
+                Just("http://"),
+                Just("HTTPS://"),
+                Just("javascript:"),
+                Just("com.example.app:/"),
+                Just("data:"),
+                Just("//"),
+                Just(""),
+            ];
+            let host = prop_oneof![
+                Just("rp.test"),
+                Just("127.0.0.1"),
+                Just("localhost"),
+                Just("[::1]"),
+                Just("evil.test"),
+                Just("rp.test.evil.test"),
+                Just("rp.test@evil.test"),
+                Just("user:pw@rp.test"),
+                Just("rp.test:443"),
+                Just("RP.test"),
+            ];
+            let path = prop_oneof![
+                Just("/cb"),
+                Just("/cb/"),
+                Just("/cb?x=1"),
+                Just("/cb#frag"),
+                Just("/CB"),
+                Just("/cb%2f..%2f"),
+                Just("/./cb"),
+                Just(""),
+                Just("/cb\\evil"),
+            ];
+            (scheme, host, path).prop_map(|(s, h, p)| format!("{s}{h}{p}"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+
+            /// O1: a requested redirect is used only if it is, byte for byte, one the
+            /// client registered: so never an off-site target it did not register.
+            #[test]
+            fn only_a_registered_redirect_is_used(requested in uri()) {
+                // A client that registered only https://rp.test/cb is sent nowhere
+                // else: not another host, scheme, port, path, case, user info or
+                // encoding of it.
+                let registered = vec!["https://rp.test/cb".to_string()];
+                if redirect_registered(&registered, &requested) {
+                    let target = url::Url::parse(&requested).unwrap();
+                    prop_assert_eq!(target.scheme(), "https");
+                    prop_assert_eq!(target.host_str(), Some("rp.test"));
+                    prop_assert_eq!(target.port(), None);
+                    prop_assert_eq!(target.path(), "/cb");
+                    prop_assert!(target.username().is_empty() && target.password().is_none());
+                    prop_assert!(target.query().is_none() && target.fragment().is_none());
+                }
+                prop_assert!(!redirect_registered(&[], &requested));
+            }
+
+            /// What may be registered: https, http on loopback only, or a private-use
+            /// scheme; never a fragment, user information or a non-normal form.
+            #[test]
+            fn registration_takes_only_safe_redirects(candidate in prop_oneof![uri(), any::<String>()]) {
+                if check_redirect_uri(&candidate).is_ok() {
+                    let parsed = url::Url::parse(&candidate).unwrap();
+                    prop_assert_eq!(parsed.as_str(), candidate.as_str());
+                    prop_assert!(parsed.fragment().is_none());
+                    prop_assert!(parsed.username().is_empty() && parsed.password().is_none());
+                    let loopback = matches!(
+                        parsed.host(),
+                        Some(url::Host::Domain("localhost"))
+                    ) || parsed.host().is_some_and(|h| match h {
+                        url::Host::Ipv4(ip) => ip.is_loopback(),
+                        url::Host::Ipv6(ip) => ip.is_loopback(),
+                        url::Host::Domain(_) => false,
+                    });
+                    prop_assert!(
+                        parsed.scheme() == "https"
+                            || (parsed.scheme() == "http" && loopback)
+                            || parsed.scheme().contains('.'),
+                        "{candidate:?}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -179,7 +179,7 @@ pub async fn authorize(
         .await?
         .ok_or_else(|| page("The application that sent you here is not registered."))?;
     // Exact string match, no normalisation (checklist O1; authentik CVE-2024-52289).
-    if !client.redirect_uris.contains(&redirect_uri) {
+    if !crate::domain::oauth::redirect_registered(&client.redirect_uris, &redirect_uri) {
         return Err(page(
             "The application asked to return to an address it has not registered.",
         ));

@@ -75,7 +75,7 @@ pub async fn check(
                     "The application that sent you here is not registered.",
                 ));
             };
-            if !client.post_logout_redirect_uris.iter().any(|u| u == uri) {
+            if !crate::domain::oauth::redirect_registered(&client.post_logout_redirect_uris, uri) {
                 return Err(page(
                     "The application asked to return to an address it has not registered.",
                 ));

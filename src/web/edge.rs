@@ -14,11 +14,12 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use askama::Template;
 
 use crate::crypto;
-use crate::error::ErrorPage;
+use crate::error::{AppError, ErrorPage};
 use crate::metrics::method_label;
 use crate::state::AppState;
 use crate::web::forms::{check_urlencoded, decode_strict};
 use crate::web::pages::ErrorTemplate;
+use actix_web::ResponseError;
 
 /// Cookie headers above this are refused with 431 (DESIGN.md "Limits").
 pub const COOKIE_HEADER_LIMIT: usize = 8 * 1024;
@@ -69,6 +70,33 @@ fn early_rejection(req: &ServiceRequest) -> Option<StatusCode> {
     None
 }
 
+/// Answered however busy the node is: health checks and metrics must see it.
+const OPERATIONAL: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
+/// A request in progress, counted against `GATEHOUSE_HTTP_MAX_IN_FLIGHT` until it is
+/// dropped (answered, failed or cancelled alike).
+struct InFlight(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    /// A place, or `None` when the node is at its bound.
+    fn enter(state: &AppState) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        let max = usize::try_from(state.settings.http_max_in_flight).unwrap_or(usize::MAX);
+        let counter = state.in_flight.clone();
+        if counter.fetch_add(1, Ordering::AcqRel) >= max {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(counter))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 pub async fn edge(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -79,13 +107,20 @@ pub async fn edge(
     let method = req.method().to_string();
     let label = method_label(&method);
 
-    let response = match early_rejection(&req) {
-        Some(status) => {
+    // Beyond the bound of requests in progress the answer is 503 at once, never a
+    // queue of seconds; the operational endpoints are always answered.
+    let slot = state
+        .as_ref()
+        .filter(|_| !OPERATIONAL.contains(&req.path()))
+        .map(|s| InFlight::enter(s));
+    let response = match (early_rejection(&req), slot) {
+        (_, Some(None)) => req.into_response(AppError::Busy.error_response()),
+        (Some(status), _) => {
             let mut res = HttpResponse::new(status);
             res.extensions_mut().insert(ErrorPage::for_status(status));
             req.into_response(res)
         }
-        None => {
+        (None, _slot) => {
             req.extensions_mut().insert(nonce.clone());
             next.call(req).await?.map_into_boxed_body()
         }
@@ -93,6 +128,12 @@ pub async fn edge(
     let Some(state) = state else {
         return Ok(response);
     };
+    // Why an error answered, as a code (never its message: it may quote the input).
+    let reason = response
+        .response()
+        .extensions()
+        .get::<ErrorPage>()
+        .map(|p| p.reason);
     let mut response = render_error_page(response, &state, &nonce);
     apply_queued_cookies(&mut response);
     set_security_headers(&mut response, &state, &nonce);
@@ -118,6 +159,7 @@ pub async fn edge(
         method = label,
         route = %route,
         status = status.as_u16(),
+        reason,
         ms = elapsed.as_secs_f64() * 1000.0,
         "request"
     );

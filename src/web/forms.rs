@@ -69,8 +69,23 @@ pub fn check_urlencoded(bytes: &[u8]) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Reads a body up to `BODY_LIMIT`, counted as it arrives (chunked bodies too).
+/// A body must have arrived this long after its head: a trickled body (slowloris)
+/// would otherwise hold a place among the requests in progress for as long as it
+/// likes.
+pub const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads a body up to `BODY_LIMIT`, counted as it arrives (chunked bodies too), within
+/// `BODY_DEADLINE` (else 408).
 pub async fn read_capped<S, E>(payload: &mut S) -> Result<web::BytesMut, AppError>
+where
+    S: futures_util::Stream<Item = Result<web::Bytes, E>> + Unpin,
+{
+    tokio::time::timeout(BODY_DEADLINE, read_all(payload))
+        .await
+        .map_err(|_| AppError::RequestTimeout)?
+}
+
+async fn read_all<S, E>(payload: &mut S) -> Result<web::BytesMut, AppError>
 where
     S: futures_util::Stream<Item = Result<web::Bytes, E>> + Unpin,
 {

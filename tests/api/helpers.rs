@@ -407,7 +407,13 @@ impl Browser {
             .join("; ")
     }
 
-    pub async fn send(&self, mut rb: reqwest::RequestBuilder) -> Resp {
+    pub async fn send(&self, rb: reqwest::RequestBuilder) -> Resp {
+        self.try_send(rb).await.expect("request reaches the server")
+    }
+
+    /// Like `send`, but `None` when the server cannot be reached (a node that was
+    /// killed, say).
+    pub async fn try_send(&self, mut rb: reqwest::RequestBuilder) -> Option<Resp> {
         let cookies = self.cookie_header();
         if !cookies.is_empty() {
             rb = rb.header("cookie", cookies);
@@ -415,7 +421,7 @@ impl Browser {
         for (k, v) in &self.extra_headers {
             rb = rb.header(k.as_str(), v.as_str());
         }
-        let res = rb.send().await.expect("request reaches the server");
+        let res = rb.send().await.ok()?;
         let status = res.status().as_u16();
         let headers = res.headers().clone();
         let body = res.text().await.unwrap_or_default();
@@ -433,7 +439,7 @@ impl Browser {
                 jar.insert(c.name().to_string(), c.value().to_string());
             }
         }
-        resp
+        Some(resp)
     }
 
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {

@@ -219,3 +219,142 @@ async fn unknown_routes_and_methods_get_generic_pages_and_the_server_lives_on() 
     }
     assert_eq!(b.get("/healthz").await.status, 200);
 }
+
+#[tokio::test]
+async fn beyond_the_in_flight_bound_the_answer_is_503_with_retry_after_at_once() {
+    // Overload: requests beyond GATEHOUSE_HTTP_MAX_IN_FLIGHT are not queued; health
+    // checks are still answered.
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        extra: vec![("GATEHOUSE_HTTP_MAX_IN_FLIGHT", "2".into())],
+        argon2: gatehouse::settings::Argon2Cost {
+            memory_kib: 32 * 1024,
+            iterations: 3,
+            parallelism: 1,
+        },
+        argon2_threads: 1,
+        ..Default::default()
+    })
+    .await;
+    app.user("load@example.com").await;
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let b = app.browser();
+        tasks.push(tokio::spawn(async move {
+            let csrf = loop {
+                let page = b.get("/login").await;
+                if page.status == 200 {
+                    break page.csrf();
+                }
+            };
+            b.post_form(
+                "/login",
+                &[
+                    ("csrf_token", &csrf),
+                    ("email", "load@example.com"),
+                    ("password", PASSWORD),
+                ],
+            )
+            .await
+        }));
+    }
+    // While the burst is in progress, health checks are still answered.
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let health = app.browser().get("/healthz").await;
+    assert_eq!(health.status, 200, "health is answered however busy");
+    let mut refused = 0;
+    let mut signed_in = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            303 => signed_in += 1,
+            503 => {
+                refused += 1;
+                assert_eq!(r.header("retry-after").as_deref(), Some("1"), "{}", r.body);
+                assert!(r.body.contains("very busy"), "{}", r.body);
+            }
+            other => panic!("unexpected {other}: {}", r.body),
+        }
+    }
+    assert!(refused >= 1, "nothing was refused ({signed_in} signed in)");
+    assert!(signed_in >= 1, "nothing got through");
+    // The bound frees up: once the burst is over, sign-in works.
+    let r = app
+        .login(&app.browser(), "load@example.com", PASSWORD)
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_trickled_request_head_is_cut_off() {
+    // Slowloris: the head must arrive within GATEHOUSE_HTTP_REQUEST_TIMEOUT.
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        extra: vec![("GATEHOUSE_HTTP_REQUEST_TIMEOUT", "1s".into())],
+        ..Default::default()
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /login HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut cut = false;
+    for i in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        if s.write_all(format!("X-Slow-{i}: y\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            cut = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(std::time::Duration::from_millis(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                cut = true;
+                break;
+            }
+            Ok(Ok(n)) => {
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+                cut = true;
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(cut, "ten seconds of trickled headers were still being read");
+}
+
+#[tokio::test]
+async fn a_trickled_body_is_cut_off_with_408() {
+    // Slowloris on the body: it must have arrived 10 s after its head, or the request
+    // would hold a place among those in progress for as long as it liked.
+    let app = spawn_app().await;
+    let b = app.browser();
+    let page = b.get("/login").await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /login HTTP/1.1\r\nHost: x\r\nCookie: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n",
+        b.cookie_header()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let _ = page;
+    let mut answer = String::new();
+    for _ in 0..60 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if s.write_all(b"x").await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 512];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(std::time::Duration::from_millis(10), s.read(&mut buf)).await
+        {
+            answer = String::from_utf8_lossy(&buf[..n]).to_string();
+            break;
+        }
+    }
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+}

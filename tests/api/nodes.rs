@@ -24,6 +24,11 @@ impl Drop for Node {
 }
 
 pub async fn second_node(app: &TestApp) -> Node {
+    start_node(app, Stdio::null(), &[]).await
+}
+
+/// A node of `app`'s database whose JSON log goes to `log` (with `env` on top).
+pub async fn start_node(app: &TestApp, log: Stdio, env: &[(&str, &str)]) -> Node {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -53,8 +58,9 @@ pub async fn second_node(app: &TestApp) -> Node {
             app.settings.require_verified_email.to_string(),
         )
         .env("GATEHOUSE_LOG_FORMAT", "json")
+        .envs(env.iter().copied())
         .args(["serve", "--no-migrate"])
-        .stdout(Stdio::null())
+        .stdout(log)
         .stderr(Stdio::null())
         .spawn()
         .expect("the gatehouse binary starts");
