@@ -26,6 +26,9 @@ fuzz_target!(|raw: &str| {
     // The query of an authorization request.
     if let Ok((_, _, redirect)) = client_and_redirect(raw) {
         let registered = vec!["https://rp.test/cb".to_string()];
-        assert_eq!(redirect_registered(&registered, &redirect), redirect == "https://rp.test/cb");
+        assert_eq!(
+            redirect_registered(&registered, &redirect),
+            redirect == "https://rp.test/cb"
+        );
     }
 });

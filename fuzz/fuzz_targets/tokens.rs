@@ -14,6 +14,9 @@ fuzz_target!(|raw: &str| {
     let _ = DeviceToken::parse(raw);
     // No keys loaded: whatever the input, it cannot verify.
     let keys = SigningKeys::default();
-    assert!(keys.verify::<serde_json::Value>(raw, Some("at+jwt")).is_err());
+    assert!(
+        keys.verify::<serde_json::Value>(raw, Some("at+jwt"))
+            .is_err()
+    );
     assert!(keys.verify::<serde_json::Value>(raw, None).is_err());
 });
