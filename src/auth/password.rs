@@ -85,6 +85,6 @@ pub async fn change(
     {
         return Ok(ChangeOutcome::Stale);
     }
-    tracing::info!(user_id = %session.user_id, "password changed");
+    tracing::info!(user_id = %session.user_id, "password changed"); // log-ok: no secret
     Ok(ChangeOutcome::Changed(token))
 }

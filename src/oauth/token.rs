@@ -232,7 +232,7 @@ async fn refresh(
             );
         }
         Rotation::Reused => {
-            tracing::warn!(client_id = %client.id, "refresh token reused; its family and session are revoked");
+            tracing::warn!(client_id = %client.id, "refresh token reused; its family and session are revoked"); // log-ok: no secret
             return Err(Refusal {
                 error: invalid_grant("the refresh token has already been used"),
                 outcome: "reused",
