@@ -449,26 +449,48 @@ pub async fn register(
         let store = state.store.clone();
         let settings = state.settings.clone();
         let clock = state.clock.clone();
-        after_answer(state, "registration", async move {
-            let mails = [mail];
-            let account = NewAccount {
-                user,
-                session: None,
-                token: Some(token),
-                mails: &mails,
-                event: registered,
-            };
-            match store.create_user(account).await {
-                Ok(()) => {
-                    tracing::info!(user_id = %user_id, "account registered, awaiting confirmation");
-                    Ok(())
+        // Retried while the database is unreachable (the person was already told to
+        // check their inbox).
+        after_answer(state, "registration", move || {
+            let (store, settings, clock) = (store.clone(), settings.clone(), clock.clone());
+            let (user, token, mail, registered, email) = (
+                user.clone(),
+                token.clone(),
+                mail.clone(),
+                registered.clone(),
+                email.clone(),
+            );
+            async move {
+                let mails = [mail];
+                let account = NewAccount {
+                    user,
+                    session: None,
+                    token: Some(token),
+                    mails: &mails,
+                    event: registered,
+                };
+                match store.create_user(account).await {
+                    Ok(()) => {
+                        tracing::info!(user_id = %user_id, "account registered, awaiting confirmation");
+                        Ok(())
+                    }
+                    Err(StoreError::Conflict) => {
+                        // A retry whose first try did commit finds its own account.
+                        if store
+                            .user_by_email(&email)
+                            .await?
+                            .is_some_and(|u| u.id == user_id)
+                        {
+                            return Ok(());
+                        }
+                        if !notice_allowed {
+                            return Ok(());
+                        }
+                        let notice = messages::account_exists(&settings, email.as_str());
+                        store.enqueue_mail(&notice, clock.now()).await
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(StoreError::Conflict) if notice_allowed => {
-                    let notice = messages::account_exists(&settings, email.as_str());
-                    store.enqueue_mail(&notice, clock.now()).await
-                }
-                Err(StoreError::Conflict) => Ok(()),
-                Err(e) => Err(e),
             }
         });
         // One metric label for both outcomes: public metrics must not tell which

@@ -7,7 +7,7 @@ use time::Duration;
 use crate::auth::events::event;
 use crate::auth::login::{self, PasswordCheck, hash_slot};
 use crate::auth::second_factor;
-use crate::auth::{RequestContext, after_answer_retrying};
+use crate::auth::{RequestContext, after_answer};
 use crate::clock::Clock;
 use crate::crypto;
 use crate::domain::{Email, OutboundMail, Password, PasswordError, UserId};
@@ -140,7 +140,7 @@ pub async fn resend_verification(
     let store = state.store.clone();
     let settings = state.settings.clone();
     let clock = state.clock.clone();
-    after_answer_retrying(state, "verification resend", move || {
+    after_answer(state, "verification resend", move || {
         let (store, settings, clock, email) = (
             store.clone(),
             settings.clone(),
@@ -175,7 +175,7 @@ pub async fn forgot_password(
     let store = state.store.clone();
     let settings = state.settings.clone();
     let clock = state.clock.clone();
-    after_answer_retrying(state, "password reset", move || {
+    after_answer(state, "password reset", move || {
         let (store, settings, clock, email) = (
             store.clone(),
             settings.clone(),

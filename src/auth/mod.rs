@@ -26,25 +26,13 @@ use crate::state::AppState;
 use crate::store::StoreError;
 
 /// Runs work whose cost depends on whether an address has an account *after* the
-/// answer has gone, so the answer's timing cannot tell (checklist L2). Failures are
-/// logged; the person has already been told to check their inbox either way. The
-/// server waits for such work before it exits.
-pub fn after_answer(
-    state: &AppState,
-    what: &'static str,
-    work: impl Future<Output = Result<(), StoreError>> + Send + 'static,
-) {
-    state.background.spawn(async move {
-        if let Err(e) = work.await {
-            tracing::warn!(error = %e, what, "work after the answer failed"); // log-ok: no secret
-        }
-    });
-}
-
-/// Like `after_answer`, for work that may simply be done again: while the database
-/// cannot be reached it is retried (after 0.5 s, 1 s, 2 s … 8 s, for up to a minute),
-/// so a request answered just before or during a short outage still gets its mail.
-pub fn after_answer_retrying<F, Fut>(state: &AppState, what: &'static str, work: F)
+/// answer has gone, so the answer's timing cannot tell (checklist L2). `work` makes
+/// the work afresh each time: while the database cannot be reached it is done again
+/// (after 0.5 s, 1 s, 2 s … 8 s, for up to a minute), so a request answered just before
+/// or during a short outage still gets its mail. Other failures are logged; the person
+/// has already been told to check their inbox either way. The server waits for such
+/// work (10 s at most) before it exits.
+pub fn after_answer<F, Fut>(state: &AppState, what: &'static str, work: F)
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), StoreError>> + Send + 'static,

@@ -15,6 +15,7 @@ use super::{PgStore, StoreError};
 use crate::domain::{Email, OutboundMail, UserId};
 
 /// An account to create.
+#[derive(Clone)]
 pub struct NewUser {
     pub id: UserId,
     pub email: Email,

@@ -13,6 +13,7 @@ use super::{PgStore, StoreError};
 use crate::domain::{OutboundMail, UserId};
 
 /// A single-use mailed link to store (its token only as a hash).
+#[derive(Clone)]
 pub struct NewEmailToken {
     pub token_hash: Vec<u8>,
     /// `verify`, `reset` or `change`.
