@@ -266,6 +266,18 @@ pub async fn sign_in(
 const EXPIRED_SIGN_IN: &str =
     "This sign-in was not finished in time, or was cancelled. Start again with your password.";
 
+/// The half-finished sign-in this browser's pending cookie names.
+async fn waiting_sign_in(
+    state: &AppState,
+    pending: Option<&crate::domain::PendingToken>,
+) -> Result<crate::store::ChallengeRecord, AppError> {
+    let found = match pending {
+        Some(token) => second_factor::pending(state, token).await?,
+        None => None,
+    };
+    found.ok_or_else(|| AppError::Validation(EXPIRED_SIGN_IN.into()))
+}
+
 /// `POST /webauthn/verify/options`: for the sign-in waiting at `/login/verify`.
 pub async fn verify_options(
     state: web::Data<AppState>,
@@ -275,11 +287,7 @@ pub async fn verify_options(
     StrictJson(body): StrictJson<OptionsBody>,
 ) -> Result<HttpResponse, AppError> {
     csrf.verify(&body.csrf_token)?;
-    let found = match &pending {
-        Some(token) => second_factor::pending(&state, token).await?,
-        None => None,
-    };
-    let ch = found.ok_or_else(|| AppError::Validation(EXPIRED_SIGN_IN.into()))?;
+    let ch = waiting_sign_in(&state, pending.as_ref()).await?;
     Ok(json(
         &passkeys::second_factor_options(&state, &ch, &ctx).await?,
     ))
@@ -295,11 +303,7 @@ pub async fn verify(
     StrictJson(body): StrictJson<AssertionBody>,
 ) -> Result<HttpResponse, AppError> {
     csrf.verify(&body.csrf_token)?;
-    let found = match &pending {
-        Some(token) => second_factor::pending(&state, token).await?,
-        None => None,
-    };
-    let ch = found.ok_or_else(|| AppError::Validation(EXPIRED_SIGN_IN.into()))?;
+    let ch = waiting_sign_in(&state, pending.as_ref()).await?;
     let done = passkeys::finish_second_factor(
         &state,
         &ch,

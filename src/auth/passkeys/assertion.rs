@@ -141,9 +141,22 @@ pub async fn second_factor_options(
     ch: &ChallengeRecord,
     ctx: &RequestContext,
 ) -> Result<serde_json::Value, AppError> {
+    own_passkey_options(state, ctx, "second_factor", ch.user_id, None, Some(ch.id)).await
+}
+
+/// Options for a ceremony that names its account (second factor, step-up): only the
+/// user's own passkeys that may still be used are allowed.
+async fn own_passkey_options(
+    state: &AppState,
+    ctx: &RequestContext,
+    purpose: &'static str,
+    user_id: UserId,
+    session_id: Option<SessionId>,
+    challenge_id: Option<uuid::Uuid>,
+) -> Result<serde_json::Value, AppError> {
     let wa = webauthn(state)?;
     allowance(state, ctx).await?;
-    let keys: Vec<Passkey> = usable(state, ch.user_id)
+    let keys: Vec<Passkey> = usable(state, user_id)
         .await?
         .iter()
         .map(stored_passkey)
@@ -156,10 +169,10 @@ pub async fn second_factor_options(
     let (options, ceremony) = wa.start_passkey_authentication(&keys).map_err(unexpected)?;
     begin(
         state,
-        "second_factor",
-        Some(ch.user_id),
-        None,
-        Some(ch.id),
+        purpose,
+        Some(user_id),
+        session_id,
+        challenge_id,
         &ceremony,
         &options,
     )
@@ -208,27 +221,13 @@ pub async fn step_up_options(
     session: &SessionRecord,
     ctx: &RequestContext,
 ) -> Result<serde_json::Value, AppError> {
-    let wa = webauthn(state)?;
-    allowance(state, ctx).await?;
-    let keys: Vec<Passkey> = usable(state, session.user_id)
-        .await?
-        .iter()
-        .map(stored_passkey)
-        .collect::<Result<_, _>>()?;
-    if keys.is_empty() {
-        return Err(AppError::Validation(
-            "This account has no passkey to use. Enter a code instead.".into(),
-        ));
-    }
-    let (options, ceremony) = wa.start_passkey_authentication(&keys).map_err(unexpected)?;
-    begin(
+    own_passkey_options(
         state,
+        ctx,
         "step_up",
-        Some(session.user_id),
+        session.user_id,
         Some(session.id),
         None,
-        &ceremony,
-        &options,
     )
     .await
 }
