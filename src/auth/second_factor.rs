@@ -84,15 +84,8 @@ pub async fn is_fresh(state: &AppState, session: &SessionRecord) -> Result<bool,
 /// or a passkey that may be used. Then a step-up proves that factor, never an
 /// e-mailed code (whoever holds only the mailbox must not change the account).
 pub async fn has_strong_factor(state: &AppState, user_id: UserId) -> Result<bool, AppError> {
-    if always_required(state, user_id).await? {
-        return Ok(true);
-    }
-    Ok(state
-        .store
-        .passkeys(user_id)
-        .await?
-        .iter()
-        .any(|p| p.clone_suspected_at.is_none()))
+    let f = state.store.factors(user_id).await?;
+    Ok(f.totp_confirmed_at.is_some() || f.usable_passkeys > 0)
 }
 
 /// The rule every sensitive action starts with: a second factor proven in the last

@@ -24,6 +24,10 @@ pub struct Factors {
     /// When an enrolment that is not confirmed yet was started.
     pub totp_pending_since: Option<OffsetDateTime>,
     pub recovery_codes_left: i64,
+    /// Passkeys registered, and of them those that may still be used (not
+    /// suspected of being copied).
+    pub passkeys: i64,
+    pub usable_passkeys: i64,
 }
 
 /// The current session of the person making a factor change: it stays, under a
@@ -162,11 +166,20 @@ async fn insert_recovery_codes(
 #[async_trait]
 impl MfaStore for PgStore {
     async fn factors(&self, user_id: UserId) -> Result<Factors, StoreError> {
-        let row: (Option<OffsetDateTime>, Option<OffsetDateTime>, i64) = sqlx::query_as(
+        let row: (
+            Option<OffsetDateTime>,
+            Option<OffsetDateTime>,
+            i64,
+            i64,
+            i64,
+        ) = sqlx::query_as(
             "SELECT (SELECT confirmed_at FROM totp_credentials WHERE user_id = $1),
                     (SELECT created_at FROM totp_credentials
                       WHERE user_id = $1 AND confirmed_at IS NULL),
-                    (SELECT count(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL)",
+                    (SELECT count(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL),
+                    (SELECT count(*) FROM passkeys WHERE user_id = $1),
+                    (SELECT count(*) FROM passkeys
+                      WHERE user_id = $1 AND clone_suspected_at IS NULL)",
         )
         .bind(user_id.0)
         .fetch_one(&self.pool)
@@ -175,6 +188,8 @@ impl MfaStore for PgStore {
             totp_confirmed_at: row.0,
             totp_pending_since: row.1,
             recovery_codes_left: row.2,
+            passkeys: row.3,
+            usable_passkeys: row.4,
         })
     }
 

@@ -47,7 +47,7 @@ struct AccountTemplate {
     methods: String,
     totp_on: bool,
     recovery_left: i64,
-    passkeys: usize,
+    passkeys: i64,
     apps: Vec<crate::oauth::consents::AllowedApp>,
 }
 
@@ -60,9 +60,6 @@ pub async fn account(
     let factors = mfa::factors(&state, &session).await?;
     let methods = describe::methods(&session.amr).to_lowercase();
     let apps = crate::oauth::consents::allowed_apps(&state, session.user_id).await?;
-    let passkeys = crate::auth::passkeys::list(&state, session.user_id)
-        .await?
-        .len();
     let page = AccountTemplate {
         ctx: PageCtx::new(&state, &nonce, &csrf, Some(session.email.clone())),
         email: session.email,
@@ -72,7 +69,7 @@ pub async fn account(
         methods,
         totp_on: factors.totp_confirmed_at.is_some(),
         recovery_left: factors.recovery_codes_left,
-        passkeys,
+        passkeys: factors.passkeys,
         apps,
     };
     html(StatusCode::OK, &page)
