@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { after, before, test } from 'node:test';
-import { Journey, launchBrowser } from './lib/browser.mjs';
+import { Journey, launchBrowser, checkVisitedPages } from './lib/browser.mjs';
 import { startRelyingParty } from './lib/relying-party.mjs';
 import { startServer } from './lib/server.mjs';
 import { answerSecondFactor, createVerifiedUser, heading, leadsToPage, path, signIn } from './lib/steps.mjs';
@@ -232,17 +232,4 @@ test('the example app signs in through Gatehouse (password, authenticator, conse
   });
 });
 
-test('no failed /favicon.ico request on any visited Gatehouse page', () => {
-  assert.ok(journeys.length > 0, 'the journeys ran');
-  const problems = [...new Set(journeys.flatMap((j) => [...j.iconProblems]))];
-  assert.deepEqual(problems, []);
-});
-
-test('accessibility: no serious or critical axe-core violation on any visited Gatehouse page', () => {
-  assert.ok(journeys.length > 0, 'the journeys ran');
-  const report = journeys
-    .filter((j) => j.a11y.length)
-    .map((j) => `${j.name}:\n${j.a11yReport()}`)
-    .join('\n');
-  assert.equal(report, '', `axe-core violations (serious/critical):\n${report}`);
-});
+checkVisitedPages(journeys, 'Gatehouse page');

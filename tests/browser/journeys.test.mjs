@@ -4,7 +4,7 @@
 // into target/screenshots/<journey>/ and scanned with axe-core.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { Journey, launchBrowser } from './lib/browser.mjs';
+import { Journey, launchBrowser, checkVisitedPages } from './lib/browser.mjs';
 import { startServer } from './lib/server.mjs';
 import {
   answerSecondFactor,
@@ -210,23 +210,4 @@ test('register and sign in with the keyboard alone', async () => {
   });
 });
 
-// FAVICON ASSERTION: Chromium requests /favicon.ico from every site whose pages name
-// no icon, and a 404 there is a failed request and a console error on every visit.
-test('no failed /favicon.ico request on any visited page', () => {
-  assert.ok(journeys.length > 0, 'the journeys ran');
-  const problems = [...new Set(journeys.flatMap((j) => [...j.iconProblems]))];
-  assert.deepEqual(problems, [], 'pages need an icon: give base.html a <link rel="icon"> (data: URLs are allowed by img-src) or serve /favicon.ico');
-});
-
-// ACCESSIBILITY ASSERTION: axe-core found no violation of impact "serious"
-// or "critical" on any page the journeys above visited, in light or dark. Kept as a
-// test of its own so a finding names its rule and page without hiding the journeys'
-// own results.
-test('accessibility: no serious or critical axe-core violation on any visited page', () => {
-  assert.ok(journeys.length > 0, 'the journeys ran');
-  const report = journeys
-    .filter((j) => j.a11y.length)
-    .map((j) => `${j.name}:\n${j.a11yReport()}`)
-    .join('\n');
-  assert.equal(report, '', `axe-core violations (serious/critical):\n${report}`);
-});
+checkVisitedPages(journeys);

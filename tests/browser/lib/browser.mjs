@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
+import { test } from 'node:test';
 import { chromium } from 'playwright-core';
 import { REPO } from './server.mjs';
 
@@ -222,4 +223,29 @@ export class Journey {
     }
     return lines.join('\n');
   }
+}
+
+/**
+ * The suite-wide checks over every page the `journeys` of a test file visited: no
+ * failed /favicon.ico request (Chromium asks every site whose pages name no icon, and
+ * a 404 there is a failed request and a console error on every visit) and no axe-core
+ * violation of impact "serious" or "critical", in light or dark. Registered as tests of
+ * their own, after the journeys, so a finding names its rule and page without hiding
+ * the journeys' own results. `pages` names what was visited ("page", "Gatehouse page").
+ */
+export function checkVisitedPages(journeys, pages = 'page') {
+  test(`no failed /favicon.ico request on any visited ${pages}`, () => {
+    assert.ok(journeys.length > 0, 'the journeys ran');
+    const problems = [...new Set(journeys.flatMap((j) => [...j.iconProblems]))];
+    assert.deepEqual(problems, [], 'pages need an icon: give base.html a <link rel="icon"> (data: URLs are allowed by img-src) or serve /favicon.ico');
+  });
+
+  test(`accessibility: no serious or critical axe-core violation on any visited ${pages}`, () => {
+    assert.ok(journeys.length > 0, 'the journeys ran');
+    const report = journeys
+      .filter((j) => j.a11y.length)
+      .map((j) => `${j.name}:\n${j.a11yReport()}`)
+      .join('\n');
+    assert.equal(report, '', `axe-core violations (serious/critical):\n${report}`);
+  });
 }
