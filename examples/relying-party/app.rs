@@ -2,6 +2,7 @@
 //! access token, and ends its own session when Gatehouse says theirs ended.
 //!
 //! - `/login` → Gatehouse's `/oauth2/authorize` (code + PKCE S256, `state`, `nonce`);
+//!   `/login?assurance=aal2` asks for a second factor (`acr_values`);
 //! - `/callback` checks `state` and `iss`, exchanges the code (confidential client,
 //!   HTTP Basic), validates the ID token against the JWKS, starts an app session;
 //! - `/` shows who is signed in; `/call` calls `/api/me` with the access token;
@@ -47,6 +48,8 @@ struct Session {
     sub: String,
     email: Option<String>,
     sid: String,
+    /// The assurance Gatehouse vouched for (`acr` in the ID token).
+    acr: String,
     access_token: String,
 }
 
@@ -183,18 +186,27 @@ async fn home(rp: web::Data<Rp>, req: HttpRequest) -> HttpResponse {
     match rp.session(&req) {
         Some(s) => page(&format!(
             "<h1>Example app</h1><p>Signed in as <strong>{}</strong> (subject {}).</p>\
+             <p>Assurance: <code>{}</code></p>\
              <p><a href=\"/call\">Call the API</a></p>\
              <form method=\"post\" action=\"/logout\"><button>Sign out of this app</button></form>",
             escape(s.email.as_deref().unwrap_or("(no e-mail)")),
-            escape(&s.sub)
+            escape(&s.sub),
+            escape(&s.acr)
         )),
         None => page(
-            "<h1>Example app</h1><p>Not signed in.</p><p><a href=\"/login\">Sign in with Gatehouse</a></p>",
+            "<h1>Example app</h1><p>Not signed in.</p><p><a href=\"/login\">Sign in with Gatehouse</a></p>\
+             <p><a href=\"/login?assurance=aal2\">Sign in with a second factor</a></p>",
         ),
     }
 }
 
-async fn login(rp: web::Data<Rp>) -> HttpResponse {
+#[derive(Deserialize)]
+struct LoginQuery {
+    /// `aal2`: the app wants a second factor proven (`acr_values`).
+    assurance: Option<String>,
+}
+
+async fn login(rp: web::Data<Rp>, q: web::Query<LoginQuery>) -> HttpResponse {
     let (state, nonce, verifier) = (random(), random(), random());
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
     let mut url = match url::Url::parse(&rp.endpoint("authorization_endpoint")) {
@@ -213,6 +225,10 @@ async fn login(rp: web::Data<Rp>) -> HttpResponse {
         .append_pair("nonce", &nonce)
         .append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256");
+    if q.assurance.as_deref() == Some("aal2") {
+        url.query_pairs_mut()
+            .append_pair("acr_values", "urn:gatehouse:aal2");
+    }
     if let Ok(mut p) = rp.pending.lock() {
         // Logins not finished in 10 minutes are abandoned; a flood drops the oldest.
         p.retain(|_, v| v.started.elapsed() < std::time::Duration::from_secs(600));
@@ -301,6 +317,7 @@ async fn callback(rp: web::Data<Rp>, req: HttpRequest, q: web::Query<Callback>) 
         sub: claims["sub"].as_str().unwrap_or_default().to_string(),
         email: claims["email"].as_str().map(str::to_string),
         sid: claims["sid"].as_str().unwrap_or_default().to_string(),
+        acr: claims["acr"].as_str().unwrap_or_default().to_string(),
         access_token: access.to_string(),
     };
     let id = random();

@@ -19,6 +19,7 @@ use crate::metrics::method_label;
 use crate::state::AppState;
 use crate::web::forms::{check_urlencoded, decode_strict};
 use crate::web::pages::ErrorTemplate;
+use crate::web::{Errors, RouteInfo};
 use actix_web::ResponseError;
 
 /// Cookie headers above this are refused with 431 (DESIGN.md "Limits").
@@ -44,11 +45,18 @@ pub fn queue_cookie(req: &HttpRequest, cookie: Cookie<'static>) {
     }
 }
 
-/// Marks a response whose page must not restrict `form-action`: Chrome applies
-/// form-action to the redirects that follow a form POST, and a sign-in may end in a
-/// redirect to an application.
+/// The route-table row a request matched, found once by the edge middleware.
 #[derive(Clone, Copy)]
-pub struct AllowAnyFormAction;
+struct MatchedRoute(Option<&'static RouteInfo>);
+
+/// The route-table row of a request (its policy: access, errors, forms, load), or
+/// `None` for a path no route answers.
+pub fn route_of(req: &HttpRequest) -> Option<&'static RouteInfo> {
+    if let Some(MatchedRoute(route)) = req.extensions().get::<MatchedRoute>() {
+        return *route;
+    }
+    RouteInfo::of(req)
+}
 
 fn early_rejection(req: &ServiceRequest) -> Option<StatusCode> {
     if [Method::TRACE, Method::CONNECT].contains(req.method()) || req.method().as_str() == "TRACK" {
@@ -69,9 +77,6 @@ fn early_rejection(req: &ServiceRequest) -> Option<StatusCode> {
     }
     None
 }
-
-/// Answered however busy the node is: health checks and metrics must see it.
-const OPERATIONAL: &[&str] = &["/healthz", "/readyz", "/metrics"];
 
 /// A request in progress, counted against `GATEHOUSE_HTTP_MAX_IN_FLIGHT` until it is
 /// dropped (answered, failed or cancelled alike).
@@ -107,11 +112,14 @@ pub async fn edge(
     let method = req.method().to_string();
     let label = method_label(&method);
 
+    // The route's policy, read once: every decision below and the extractors use it.
+    let route = RouteInfo::of(req.request());
+    req.extensions_mut().insert(MatchedRoute(route));
     // Beyond the bound of requests in progress the answer is 503 at once, never a
     // queue of seconds; the operational endpoints are always answered.
     let slot = state
         .as_ref()
-        .filter(|_| !OPERATIONAL.contains(&req.path()))
+        .filter(|_| !route.is_some_and(|r| r.operational))
         .map(|s| InFlight::enter(s));
     let response = match (early_rejection(&req), slot) {
         (_, Some(None)) => req.into_response(AppError::Busy.error_response()),
@@ -178,29 +186,25 @@ pub enum Representation {
     Problem,
 }
 
-/// The OAuth endpoints a person's browser visits (pages, not JSON).
-const OAUTH_PAGES: &[&str] = &["/oauth2/authorize", "/oauth2/consent", "/oauth2/logout"];
-
-/// Decides, in one place, who is asking: OAuth endpoints called by machines get
-/// RFC 6749 errors; discovery documents and any caller that prefers JSON over HTML
-/// (`Accept`) get problem details; everyone else gets a page.
+/// Decides, in one place, who is asking, from the route table's `Errors`: OAuth
+/// endpoints called by machines get RFC 6749 errors; discovery documents, keys and
+/// ceremonies get problem details; elsewhere a caller that prefers JSON over HTML
+/// (`Accept`) gets problem details and everyone else a page.
 pub fn representation(req: &HttpRequest) -> Representation {
-    let path = req.path();
-    if path.starts_with("/oauth2/") && !OAUTH_PAGES.contains(&path) {
-        return Representation::OAuth;
-    }
-    if path.starts_with("/.well-known/") || path == "/jwks.json" || path.starts_with("/webauthn/") {
-        return Representation::Problem;
-    }
     let accept = req
         .headers()
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if prefers_json(accept) {
-        Representation::Problem
-    } else {
-        Representation::Html
+    representation_for(route_of(req).map(|r| r.errors), accept)
+}
+
+fn representation_for(errors: Option<Errors>, accept: &str) -> Representation {
+    match errors {
+        Some(Errors::OAuth) => Representation::OAuth,
+        Some(Errors::Problem) => Representation::Problem,
+        Some(Errors::Page) | None if prefers_json(accept) => Representation::Problem,
+        Some(Errors::Page) | None => Representation::Html,
     }
 }
 
@@ -308,12 +312,10 @@ fn apply_queued_cookies(res: &mut ServiceResponse<BoxBody>) {
 }
 
 fn set_security_headers(res: &mut ServiceResponse<BoxBody>, state: &AppState, nonce: &CspNonce) {
-    let form_action = if res
-        .response()
-        .extensions()
-        .get::<AllowAnyFormAction>()
-        .is_some()
-    {
+    // A form that may end in a redirect to an application (the route table's
+    // `leaves_site`) must not restrict `form-action`: Chrome applies it to every
+    // redirect that follows a form POST.
+    let form_action = if route_of(res.request()).is_some_and(|r| r.leaves_site) {
         ""
     } else {
         " form-action 'self';"
@@ -377,43 +379,66 @@ fn set_security_headers(res: &mut ServiceResponse<BoxBody>, state: &AppState, no
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::test::TestRequest;
 
     #[test]
     fn machines_get_json_and_people_get_pages() {
-        let rep = |path: &str, accept: Option<&str>| {
-            let mut r = TestRequest::get().uri(path);
-            if let Some(a) = accept {
-                r = r.insert_header(("accept", a));
-            }
-            representation(&r.to_http_request())
+        let rep = |path: &str, accept: &str| {
+            representation_for(RouteInfo::of_pattern(path).map(|r| r.errors), accept)
         };
-        assert_eq!(rep("/oauth2/token", None), Representation::OAuth);
+        assert_eq!(rep("/oauth2/token", ""), Representation::OAuth);
         assert_eq!(
-            rep("/oauth2/introspect", Some("text/html")),
+            rep("/oauth2/introspect", "text/html"),
             Representation::OAuth
         );
-        assert_eq!(rep("/oauth2/authorize", None), Representation::Html);
+        assert_eq!(rep("/oauth2/authorize", ""), Representation::Html);
         assert_eq!(
-            rep("/.well-known/openid-configuration", None),
+            rep("/.well-known/openid-configuration", ""),
             Representation::Problem
         );
-        assert_eq!(rep("/account", None), Representation::Html);
-        assert_eq!(rep("/account", Some("*/*")), Representation::Html);
         assert_eq!(
-            rep("/account", Some("application/json")),
+            rep("/webauthn/sign-in", "text/html"),
             Representation::Problem
         );
+        assert_eq!(rep("/account", ""), Representation::Html);
+        assert_eq!(rep("/account", "*/*"), Representation::Html);
+        assert_eq!(rep("/account", "application/json"), Representation::Problem);
         assert_eq!(
             rep(
                 "/account",
-                Some("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")
+                "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
             ),
             Representation::Html
         );
         assert_eq!(
-            rep("/account", Some("text/html;q=0.5, application/json")),
+            rep("/account", "text/html;q=0.5, application/json"),
             Representation::Problem
         );
+        assert_eq!(rep("/no/such/page", ""), Representation::Html);
+    }
+
+    #[test]
+    fn pages_whose_forms_lead_to_apps_are_marked_in_the_route_table() {
+        let leaves: Vec<_> = crate::web::ROUTES
+            .iter()
+            .filter(|r| r.leaves_site)
+            .map(|r| r.path)
+            .collect();
+        for path in [
+            "/login",
+            "/login/verify",
+            "/step-up",
+            "/oauth2/authorize",
+            "/oauth2/consent",
+            "/oauth2/logout",
+        ] {
+            assert!(leaves.contains(&path), "{path} must allow any form-action");
+        }
+        assert!(!leaves.contains(&"/account/password"));
+        let operational: Vec<_> = crate::web::ROUTES
+            .iter()
+            .filter(|r| r.operational)
+            .map(|r| r.path)
+            .collect();
+        assert_eq!(operational, ["/healthz", "/readyz", "/metrics"]);
     }
 }

@@ -18,7 +18,8 @@ use crate::domain::{PendingToken, SessionToken};
 use crate::error::AppError;
 use crate::state::AppState;
 use crate::store::SessionRecord;
-use crate::web::edge::{CspNonce, Representation, queue_cookie, representation};
+use crate::web::Access;
+use crate::web::edge::{CspNonce, Representation, queue_cookie, representation, route_of};
 
 pub(super) fn state(req: &HttpRequest) -> Result<web::Data<AppState>, AppError> {
     req.app_data::<web::Data<AppState>>()
@@ -147,14 +148,11 @@ impl FromRequest for CurrentSession {
             if let Some(session) = lookup(&req).await?.session {
                 // A session the contextual checks want proven again (its cookie used
                 // from another country) does nothing signed in — no page (addresses,
-                // places, keys are on them), no JSON, no form — but prove a second
-                // factor at /step-up, or end every session at once ("Sign out
-                // everywhere", which ends it too). Signing out is /logout's, open.
-                let open = req.path() == "/step-up"
-                    || req.path() == "/webauthn/step-up/options"
-                    || req.path() == "/webauthn/step-up"
-                    || (req.method() == actix_web::http::Method::POST
-                        && req.path() == "/account/devices/revoke-all");
+                // places, keys are on them), no JSON, no form — but what the route
+                // table opens to it (`Access::Proving`: prove a second factor at
+                // /step-up, or end every session at once). Signing out is /logout's,
+                // open.
+                let open = route_of(&req).is_some_and(|r| r.access == Access::Proving);
                 if !open && risk::needs_proof(&session) {
                     return Err(AppError::StepUpRequired {
                         return_to: match req.query_string() {

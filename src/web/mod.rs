@@ -26,29 +26,97 @@ pub enum Access {
     /// Answers anyone (sign-in pages, mailed links, operations).
     Public,
     /// Needs a live session: a signed-out GET is sent to sign in, anything else is 401.
+    /// A session the contextual checks want proven again (its cookie used from another
+    /// country) is sent to `/step-up` instead.
     Session,
+    /// Needs a live session, and stays open to one the contextual checks want proven
+    /// again: proving a second factor, or ending every session at once. Everything
+    /// else a flagged session asks for waits for the proof.
+    Proving,
 }
 
-/// One row of the route table, as data.
+/// How a route's errors are told (`web::edge::representation`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Errors {
+    /// A page for a person, or problem JSON for a caller that prefers JSON (`Accept`).
+    Page,
+    /// `{"error": …}` (RFC 6749 §5.2): OAuth endpoints that machines call.
+    OAuth,
+    /// `application/problem+json` (RFC 9457) whoever asks: discovery, keys, ceremonies.
+    Problem,
+}
+
+/// One row of the route table, as data: the path, its methods and its policy. The edge
+/// middleware reads the policy once per request from the matched row
+/// (`web::edge::edge`), and `CurrentSession` reads its access; nothing else decides
+/// per path.
 #[derive(Clone, Copy, Debug)]
 pub struct RouteInfo {
     pub path: &'static str,
     /// Lower-case HTTP methods: `get`, `post`.
     pub methods: &'static [&'static str],
     pub access: Access,
+    pub errors: Errors,
+    /// A form on this route may end in a redirect to an application (sign-in, second
+    /// factor, consent, logout): its pages carry no CSP `form-action`, since Chrome
+    /// applies `form-action` to every redirect that follows a form POST.
+    pub leaves_site: bool,
+    /// Answered however busy the node is: health checks and metrics must see it.
+    pub operational: bool,
+}
+
+impl RouteInfo {
+    const fn new(path: &'static str, methods: &'static [&'static str], access: Access) -> Self {
+        RouteInfo {
+            path,
+            methods,
+            access,
+            errors: Errors::Page,
+            leaves_site: false,
+            operational: false,
+        }
+    }
+
+    const fn leaves_site(mut self) -> Self {
+        self.leaves_site = true;
+        self
+    }
+
+    const fn operational(mut self) -> Self {
+        self.operational = true;
+        self
+    }
+
+    const fn oauth(mut self) -> Self {
+        self.errors = Errors::OAuth;
+        self
+    }
+
+    const fn problem(mut self) -> Self {
+        self.errors = Errors::Problem;
+        self
+    }
+
+    /// The row of a matched route pattern (`HttpRequest::match_pattern`).
+    pub fn of_pattern(pattern: &str) -> Option<&'static RouteInfo> {
+        ROUTES.iter().find(|r| r.path == pattern)
+    }
+
+    /// The row of a request's route: what the request matches in the route table.
+    pub fn of(req: &actix_web::HttpRequest) -> Option<&'static RouteInfo> {
+        req.match_pattern().and_then(|p| Self::of_pattern(&p))
+    }
 }
 
 /// Writes the route table once, as both the actix configuration (`routes`) and the
-/// data (`ROUTES`), so the two cannot drift apart.
+/// data (`ROUTES`), so the two cannot drift apart. A row reads
+/// `"path" [Access, policy…] { method => handler, … }`, where each policy word is one
+/// of `RouteInfo`'s builder methods (`leaves_site`, `operational`, `oauth`, `problem`).
 macro_rules! route_table {
-    ($( $path:literal [$access:ident] { $($method:ident => $handler:path),+ $(,)? } )*) => {
-        /// Every route Gatehouse answers, with who may use it.
+    ($( $path:literal [$access:ident $(, $policy:ident)*] { $($method:ident => $handler:path),+ $(,)? } )*) => {
+        /// Every route Gatehouse answers, with who may use it and its policy.
         pub const ROUTES: &[RouteInfo] = &[
-            $( RouteInfo {
-                path: $path,
-                methods: &[$(stringify!($method)),+],
-                access: Access::$access,
-            }, )*
+            $( RouteInfo::new($path, &[$(stringify!($method)),+], Access::$access)$(.$policy())*, )*
         ];
 
         /// Every route Gatehouse answers. Anything else is a 404 page; a known path
@@ -62,14 +130,14 @@ macro_rules! route_table {
 
 route_table! {
     "/" [Public] { get => pages::home }
-    "/login" [Public] { get => pages::login_page, post => pages::login_submit }
-    "/login/verify" [Public] {
+    "/login" [Public, leaves_site] { get => pages::login_page, post => pages::login_submit }
+    "/login/verify" [Public, leaves_site] {
         get => second_factor::verify_page,
         post => second_factor::verify_submit,
     }
-    "/register" [Public] { get => pages::register_page, post => pages::register_submit }
+    "/register" [Public, leaves_site] { get => pages::register_page, post => pages::register_submit }
     "/logout" [Public] { post => pages::logout }
-    "/step-up" [Session] {
+    "/step-up" [Proving, leaves_site] {
         get => second_factor::step_up_page,
         post => second_factor::step_up_submit,
     }
@@ -83,17 +151,17 @@ route_table! {
         get => passkeys::passkeys_page,
         post => passkeys::passkeys_submit,
     }
-    "/webauthn/register/options" [Session] { post => passkeys::register_options }
-    "/webauthn/register" [Session] { post => passkeys::register }
-    "/webauthn/sign-in/options" [Public] { post => passkeys::sign_in_options }
-    "/webauthn/sign-in" [Public] { post => passkeys::sign_in }
-    "/webauthn/verify/options" [Public] { post => passkeys::verify_options }
-    "/webauthn/verify" [Public] { post => passkeys::verify }
-    "/webauthn/step-up/options" [Session] { post => passkeys::step_up_options }
-    "/webauthn/step-up" [Session] { post => passkeys::step_up }
+    "/webauthn/register/options" [Session, problem] { post => passkeys::register_options }
+    "/webauthn/register" [Session, problem] { post => passkeys::register }
+    "/webauthn/sign-in/options" [Public, problem] { post => passkeys::sign_in_options }
+    "/webauthn/sign-in" [Public, problem] { post => passkeys::sign_in }
+    "/webauthn/verify/options" [Public, problem] { post => passkeys::verify_options }
+    "/webauthn/verify" [Public, problem] { post => passkeys::verify }
+    "/webauthn/step-up/options" [Proving, problem] { post => passkeys::step_up_options }
+    "/webauthn/step-up" [Proving, problem] { post => passkeys::step_up }
     "/account/devices" [Session] { get => devices::devices_page }
     "/account/devices/revoke-others" [Session] { post => devices::revoke_others }
-    "/account/devices/revoke-all" [Session] { post => devices::revoke_all }
+    "/account/devices/revoke-all" [Proving] { post => devices::revoke_all }
     "/account/devices/{session_id}/revoke" [Session] { post => devices::revoke_device }
     "/account/trusted/{device_id}/remove" [Session] { post => devices::untrust_device }
     "/account/activity" [Session] { get => devices::activity_page }
@@ -122,28 +190,28 @@ route_table! {
     "/dbsc/refresh" [Public] { post => dbsc::refresh }
     "/not-me" [Public] { get => not_me::not_me_page, post => not_me::not_me }
     "/account/apps/{client_id}/withdraw" [Session] { post => account::withdraw_app }
-    "/.well-known/openid-configuration" [Public] { get => oauth::openid_configuration }
-    "/.well-known/oauth-authorization-server" [Public] { get => oauth::openid_configuration }
-    "/jwks.json" [Public] { get => oauth::jwks }
-    "/oauth2/authorize" [Public] {
+    "/.well-known/openid-configuration" [Public, problem] { get => oauth::openid_configuration }
+    "/.well-known/oauth-authorization-server" [Public, problem] { get => oauth::openid_configuration }
+    "/jwks.json" [Public, problem] { get => oauth::jwks }
+    "/oauth2/authorize" [Public, leaves_site] {
         get => oauth_pages::authorize_page,
         post => oauth_pages::authorize_post,
     }
-    "/oauth2/consent" [Public] {
+    "/oauth2/consent" [Public, leaves_site] {
         get => oauth_pages::authorize_page,
         post => oauth_pages::consent_post,
     }
-    "/oauth2/token" [Public] { post => oauth::token_endpoint }
-    "/oauth2/introspect" [Public] { post => oauth::introspect_endpoint }
-    "/oauth2/revoke" [Public] { post => oauth::revoke_endpoint }
-    "/oauth2/userinfo" [Public] { get => oauth::userinfo_get, post => oauth::userinfo_post }
-    "/oauth2/logout" [Public] {
+    "/oauth2/token" [Public, oauth] { post => oauth::token_endpoint }
+    "/oauth2/introspect" [Public, oauth] { post => oauth::introspect_endpoint }
+    "/oauth2/revoke" [Public, oauth] { post => oauth::revoke_endpoint }
+    "/oauth2/userinfo" [Public, oauth] { get => oauth::userinfo_get, post => oauth::userinfo_post }
+    "/oauth2/logout" [Public, leaves_site] {
         get => oauth_pages::logout_get,
         post => oauth_pages::logout_post,
     }
-    "/healthz" [Public] { get => ops::healthz }
-    "/readyz" [Public] { get => ops::readyz }
-    "/metrics" [Public] { get => ops::metrics }
+    "/healthz" [Public, operational] { get => ops::healthz }
+    "/readyz" [Public, operational] { get => ops::readyz }
+    "/metrics" [Public, operational] { get => ops::metrics }
     "/static/css/gatehouse.css" [Public] { get => ops::stylesheet }
     "/static/js/gatehouse.js" [Public] { get => ops::script }
     "/static/js/passkeys.js" [Public] { get => ops::passkeys_script }

@@ -14,7 +14,7 @@ use crate::oauth::authorize::{self, Answer, ConsentView, Outcome, describe_scope
 use crate::oauth::logout;
 use crate::state::AppState;
 use crate::store::SessionRecord;
-use crate::web::edge::{AllowAnyFormAction, CspNonce};
+use crate::web::edge::CspNonce;
 use crate::web::extract::{Csrf, MaybeSession};
 use crate::web::forms::{RawForm, StrictForm};
 use crate::web::pages::{NoticeTemplate, PageCtx, html, see_other};
@@ -42,7 +42,7 @@ fn respond(
     session: Option<&SessionRecord>,
     outcome: Outcome,
 ) -> Result<HttpResponse, AppError> {
-    let mut res = match outcome {
+    Ok(match outcome {
         Outcome::ToClient(url) => see_other(&url),
         Outcome::SignIn { return_to, force } => {
             let mut to = format!("/login?return_to={}", encoded(&return_to));
@@ -56,9 +56,7 @@ fn respond(
             consent_page(state, nonce, csrf, session, &view)?
         }
         Outcome::Consent(view) => see_other(&format!("/oauth2/consent?{}", view.request)),
-    };
-    res.extensions_mut().insert(AllowAnyFormAction);
-    Ok(res)
+    })
 }
 
 fn consent_page(
@@ -107,9 +105,10 @@ pub async fn authorize_page(
 /// it needs no CSRF token.
 pub async fn authorize_post(RawForm(body): RawForm) -> Result<HttpResponse, AppError> {
     let params = Params::parse(&body).map_err(AppError::Validation)?;
-    let mut res = see_other(&format!("/oauth2/authorize?{}", params.encode_without(&[])));
-    res.extensions_mut().insert(AllowAnyFormAction);
-    Ok(res)
+    Ok(see_other(&format!(
+        "/oauth2/authorize?{}",
+        params.encode_without(&[])
+    )))
 }
 
 #[derive(Deserialize)]
@@ -176,7 +175,6 @@ fn signed_out(
         }
     };
     let _ = res.add_cookie(&state.cookies.clear_session());
-    res.extensions_mut().insert(AllowAnyFormAction);
     Ok(res)
 }
 
@@ -201,9 +199,7 @@ pub async fn logout_get(
                 ctx: PageCtx::new(&state, &nonce, &csrf, Some(current.email.clone())),
                 request: &checked.query,
             };
-            let mut res = html(StatusCode::OK, &page)?;
-            res.extensions_mut().insert(AllowAnyFormAction);
-            Ok(res)
+            html(StatusCode::OK, &page)
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::auth::login::{self, NewBrowserSession, RegisterOutcome, SignInOutcome
 use crate::auth::sessions;
 use crate::error::{AppError, human_wait};
 use crate::state::AppState;
-use crate::web::edge::{AllowAnyFormAction, CspNonce};
+use crate::web::edge::CspNonce;
 use crate::web::extract::{Csrf, MaybeSession};
 use crate::web::forms::{StrictForm, StrictQuery};
 
@@ -214,9 +214,7 @@ pub async fn login_page(
         error: None,
         passkeys: crate::auth::passkeys::available(&state),
     };
-    let mut res = html(StatusCode::OK, &page)?;
-    res.extensions_mut().insert(AllowAnyFormAction);
-    Ok(res)
+    html(StatusCode::OK, &page)
 }
 
 #[derive(Deserialize)]
@@ -302,7 +300,6 @@ pub async fn login_submit(
     {
         res.headers_mut().insert(header::RETRY_AFTER, v);
     }
-    res.extensions_mut().insert(AllowAnyFormAction);
     Ok(res)
 }
 

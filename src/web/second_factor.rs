@@ -13,7 +13,7 @@ use crate::error::{AppError, human_wait};
 use crate::state::AppState;
 use crate::store::ChallengeRecord;
 use crate::web::account::set_rotated_cookie;
-use crate::web::edge::{AllowAnyFormAction, CspNonce};
+use crate::web::edge::CspNonce;
 use crate::web::extract::{Csrf, CurrentSession, MaybeSession, PendingCookie};
 use crate::web::forms::{StrictForm, StrictQuery};
 use crate::web::pages::{
@@ -145,9 +145,7 @@ pub async fn verify_page(
         return Ok(res);
     };
     let page = VerifyTemplate::sign_in(PageCtx::new(&state, &nonce, &csrf, None), &state, &ch);
-    let mut res = html(StatusCode::OK, &page)?;
-    res.extensions_mut().insert(AllowAnyFormAction);
-    Ok(res)
+    html(StatusCode::OK, &page)
 }
 
 #[derive(Deserialize)]
@@ -219,8 +217,7 @@ pub async fn verify_submit(
         CodeOutcome::Void => return start_again(&state, &nonce, &csrf, TOO_MANY),
         outcome => code_error(&mut page, outcome),
     };
-    let mut res = html(status, &page)?;
-    res.extensions_mut().insert(AllowAnyFormAction);
+    let res = html(status, &page)?;
     Ok(match retry {
         Some(secs) => with_retry_after(res, secs),
         None => res,
@@ -268,17 +265,14 @@ async fn send_code(
                 "We sent a 6-digit code to {}. It works for 10 minutes; a new one replaces it.",
                 page.to
             ));
-            let mut res = html(StatusCode::OK, &page)?;
-            res.extensions_mut().insert(AllowAnyFormAction);
-            Ok(res)
+            html(StatusCode::OK, &page)
         }
         SendOutcome::Throttled { retry_after_secs } => {
             page.error = Some(format!(
                 "We have sent several codes already. Please wait {} before asking for another.",
                 human_wait(retry_after_secs)
             ));
-            let mut res = html(StatusCode::TOO_MANY_REQUESTS, &page)?;
-            res.extensions_mut().insert(AllowAnyFormAction);
+            let res = html(StatusCode::TOO_MANY_REQUESTS, &page)?;
             Ok(with_retry_after(res, retry_after_secs))
         }
         SendOutcome::NotOffered => {
@@ -310,10 +304,7 @@ pub async fn step_up_page(
         &ch,
     );
     page.return_to = safe_return_to(q.return_to.as_deref());
-    let mut res = html(StatusCode::OK, &page)?;
-    // A step-up asked for by an app (acr_values) ends in a redirect to it.
-    res.extensions_mut().insert(AllowAnyFormAction);
-    Ok(res)
+    html(StatusCode::OK, &page)
 }
 
 pub async fn step_up_submit(

@@ -232,4 +232,65 @@ test('the example app signs in through Gatehouse (password, authenticator, conse
   });
 });
 
+test('an app asking for a second factor: a mistyped step-up code, then the right one, lands on the app', async () => {
+  await journey('example-app-step-up-retry', async ({ server, j, newPage, cleanups }) => {
+    const { email, password } = await createVerifiedUser(server);
+    const rp = await startRelyingParty(server);
+    cleanups.push(() => rp.stop());
+    const appFailure = (what) => `${what}\n--- example app log:\n${rp.log()}`;
+
+    const page = await newPage();
+    const violations = await recordCspViolations(page);
+    await page.context().route(`${rp.url}/favicon.ico`, (r) => r.fulfill({ status: 204, body: '' }));
+
+    // First the app gets a password-only sign-in, and consent is remembered.
+    await page.goto(`${rp.url}/`);
+    await leadsToPage(page, () => page.getByRole('link', { name: 'Sign in with Gatehouse' }).click());
+    assert.equal(path(page), '/login');
+    await page.getByLabel('E-mail address').fill(email);
+    await page.getByLabel('Password', { exact: true }).fill(password);
+    await leadsToPage(page, () => page.getByRole('button', { name: 'Sign in' }).click());
+    assert.equal(path(page), '/oauth2/consent', `the consent page (is at ${page.url()})`);
+    await page.getByRole('button', { name: 'Allow' }).click();
+    await page.waitForURL((u) => u.origin === rp.url, { timeout: 15_000, waitUntil: 'load' });
+    assert.match(await page.locator('body').textContent(), /Assurance: urn:gatehouse:aal1/);
+
+    // Now the app asks for a second factor: Gatehouse's step-up, by an e-mailed code.
+    await leadsToPage(page, () => page.locator('form[action="/logout"] button').click());
+    await leadsToPage(page, () => page.getByRole('link', { name: 'Sign in with a second factor' }).click());
+    assert.equal(path(page), '/step-up', `the app's aal2 request asks for a second factor (is at ${page.url()})`);
+    await j.visited(page, 'step-up for the app');
+    server.mail.markAllRead();
+    await leadsToPage(page, () => page.getByRole('button', { name: 'Send the code' }).click());
+    const code = await server.mail.oneTimeCode(email);
+    const wrong = code === '000000' ? '111111' : '000000';
+
+    // One mistyped code: the page again, with the error.
+    await page.locator('#code').fill(wrong);
+    await leadsToPage(page, () => page.getByRole('button', { name: 'Confirm' }).click());
+    assert.equal(path(page), '/step-up', 'the wrong code shows the step-up page again');
+    assert.match(await page.locator('main').textContent(), /code/i);
+    // The wrong code's page answers 401, which the browser logs as a failed load.
+    await j.screenshots(page, 'step-up, wrong code');
+    page.problems.length = 0;
+
+    // The right code: through /oauth2/authorize and back to the app (Chrome applies
+    // form-action to that redirect chain).
+    await page.locator('#code').fill(code);
+    const landed = page
+      .waitForURL((u) => u.origin === rp.url, { timeout: 15_000, waitUntil: 'load' })
+      .then(() => true, () => false);
+    await page.getByRole('button', { name: 'Confirm' }).click();
+    assert.ok(
+      await landed,
+      appFailure(`the right code did not lead to the app: at ${page.url()}; CSP ${JSON.stringify(violations)}`),
+    );
+    await page.waitForLoadState('load');
+    const home = await page.locator('body').textContent();
+    assert.ok(home.includes(`Signed in as ${email}`), appFailure(`the app says who is signed in: ${home}`));
+    assert.match(home, /Assurance: urn:gatehouse:aal2/, 'the app got the second factor it asked for');
+    assert.deepEqual(violations, [], 'no securitypolicyviolation from /step-up to the app');
+  });
+});
+
 checkVisitedPages(journeys, 'Gatehouse page');
