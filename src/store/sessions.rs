@@ -218,6 +218,7 @@ pub(super) async fn insert_signed_in(
         .execute(&mut *conn)
         .await?;
     if let Some(old) = s.replaces {
+        move_grants_to(conn, old, session).await?;
         revoke_replaced(conn, old, session.now).await?;
     }
     if let Some(flag) = &s.flag_others {
@@ -225,6 +226,48 @@ pub(super) async fn insert_signed_in(
         flag_other_countries(conn, keys, session, flag, born_flagged).await?;
     }
     insert_event(conn, session.user_id.0, Some(session.id.0), &s.event).await?;
+    Ok(())
+}
+
+/// When the same person signs in again in the same browser (an app's `prompt=login`
+/// or `max_age`), the apps signed in through the earlier session stay signed in: their
+/// grants and unspent codes move to the new session before the old one ends, so its
+/// end sends them no logout token and their refresh tokens keep working (their next
+/// tokens name the new `sid`). Another person's sign-in moves nothing. Locks the old
+/// session row before its grants (the store's lock order).
+async fn move_grants_to(
+    conn: &mut sqlx::PgConnection,
+    old: SessionId,
+    new: &NewSession,
+) -> Result<(), sqlx::Error> {
+    let same_person: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM sessions WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL FOR UPDATE",
+    )
+    .bind(old.0)
+    .bind(new.user_id.0)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if same_person.is_none() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE oauth_grants SET session_id = $2
+         WHERE id IN (SELECT id FROM oauth_grants WHERE session_id = $1 AND revoked_at IS NULL
+                      ORDER BY id FOR UPDATE)",
+    )
+    .bind(old.0)
+    .bind(new.id.0)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE oauth_codes SET session_id = $2
+         WHERE code_hash IN (SELECT code_hash FROM oauth_codes WHERE session_id = $1
+                             AND used_at IS NULL ORDER BY code_hash FOR UPDATE)",
+    )
+    .bind(old.0)
+    .bind(new.id.0)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 

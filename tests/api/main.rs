@@ -30,6 +30,7 @@ mod operations;
 mod operators;
 mod otp;
 mod passkeys;
+mod reauth;
 mod risk;
 mod second_factor;
 mod sessions;
