@@ -1,6 +1,6 @@
 //! The person-facing OAuth pages: `/oauth2/authorize`, `/oauth2/consent` and
-//! `/oauth2/logout`. Their errors are HTML pages (`web::edge::OAUTH_PAGES`), and none
-//! of them restricts CSP `form-action`: their forms end in redirects to apps.
+//! `/oauth2/logout`. Their errors are HTML pages and none of them restricts CSP
+//! `form-action` (their route-table rows say `leaves_site`): their forms end in redirects to apps.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
