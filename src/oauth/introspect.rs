@@ -204,6 +204,25 @@ pub async fn revoke(state: &AppState, caller: &ClientRecord, token: &str) -> Res
     Ok(())
 }
 
+/// The web origins (CORS) of the client a genuine access token of ours was issued
+/// to, expired or revoked alike (its app must be able to read that answer too);
+/// none for anything else.
+pub async fn token_web_origins(state: &AppState, token: &str) -> Result<Vec<String>, AppError> {
+    if !looks_like_jwt(token) || token.len() > 8192 {
+        return Ok(Vec::new());
+    }
+    let Some((claims, _)) = signed_access(state, token).await else {
+        return Ok(Vec::new());
+    };
+    if claims.iss != state.settings.issuer() {
+        return Ok(Vec::new());
+    }
+    Ok(super::clients::find(state, &claims.client_id)
+        .await?
+        .map(|c| c.web_origins)
+        .unwrap_or_default())
+}
+
 /// OIDC Core §5.3: the claims about the token's user, if the token is live and was
 /// granted `openid`.
 pub async fn userinfo(state: &AppState, token: &str) -> Result<Value, AppError> {
