@@ -2126,3 +2126,19 @@ async fn a_native_app_on_a_loopback_ip_may_use_any_port_and_nothing_else_changes
         assert!(r.body.contains("has not registered"), "{bad}: {}", r.body);
     }
 }
+
+// Issue 24, item 12: the README states the access token's size (some proxies' caches
+// key on the Authorization header, and some limit header sizes).
+#[tokio::test]
+async fn an_access_token_is_about_nine_hundred_bytes() {
+    let app = spawn_app().await;
+    let client = app_client(&app);
+    let b = app.signed_in("alice@example.com").await;
+    let t = sign_in_app(&app, &b, &client, &[]).await;
+    println!("access token: {} bytes", t.access.len());
+    assert!(
+        (800..=1000).contains(&t.access.len()),
+        "{} bytes: update the README",
+        t.access.len()
+    );
+}
