@@ -103,6 +103,11 @@ pub enum ClientCommand {
         /// An API that may introspect every token, not only its own.
         #[arg(long)]
         introspect_any: bool,
+        /// A browser app's origin (`https://app.example`, or `http://` on loopback)
+        /// whose pages may call the token, revocation and userinfo endpoints (CORS,
+        /// no credentials); repeatable; needs --public.
+        #[arg(long = "web-origin", value_name = "ORIGIN")]
+        web_origins: Vec<String>,
     },
     /// Print every registered app, one JSON object per line.
     List,

@@ -30,7 +30,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::domain::claims::AccessClaims;
-use crate::store::{ClientRecord, LiveToken};
+use crate::store::{ClientRecord, LiveToken, Revoked};
 
 /// How often the listener proves its connection.
 pub const PING_EVERY: Duration = Duration::from_millis(200);
@@ -249,8 +249,19 @@ impl LiveCache {
         }
     }
 
-    /// Something was revoked through this node: forget every answer (and void fills
-    /// in flight) without waiting for the notification. Revocations are rare.
+    /// Something was revoked through this node: forget the answers it touched (and
+    /// void fills in flight) without waiting for the notification. A client revoking
+    /// one of its tokens evicts that token's (or grant's) entries only, so revoking
+    /// (or pretending to) costs the cache nothing else.
+    pub fn revoked(&self, what: Revoked) {
+        match what {
+            Revoked::Everything => self.forget_all(),
+            Revoked::Token(jti) => self.invalidate(&Invalidation::Token(jti)),
+            Revoked::Grant(id) => self.invalidate(&Invalidation::Grant(id)),
+        }
+    }
+
+    /// Forget every answer (and void fills in flight).
     pub fn forget_all(&self) {
         let mut entries = self.lock();
         self.generation.fetch_add(1, Ordering::AcqRel);

@@ -136,6 +136,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                     backchannel_logout_uri,
                     first_party,
                     introspect_any,
+                    web_origins,
                 },
         } => {
             let state = AppState::new(settings, Clock::system(), true).await?;
@@ -149,6 +150,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                     backchannel_logout_uri,
                     first_party,
                     introspect_any,
+                    web_origins,
                 },
             )
             .await?;
@@ -176,6 +178,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                         "backchannel_logout_uri": c.backchannel_logout_uri,
                         "first_party": c.first_party,
                         "introspect_any": c.introspect_any,
+                        "web_origins": c.web_origins,
                     })
                 );
             }

@@ -49,7 +49,8 @@ pub struct Metrics {
     /// 1 while the invalidation listener is connected and proven.
     pub listener_up: IntGauge,
     pub invalidations: prometheus::IntCounter,
-    /// Back-channel logout deliveries by outcome (`delivered`, `failed`, `given_up`).
+    /// Back-channel logout deliveries by outcome (`delivered`, `failed` and retried,
+    /// `refused` for good by the receiver's 4xx, `given_up` after every retry).
     pub backchannel: IntCounterVec,
 }
 
@@ -186,7 +187,7 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
-        for outcome in ["delivered", "failed", "given_up"] {
+        for outcome in ["delivered", "failed", "refused", "given_up"] {
             backchannel.with_label_values(&[outcome]);
         }
         registry.register(Box::new(backchannel.clone()))?;

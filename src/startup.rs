@@ -81,6 +81,9 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                // Inside the edge: CORS headers are added to the answer (error pages
+                // included) before the edge renders and records it.
+                .wrap(from_fn(crate::web::cors::cors))
                 .wrap(from_fn(edge))
                 .configure(routes)
         })

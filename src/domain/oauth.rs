@@ -116,12 +116,104 @@ pub fn check_redirect_uri(uri: &str) -> Result<(), String> {
     }
 }
 
-/// Whether a redirect URI a request names may be used: only one of the client's
-/// registered URIs, compared byte for byte, with no normalisation of any kind
-/// (checklist O1; authentik CVE-2024-52289). The same rule serves the post-logout
-/// redirect.
+/// Whether `origin` may be registered as a browser app's web origin (CORS on the token,
+/// revocation and userinfo endpoints): an origin in the normal form a browser sends
+/// in `Origin` (scheme, host and a non-default port; lower case; no path, not even
+/// `/`), `https://`, or `http://` on a loopback host. It is compared as a string.
+pub fn check_web_origin(origin: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(origin)
+        .map_err(|_| format!("{origin:?} is not an origin (https://host[:port])"))?;
+    let serialized = parsed.origin().ascii_serialization();
+    if parsed.path() != "/"
+        || parsed.query().is_some()
+        || parsed.fragment().is_some()
+        || !parsed.username().is_empty()
+        || parsed.password().is_some()
+    {
+        return Err(format!(
+            "{origin:?} is not an origin: only scheme, host and port (such as \"https://app.example\")"
+        ));
+    }
+    let loopback = match parsed.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match parsed.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => {
+            return Err(format!(
+                "{origin:?}: a web origin must be https:// (http:// only on a loopback host)"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "{origin:?}: a web origin must be https:// (http:// only on a loopback host)"
+            ));
+        }
+    }
+    if serialized != origin {
+        return Err(format!(
+            "{origin:?} is not in the form browsers send (write it as {serialized:?})"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a redirect URI an authorization request names may be used: only one of
+/// the client's registered URIs, compared byte for byte, with no normalisation of any
+/// kind (checklist O1; authentik CVE-2024-52289), with one exception: a registered
+/// `http://127.0.0.1…` or `http://[::1]…` URI matches the same URI with any port
+/// (RFC 8252 §7.3: a native app listens on a port the system picks at run time).
+/// `localhost` is not an exception (§8.3: it may resolve elsewhere).
 pub fn redirect_registered(registered: &[String], requested: &str) -> bool {
+    registered
+        .iter()
+        .any(|r| r == requested || loopback_port_variant(r, requested))
+}
+
+/// Whether a post-logout redirect URI may be used: byte for byte one the client
+/// registered, no loopback exception (DESIGN.md: RP-initiated logout, exact match).
+pub fn post_logout_registered(registered: &[String], requested: &str) -> bool {
     registered.iter().any(|r| r == requested)
+}
+
+/// The loopback IP literals RFC 8252 §7.3 speaks of, as a registered URI starts.
+const LOOPBACK_PREFIXES: &[&str] = &["http://127.0.0.1", "http://[::1]"];
+
+/// `requested` is `registered` with only the port different (or added, or dropped):
+/// both start with the same loopback IP literal, then an optional `:port` (digits, no
+/// leading zero, 1–65535), then the very same bytes (path, query).
+fn loopback_port_variant(registered: &str, requested: &str) -> bool {
+    let Some(prefix) = LOOPBACK_PREFIXES
+        .iter()
+        .find(|p| registered.starts_with(**p) && requested.starts_with(**p))
+    else {
+        return false;
+    };
+    match (
+        after_port(&registered[prefix.len()..]),
+        after_port(&requested[prefix.len()..]),
+    ) {
+        // The rest must begin the path: `http://127.0.0.1.evil.test/` is not loopback.
+        (Some(a), Some(b)) => a == b && a.starts_with('/'),
+        _ => false,
+    }
+}
+
+/// What follows an optional `:port` right after the host, if that port is well formed.
+fn after_port(rest: &str) -> Option<&str> {
+    let Some(port_and_rest) = rest.strip_prefix(':') else {
+        return Some(rest);
+    };
+    let digits = port_and_rest.bytes().take_while(u8::is_ascii_digit).count();
+    let port = &port_and_rest[..digits];
+    let ok = !port.is_empty()
+        && !port.starts_with('0')
+        && port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p));
+    ok.then(|| &port_and_rest[digits..])
 }
 
 /// RFC 7636 §4.1: 43–128 characters of `[A-Z] / [a-z] / [0-9] / "-" / "." / "_" / "~"`.
@@ -416,6 +508,70 @@ mod tests {
     }
 
     #[test]
+    fn a_loopback_ip_redirect_matches_any_port_and_nothing_else_does() {
+        let reg = |uris: &[&str]| uris.iter().map(|u| u.to_string()).collect::<Vec<_>>();
+        let v4 = reg(&["http://127.0.0.1/cb"]);
+        assert!(redirect_registered(&v4, "http://127.0.0.1/cb"));
+        assert!(redirect_registered(&v4, "http://127.0.0.1:51234/cb"));
+        let v6 = reg(&["http://[::1]:8080/cb?x=1"]);
+        assert!(redirect_registered(&v6, "http://[::1]:9/cb?x=1"));
+        assert!(redirect_registered(&v6, "http://[::1]/cb?x=1"));
+        for bad in [
+            "http://127.0.0.1:51234/cb/",
+            "http://127.0.0.1:51234/CB",
+            "http://127.0.0.1:51234/cb?x=1",
+            "http://127.0.0.1:/cb",
+            "http://127.0.0.1:0/cb",
+            "http://127.0.0.1:065/cb",
+            "http://127.0.0.1:65536/cb",
+            "http://127.0.0.1.evil.test/cb",
+            "http://127.0.0.1:80@evil.test/cb",
+            "https://127.0.0.1:443/cb",
+            "http://[::1]:80/cb",
+            "http://localhost:51234/cb",
+        ] {
+            assert!(!redirect_registered(&v4, bad), "{bad}");
+        }
+        assert!(!redirect_registered(&v6, "http://[::1]:9/cb"));
+        // localhost matches exactly, port and all.
+        let local = reg(&["http://localhost:3000/cb"]);
+        assert!(redirect_registered(&local, "http://localhost:3000/cb"));
+        assert!(!redirect_registered(&local, "http://localhost:3001/cb"));
+        // And post-logout redirects stay exact, loopback or not.
+        assert!(!post_logout_registered(&v4, "http://127.0.0.1:51234/cb"));
+        assert!(post_logout_registered(&v4, "http://127.0.0.1/cb"));
+    }
+
+    #[test]
+    fn web_origins_are_https_or_loopback_http_in_the_form_browsers_send() {
+        for ok in [
+            "https://app.example",
+            "https://app.example:8443",
+            "http://localhost:5173",
+            "http://127.0.0.1:8080",
+            "http://[::1]:3000",
+        ] {
+            assert_eq!(check_web_origin(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://app.example",
+            "https://app.example/",
+            "https://app.example/spa",
+            "https://APP.example",
+            "https://app.example:443",
+            "https://user@app.example",
+            "https://app.example?x",
+            "app.example",
+            "*",
+            "null",
+            "com.example.app:/cb",
+            "file:///tmp",
+        ] {
+            assert!(check_web_origin(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn scopes_are_known_sorted_and_deduplicated() {
         let s = Scopes::parse("openid email openid offline_access").unwrap();
         assert_eq!(s.to_string(), "email offline_access openid");
@@ -501,7 +657,7 @@ mod tests {
     }
 
     mod properties {
-        use super::super::{check_redirect_uri, redirect_registered};
+        use super::super::{check_redirect_uri, post_logout_registered, redirect_registered};
         use proptest::prelude::*;
 
         fn uri() -> impl Strategy<Value = String> {
@@ -518,8 +674,17 @@ mod tests {
             let host = prop_oneof![
                 Just("rp.test"),
                 Just("127.0.0.1"),
+                Just("127.0.0.1:8080"),
+                Just("127.0.0.1:51234"),
+                Just("127.0.0.1:0"),
+                Just("127.0.0.1:"),
+                Just("127.0.0.1.evil.test"),
+                Just("127.0.0.1:1@evil.test"),
                 Just("localhost"),
+                Just("localhost:3000"),
+                Just("localhost:3001"),
                 Just("[::1]"),
+                Just("[::1]:9"),
                 Just("evil.test"),
                 Just("rp.test.evil.test"),
                 Just("rp.test@evil.test"),
@@ -562,6 +727,52 @@ mod tests {
                     prop_assert!(target.query().is_none() && target.fragment().is_none());
                 }
                 prop_assert!(!redirect_registered(&[], &requested));
+            }
+
+            /// O1 with RFC 8252 §7.3: against registered loopback and localhost URIs,
+            /// a requested redirect is used only when it equals one byte for byte, or
+            /// is a loopback IP one differing in its port alone; post-logout redirects
+            /// only when equal.
+            #[test]
+            fn a_loopback_ip_redirect_differs_at_most_in_its_port(requested in uri()) {
+                let registered: Vec<String> = [
+                    "https://rp.test/cb",
+                    "http://127.0.0.1/cb",
+                    "http://[::1]:8080/cb?x=1",
+                    "http://localhost:3000/cb",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                prop_assert_eq!(
+                    post_logout_registered(&registered, &requested),
+                    registered.contains(&requested)
+                );
+                if redirect_registered(&registered, &requested) && !registered.contains(&requested) {
+                    let target = url::Url::parse(&requested).unwrap();
+                    prop_assert_eq!(target.scheme(), "http");
+                    let loopback_ip = match target.host() {
+                        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                        _ => false,
+                    };
+                    prop_assert!(loopback_ip, "{requested:?}");
+                    prop_assert!(target.username().is_empty() && target.password().is_none());
+                    // The same host as a registered one, and byte for byte the same
+                    // after the authority (path and query).
+                    let tail = |u: &str| {
+                        u.strip_prefix("http://")
+                            .and_then(|rest| rest.find('/').map(|i| rest[i..].to_string()))
+                    };
+                    let same = registered.iter().any(|r| {
+                        let reg = url::Url::parse(r).unwrap();
+                        reg.scheme() == "http"
+                            && reg.host() == target.host()
+                            && tail(r).is_some()
+                            && tail(r) == tail(&requested)
+                    });
+                    prop_assert!(same, "{requested:?}");
+                }
             }
 
             /// What may be registered: https, http on loopback only, or a private-use

@@ -178,7 +178,8 @@ pub async fn authorize(
         .client(&client_id)
         .await?
         .ok_or_else(|| page("The application that sent you here is not registered."))?;
-    // Exact string match, no normalisation (checklist O1; authentik CVE-2024-52289).
+    // Exact string match, no normalisation (checklist O1; authentik CVE-2024-52289),
+    // but for the port of a loopback IP (RFC 8252 §7.3).
     if !crate::domain::oauth::redirect_registered(&client.redirect_uris, &redirect_uri) {
         return Err(page(
             "The application asked to return to an address it has not registered.",

@@ -3,7 +3,8 @@
 //! the `sessions_ended` trigger (same transaction as the revocation, whatever the
 //! path); this worker, on every node, delivers them: claimed with a lease (no two
 //! nodes send one row at the same time), retried with backoff while the receiver is
-//! down, the same `jti` on every attempt so a receiver can drop a repeat. Delivery
+//! down (a 4xx answer other than 408 and 429 is final, §2.8), the same `jti` on every
+//! attempt so a receiver can drop a repeat. Delivery
 //! is at least once: a worker that dies (or outlives its lease) after sending but
 //! before recording can let another node send the same token again.
 
@@ -113,8 +114,9 @@ impl Worker {
     }
 
     async fn deliver(&self, q: QueuedLogout) -> Result<(), StoreError> {
+        // `Err((why, final))`: a final refusal is not retried.
         let outcome = match self.logout_token(&q) {
-            None => Err("no signing key on this node yet".to_string()),
+            None => Err(("no signing key on this node yet".to_string(), false)),
             Some(token) => match self
                 .http
                 .post(&q.uri)
@@ -124,12 +126,12 @@ impl Worker {
             {
                 // §2.8: 200 (some receivers answer 204).
                 Ok(r) if r.status().is_success() => Ok(()),
-                Ok(r) => Err(format!(
-                    "the receiver answered HTTP {}",
-                    r.status().as_u16()
+                Ok(r) => Err((
+                    format!("the receiver answered HTTP {}", r.status().as_u16()),
+                    refusal_is_final(r.status().as_u16()),
                 )),
                 // The error's text names the host, never the token (it is in the body).
-                Err(e) => Err(describe(&e)),
+                Err(e) => Err((describe(&e), false)),
             },
         };
         let now = self.state.clock.now();
@@ -140,7 +142,17 @@ impl Worker {
                 metrics.with_label_values(&["delivered"]).inc();
                 tracing::info!(client_id = %q.client_id, logout_id = %q.id, "back-channel logout delivered");
             }
-            Err(error) => {
+            Err((error, true)) => {
+                // The receiver read the token and said no (a repeat of a `jti` it has
+                // seen, a token it rejects): sending it again changes nothing.
+                metrics.with_label_values(&["refused"]).inc();
+                tracing::warn!(client_id = %q.client_id, logout_id = %q.id, attempt = q.attempts + 1, error, "back-channel logout refused by the receiver; not retried");
+                self.state
+                    .store
+                    .logout_failed(&q, now, &error, None)
+                    .await?;
+            }
+            Err((error, false)) => {
                 let failures = q.attempts + 1;
                 let retry_at = (failures < MAX_ATTEMPTS).then(|| {
                     now + time::Duration::try_from(backoff(failures))
@@ -182,6 +194,15 @@ impl Worker {
     }
 }
 
+/// Back-Channel Logout 1.0 §2.8: a 4xx other than 408 (timeout) and 429 (too many
+/// requests) means the receiver got the token and will not take it; only those two,
+/// 5xx and no answer at all are worth another attempt. (Apache's `mod_auth_openidc`
+/// answers 400 to a second delivery of the same `jti`.) Anything else that is not
+/// 2xx (a redirect, which is never followed) is retried like a failure.
+pub fn refusal_is_final(status: u16) -> bool {
+    (400..500).contains(&status) && status != 408 && status != 429
+}
+
 /// What went wrong, without the URL's query (it may carry a receiver's secret).
 fn describe(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {
@@ -209,6 +230,16 @@ mod tests {
         assert_eq!(backoff(1), Duration::from_secs(2));
         assert_eq!(backoff(3), Duration::from_secs(8));
         assert_eq!(backoff(40), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn a_4xx_is_final_except_timeout_and_too_many_requests() {
+        for final_ in [400, 401, 403, 404, 410, 422] {
+            assert!(refusal_is_final(final_), "{final_}");
+        }
+        for retried in [408, 429, 500, 502, 503, 504, 301, 302] {
+            assert!(!refusal_is_final(retried), "{retried}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::rules::client_authenticates;
 use crate::crypto::{random_bytes, random_token, token_hash};
-use crate::domain::oauth::check_redirect_uri;
+use crate::domain::oauth::{check_redirect_uri, check_web_origin};
 use crate::error::AppError;
 use crate::state::AppState;
 use crate::store::{ClientRecord, StoreError};
@@ -22,6 +22,8 @@ pub struct NewClient {
     pub backchannel_logout_uri: Option<String>,
     pub first_party: bool,
     pub introspect_any: bool,
+    /// A browser app's origins (`--web-origin`): CORS on token, revocation, userinfo.
+    pub web_origins: Vec<String>,
 }
 
 /// A registered client: its id, and the secret (shown this once; `None` for public).
@@ -56,6 +58,17 @@ pub async fn create(state: &AppState, new: NewClient) -> anyhow::Result<Created>
             ));
         }
     }
+    for origin in &new.web_origins {
+        check_web_origin(origin).map_err(|e| anyhow!("--web-origin {e}"))?;
+    }
+    // A page's code is public: only a client without a secret runs there.
+    if !new.web_origins.is_empty() && !new.public {
+        return Err(anyhow!(
+            "--web-origin is for browser apps, which cannot keep a secret: add --public"
+        ));
+    }
+    let mut web_origins = new.web_origins;
+    web_origins.dedup();
     if new.public && new.introspect_any {
         return Err(anyhow!(
             "--introspect-any needs a confidential client (one with a secret)"
@@ -73,6 +86,7 @@ pub async fn create(state: &AppState, new: NewClient) -> anyhow::Result<Created>
         first_party: new.first_party,
         introspect_any: new.introspect_any,
         created_at: state.clock.now(),
+        web_origins,
     };
     state
         .store
@@ -97,41 +111,53 @@ pub async fn delete(state: &AppState, id: &str) -> anyhow::Result<bool> {
         .context("deleting the client")
 }
 
+/// Whether any browser app lists `origin` (a CORS preflight names no client).
+pub async fn web_origin_registered(state: &AppState, origin: &str) -> Result<bool, AppError> {
+    Ok(state.store.web_origin_registered(origin).await?)
+}
+
 /// Credentials as a request presented them (RFC 6749 §2.3.1): HTTP Basic or the form.
 pub struct Presented {
     pub client_id: String,
     pub secret: Option<SecretString>,
 }
 
-/// The client behind `presented`, or `invalid_client` (401) whatever was wrong: no
-/// such client, wrong secret, a secret from a public client, none from a
-/// confidential one.
-pub async fn authenticate(
-    state: &AppState,
-    presented: &Presented,
-) -> Result<ClientRecord, AppError> {
-    let client = match state.live.client(&presented.client_id) {
-        Some(c) => Some(c),
-        None => {
-            let ticket = state.live.ticket();
-            let client = match state.store.client(&presented.client_id).await {
-                Ok(c) => c,
-                Err(StoreError::Unavailable(e)) => return Err(AppError::Unavailable(e.into())),
-                Err(e) => return Err(e.into()),
-            };
-            if let (Some(ticket), Some(c)) = (ticket, &client) {
-                state.live.put_client(ticket, c.clone());
-            }
-            client
-        }
+/// The client registered as `id`, from this node's cache when it may answer.
+pub async fn find(state: &AppState, id: &str) -> Result<Option<ClientRecord>, AppError> {
+    if let Some(c) = state.live.client(id) {
+        return Ok(Some(c));
+    }
+    let ticket = state.live.ticket();
+    let client = match state.store.client(id).await {
+        Ok(c) => c,
+        Err(StoreError::Unavailable(e)) => return Err(AppError::Unavailable(e.into())),
+        Err(e) => return Err(e.into()),
     };
-    let Some(client) = client else {
-        return Err(AppError::invalid_client());
-    };
+    if let (Some(ticket), Some(c)) = (ticket, &client) {
+        state.live.put_client(ticket, c.clone());
+    }
+    Ok(client)
+}
+
+/// `client` if `presented` proves to be it, or `invalid_client` (401) whatever was
+/// wrong: wrong secret, a secret from a public client, none from a confidential one.
+pub fn verify(client: ClientRecord, presented: &Presented) -> Result<ClientRecord, AppError> {
     let secret = presented.secret.as_ref().map(|s| s.expose_secret());
-    if client_authenticates(&client, secret) {
+    if client.id == presented.client_id && client_authenticates(&client, secret) {
         Ok(client)
     } else {
         Err(AppError::invalid_client())
     }
+}
+
+/// The client behind `presented`, or `invalid_client` (401) whatever was wrong: no
+/// such client, or `verify` refused it.
+pub async fn authenticate(
+    state: &AppState,
+    presented: &Presented,
+) -> Result<ClientRecord, AppError> {
+    let client = find(state, &presented.client_id)
+        .await?
+        .ok_or_else(AppError::invalid_client)?;
+    verify(client, presented)
 }

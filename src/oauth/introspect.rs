@@ -80,15 +80,25 @@ pub async fn live_access(state: &AppState, token: &str) -> Result<Option<LiveAcc
         .map(|live| LiveAccess { claims, live });
     if let Some(ticket) = ticket {
         // A genuine token found dead stays dead: remembered until it expires anyway.
-        let until = match &access {
-            Some(a) => a.live.live_until,
-            None => OffsetDateTime::from_unix_timestamp(exp).unwrap_or(now),
-        };
+        let until = cached_until(exp, access.as_ref().map(|a| a.live.live_until), now);
         state
             .live
             .put_token(ticket, key, access.clone(), until, now);
     }
     Ok(access)
+}
+
+/// When a cached answer about a token whose JWT says `exp` ends: a live one at the
+/// earliest deadline the database gave (`live_until`), but never after `exp` itself.
+/// The row's expiry keeps the fraction of a second the JWT's whole-second `exp` drops,
+/// so the row alone would keep the token active up to a second after it expired.
+pub fn cached_until(
+    exp: i64,
+    live_until: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> OffsetDateTime {
+    let exp = OffsetDateTime::from_unix_timestamp(exp).unwrap_or(now);
+    live_until.map_or(exp, |until| until.min(exp))
 }
 
 /// Whether `caller` may learn about a token issued to `owner` (checklist I3: only its
@@ -194,6 +204,25 @@ pub async fn revoke(state: &AppState, caller: &ClientRecord, token: &str) -> Res
     Ok(())
 }
 
+/// The web origins (CORS) of the client a genuine access token of ours was issued
+/// to, expired or revoked alike (its app must be able to read that answer too);
+/// none for anything else.
+pub async fn token_web_origins(state: &AppState, token: &str) -> Result<Vec<String>, AppError> {
+    if !looks_like_jwt(token) || token.len() > 8192 {
+        return Ok(Vec::new());
+    }
+    let Some((claims, _)) = signed_access(state, token).await else {
+        return Ok(Vec::new());
+    };
+    if claims.iss != state.settings.issuer() {
+        return Ok(Vec::new());
+    }
+    Ok(super::clients::find(state, &claims.client_id)
+        .await?
+        .map(|c| c.web_origins)
+        .unwrap_or_default())
+}
+
 /// OIDC Core §5.3: the claims about the token's user, if the token is live and was
 /// granted `openid`.
 pub async fn userinfo(state: &AppState, token: &str) -> Result<Value, AppError> {
@@ -220,4 +249,26 @@ pub async fn userinfo(state: &AppState, token: &str) -> Result<Value, AppError> 
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_answer_ends_at_the_jwt_exp_when_the_row_ends_later() {
+        let now = OffsetDateTime::from_unix_timestamp(1_000).unwrap();
+        let row =
+            OffsetDateTime::from_unix_timestamp(1_600).unwrap() + time::Duration::milliseconds(900);
+        let exp = 1_600;
+        assert_eq!(
+            cached_until(exp, Some(row), now).unix_timestamp_nanos(),
+            1_600_000_000_000
+        );
+        // A session that ends earlier still ends the answer earlier.
+        let idle = OffsetDateTime::from_unix_timestamp(1_200).unwrap();
+        assert_eq!(cached_until(exp, Some(idle), now), idle);
+        // A dead token is remembered until its exp.
+        assert_eq!(cached_until(exp, None, now).unix_timestamp(), 1_600);
+    }
 }

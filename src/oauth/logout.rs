@@ -75,7 +75,8 @@ pub async fn check(
                     "The application that sent you here is not registered.",
                 ));
             };
-            if !crate::domain::oauth::redirect_registered(&client.post_logout_redirect_uris, uri) {
+            if !crate::domain::oauth::post_logout_registered(&client.post_logout_redirect_uris, uri)
+            {
                 return Err(page(
                     "The application asked to return to an address it has not registered.",
                 ));

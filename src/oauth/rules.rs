@@ -284,6 +284,7 @@ mod tests {
             first_party: false,
             introspect_any: false,
             created_at: OffsetDateTime::UNIX_EPOCH,
+            web_origins: vec![],
         };
         assert!(client_authenticates(&c, Some("s3cret")));
         assert!(!client_authenticates(&c, Some("s3cret ")));

@@ -43,8 +43,8 @@ pub use passkeys::{
     CeremonyRecord, NewCeremony, NewPasskey, PasskeyOwner, PasskeyRecord, PasskeyStore, PasskeyUse,
 };
 pub use pg::{
-    HealthStore, PgStore, connect_pool, dev_secret_key, is_unavailable, migrate_when_reachable,
-    run_migrations,
+    HealthStore, PgStore, Revoked, connect_pool, dev_secret_key, is_unavailable,
+    migrate_when_reachable, run_migrations,
 };
 pub use rekey::{RekeyReport, RekeyStore};
 pub use risk::{

@@ -20,6 +20,9 @@ pub struct ClientRecord {
     pub first_party: bool,
     pub introspect_any: bool,
     pub created_at: OffsetDateTime,
+    /// Origins whose pages may read this client's token, revocation and userinfo
+    /// answers (CORS); empty for any app that is not a browser app.
+    pub web_origins: Vec<String>,
 }
 
 impl ClientRecord {
@@ -56,6 +59,9 @@ pub trait ClientStore: Send + Sync {
     async fn create_client(&self, client: &ClientRecord) -> Result<(), StoreError>;
     async fn client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError>;
     async fn clients(&self) -> Result<Vec<ClientRecord>, StoreError>;
+    /// Whether any client lists `origin` among its web origins (a CORS preflight,
+    /// which names no client, is answered for those).
+    async fn web_origin_registered(&self, origin: &str) -> Result<bool, StoreError>;
     /// Deletes a client and, with it, every code, grant, token and consent of it.
     async fn delete_client(&self, id: &str) -> Result<bool, StoreError>;
 
@@ -98,7 +104,7 @@ pub trait ClientStore: Send + Sync {
 }
 
 const CLIENT_COLUMNS: &str = "id, name, secret_hash, redirect_uris, post_logout_redirect_uris,
-     backchannel_logout_uri, first_party, introspect_any, created_at";
+     backchannel_logout_uri, first_party, introspect_any, created_at, web_origins";
 const KEY_COLUMNS: &str = "id, kid, private_enc, n, e, created_at, verify_until";
 
 /// Inserts `k` as the signing key (`verify_until` NULL); `tail` may add a conflict
@@ -127,7 +133,7 @@ async fn insert_key(
 impl ClientStore for PgStore {
     async fn create_client(&self, c: &ClientRecord) -> Result<(), StoreError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO oauth_clients ({CLIENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            "INSERT INTO oauth_clients ({CLIENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         )))
         .bind(&c.id)
         .bind(&c.name)
@@ -138,6 +144,7 @@ impl ClientStore for PgStore {
         .bind(c.first_party)
         .bind(c.introspect_any)
         .bind(c.created_at)
+        .bind(&c.web_origins)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -157,6 +164,15 @@ impl ClientStore for PgStore {
             "SELECT {CLIENT_COLUMNS} FROM oauth_clients ORDER BY created_at, id"
         )))
         .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn web_origin_registered(&self, origin: &str) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM oauth_clients WHERE $1 = ANY (web_origins))",
+        )
+        .bind(origin)
+        .fetch_one(&self.pool)
         .await?)
     }
 

@@ -115,7 +115,18 @@ pub struct PgStore {
     /// Called after a transaction that revoked something commits, so this node's
     /// own caches forget at once, before the answer goes out (other nodes hear of it
     /// through the triggers' notification, this one too, a moment later).
-    on_revoke: Option<Arc<dyn Fn() + Send + Sync>>,
+    on_revoke: Option<Arc<dyn Fn(Revoked) + Send + Sync>>,
+}
+
+/// What a revocation through this node touched, as its own caches need to know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revoked {
+    /// Sessions, users, clients or keys: forget every answer.
+    Everything,
+    /// One access token (its `jti`).
+    Token(uuid::Uuid),
+    /// One grant and every token under it.
+    Grant(uuid::Uuid),
 }
 
 impl PgStore {
@@ -127,14 +138,20 @@ impl PgStore {
         }
     }
 
-    pub fn with_revocation_hook(mut self, hook: Arc<dyn Fn() + Send + Sync>) -> Self {
+    pub fn with_revocation_hook(mut self, hook: Arc<dyn Fn(Revoked) + Send + Sync>) -> Self {
         self.on_revoke = Some(hook);
         self
     }
 
     pub(super) fn revoked_here(&self) {
+        self.revoked_only(Revoked::Everything);
+    }
+
+    /// A revocation that touched only `what`: the caches forget just that, so that
+    /// a request that revokes little (or nothing) cannot empty them.
+    pub(super) fn revoked_only(&self, what: Revoked) {
         if let Some(hook) = &self.on_revoke {
-            hook();
+            hook(what);
         }
     }
 

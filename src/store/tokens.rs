@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::events::{NewEvent, insert_event};
-use super::{PgStore, StoreError};
+use super::{PgStore, Revoked, StoreError};
 use crate::domain::{SessionId, UserId};
 
 /// A code about to be handed to the browser.
@@ -522,8 +522,12 @@ impl TokenStore for PgStore {
         .bind(now)
         .execute(&self.pool)
         .await?;
-        self.revoked_here();
-        Ok(done.rows_affected() == 1)
+        // Nothing revoked (someone else's token, one already revoked): nothing to forget.
+        let revoked = done.rows_affected() == 1;
+        if revoked {
+            self.revoked_only(Revoked::Token(jti));
+        }
+        Ok(revoked)
     }
 
     async fn revoke_refresh_family(
@@ -532,18 +536,22 @@ impl TokenStore for PgStore {
         client_id: &str,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let grant: Option<Uuid> = sqlx::query_scalar(
             "UPDATE oauth_grants g SET revoked_at = $3, revoked_reason = 'revoked_by_client'
              FROM oauth_refresh_tokens r
              WHERE r.token_hash = $1 AND g.id = r.grant_id AND g.client_id = $2
-               AND g.revoked_at IS NULL",
+               AND g.revoked_at IS NULL
+             RETURNING g.id",
         )
         .bind(token_hash)
         .bind(client_id)
         .bind(now)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        self.revoked_here();
-        Ok(done.rows_affected() == 1)
+        // An unknown or foreign token revokes nothing, so nothing is forgotten.
+        if let Some(grant) = grant {
+            self.revoked_only(Revoked::Grant(grant));
+        }
+        Ok(grant.is_some())
     }
 }

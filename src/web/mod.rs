@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod client;
+pub mod cors;
 pub mod dbsc;
 pub mod devices;
 pub mod edge;
@@ -53,7 +54,7 @@ pub enum Errors {
 #[derive(Clone, Copy, Debug)]
 pub struct RouteInfo {
     pub path: &'static str,
-    /// Lower-case HTTP methods: `get`, `post`.
+    /// Lower-case HTTP methods: `get`, `post`, `options` (CORS preflight).
     pub methods: &'static [&'static str],
     pub access: Access,
     pub errors: Errors,
@@ -108,6 +109,16 @@ impl RouteInfo {
     }
 }
 
+/// The methods a route row may name: actix's `get` and `post`, and `options`
+/// (a CORS preflight), for which actix has no shorthand.
+mod verb {
+    pub use actix_web::web::{get, post};
+
+    pub fn options() -> actix_web::Route {
+        actix_web::web::route().method(actix_web::http::Method::OPTIONS)
+    }
+}
+
 /// Writes the route table once, as both the actix configuration (`routes`) and the
 /// data (`ROUTES`), so the two cannot drift apart. A row reads
 /// `"path" [Access, policy…] { method => handler, … }`, where each policy word is one
@@ -122,7 +133,7 @@ macro_rules! route_table {
         /// Every route Gatehouse answers. Anything else is a 404 page; a known path
         /// with the wrong method is a 405 page.
         pub fn routes(cfg: &mut web::ServiceConfig) {
-            $( cfg.service(web::resource($path)$(.route(web::$method().to($handler)))+); )*
+            $( cfg.service(web::resource($path)$(.route(verb::$method().to($handler)))+); )*
             cfg.default_service(web::to(pages::not_found));
         }
     };
@@ -201,10 +212,14 @@ route_table! {
         get => oauth_pages::authorize_page,
         post => oauth_pages::consent_post,
     }
-    "/oauth2/token" [Public, oauth] { post => oauth::token_endpoint }
+    "/oauth2/token" [Public, oauth] { post => oauth::token_endpoint, options => cors::preflight }
     "/oauth2/introspect" [Public, oauth] { post => oauth::introspect_endpoint }
-    "/oauth2/revoke" [Public, oauth] { post => oauth::revoke_endpoint }
-    "/oauth2/userinfo" [Public, oauth] { get => oauth::userinfo_get, post => oauth::userinfo_post }
+    "/oauth2/revoke" [Public, oauth] { post => oauth::revoke_endpoint, options => cors::preflight }
+    "/oauth2/userinfo" [Public, oauth] {
+        get => oauth::userinfo_get,
+        post => oauth::userinfo_post,
+        options => cors::preflight,
+    }
     "/oauth2/logout" [Public, leaves_site] {
         get => oauth_pages::logout_get,
         post => oauth_pages::logout_post,

@@ -13,6 +13,7 @@ use crate::oauth::clients::{self, Presented};
 use crate::oauth::{discovery, introspect, token};
 use crate::state::AppState;
 use crate::store::ClientRecord;
+use crate::web::cors;
 use crate::web::forms::RawForm;
 
 fn json(body: &impl serde::Serialize) -> HttpResponse {
@@ -110,13 +111,29 @@ fn presented(req: &HttpRequest, params: &Params) -> Result<Presented, AppError> 
     }
 }
 
+/// Whether the endpoint answers browser apps' pages (CORS, `web::cors`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pages {
+    Answered,
+    NotAnswered,
+}
+
 async fn authenticated(
     state: &AppState,
     req: &HttpRequest,
     body: &str,
+    pages: Pages,
 ) -> Result<(ClientRecord, Params), AppError> {
     let params = Params::parse(body).map_err(|m| AppError::oauth("invalid_request", m))?;
-    let client = clients::authenticate(state, &presented(req, &params)?).await?;
+    let presented = presented(req, &params)?;
+    let client = clients::find(state, &presented.client_id)
+        .await?
+        .ok_or_else(AppError::invalid_client)?;
+    // Known from here on: its pages may read the answer, refusals included.
+    if pages == Pages::Answered {
+        cors::allow(req, &client.web_origins);
+    }
+    let client = clients::verify(client, &presented)?;
     Ok((client, params))
 }
 
@@ -125,7 +142,7 @@ pub async fn token_endpoint(
     req: HttpRequest,
     RawForm(body): RawForm,
 ) -> Result<HttpResponse, AppError> {
-    let (client, params) = authenticated(&state, &req, &body).await?;
+    let (client, params) = authenticated(&state, &req, &body, Pages::Answered).await?;
     let out = token::token(&state, &client, &params).await?;
     Ok(json(&out))
 }
@@ -135,7 +152,7 @@ pub async fn introspect_endpoint(
     req: HttpRequest,
     RawForm(body): RawForm,
 ) -> Result<HttpResponse, AppError> {
-    let (client, params) = authenticated(&state, &req, &body).await?;
+    let (client, params) = authenticated(&state, &req, &body, Pages::NotAnswered).await?;
     // A public client has no secret: it cannot prove who is asking (RFC 7662 §2.1).
     if client.is_public() {
         return Err(AppError::invalid_client());
@@ -151,7 +168,7 @@ pub async fn revoke_endpoint(
     req: HttpRequest,
     RawForm(body): RawForm,
 ) -> Result<HttpResponse, AppError> {
-    let (client, params) = authenticated(&state, &req, &body).await?;
+    let (client, params) = authenticated(&state, &req, &body, Pages::Answered).await?;
     let token = params
         .get("token")
         .ok_or_else(|| AppError::oauth("invalid_request", "token is missing"))?;
@@ -175,7 +192,19 @@ pub async fn userinfo_get(
     req: HttpRequest,
 ) -> Result<HttpResponse, AppError> {
     let token = bearer(&req).ok_or(AppError::NoBearerToken)?;
-    Ok(json(&introspect::userinfo(&state, &token).await?))
+    userinfo(&state, &req, &token).await
+}
+
+/// The answer, readable by the pages of the token's client (`web::cors`).
+async fn userinfo(
+    state: &AppState,
+    req: &HttpRequest,
+    token: &str,
+) -> Result<HttpResponse, AppError> {
+    if cors::asked(req) {
+        cors::allow(req, &introspect::token_web_origins(state, token).await?);
+    }
+    Ok(json(&introspect::userinfo(state, token).await?))
 }
 
 /// POST: the token in the header or, RFC 6750 §2.2, the form (not both).
@@ -211,5 +240,5 @@ pub async fn userinfo_post(
         (Some(t), None) | (None, Some(t)) => t,
         (None, None) => return Err(AppError::NoBearerToken),
     };
-    Ok(json(&introspect::userinfo(&state, &token).await?))
+    userinfo(&state, &req, &token).await
 }

@@ -507,3 +507,77 @@ async fn two_nodes_deliver_each_logout_exactly_once() {
     }
     assert_eq!(by_sid.len(), 24);
 }
+
+#[tokio::test]
+async fn a_receiver_that_refuses_with_a_4xx_gets_exactly_one_attempt() {
+    // Back-Channel Logout 1.0 §2.8: a 4xx (other than 408 and 429) is the receiver's
+    // final word; Apache's mod_auth_openidc answers 400 to a repeated jti, so retrying
+    // would only warn for half an hour.
+    let rig = rig(Options {
+        frozen_clock: true,
+        ..Options::default()
+    })
+    .await;
+    let (x, sid, _) = rig.session().await;
+    let (client, receiver) = &rig.a;
+    receiver.answer(400);
+    let csrf = x.get("/account").await.csrf();
+    x.post_form("/logout", &[("csrf_token", &csrf)]).await;
+    let row = format!(
+        "SELECT count(*) FROM backchannel_outbox WHERE client_id = '{}' AND session_id = '{sid}' \
+         AND failed_at IS NOT NULL AND attempts = 1",
+        client.id
+    );
+    rig.app.wait_until(&row, 1).await;
+    assert_eq!(receiver.received().len(), 1);
+    // It would take it now, but it is not asked again, however long we wait.
+    receiver.answer(200);
+    for _ in 0..3 {
+        rig.app.clock.advance(Duration::from_secs(3600));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(receiver.received().len(), 1, "exactly one delivery attempt");
+    assert_eq!(
+        rig.app
+            .metric("gatehouse_backchannel_logouts_total{outcome=\"refused\"}")
+            .await,
+        1.0
+    );
+    // b's receiver answered 200 as usual.
+    assert_eq!(rig.b.1.received().len(), 1);
+}
+
+#[tokio::test]
+async fn timeouts_and_too_many_requests_are_still_retried() {
+    let rig = rig(Options {
+        frozen_clock: true,
+        ..Options::default()
+    })
+    .await;
+    let (x, sid, _) = rig.session().await;
+    let (client, receiver) = &rig.a;
+    receiver.answer(429);
+    let csrf = x.get("/account").await.csrf();
+    x.post_form("/logout", &[("csrf_token", &csrf)]).await;
+    let attempts = format!(
+        "SELECT attempts::bigint FROM backchannel_outbox WHERE client_id = '{}' AND session_id = '{sid}' \
+         AND failed_at IS NULL",
+        client.id
+    );
+    rig.app.wait_until(&attempts, 1).await;
+    receiver.answer(408);
+    rig.app.clock.advance(Duration::from_secs(2));
+    rig.app.wait_until(&attempts, 2).await;
+    receiver.answer(200);
+    rig.app.clock.advance(Duration::from_secs(4));
+    rig.app
+        .wait_until(
+            &format!(
+                "SELECT count(*) FROM backchannel_outbox WHERE client_id = '{}' AND delivered_at IS NOT NULL",
+                client.id
+            ),
+            1,
+        )
+        .await;
+    assert_eq!(receiver.received().len(), 3);
+}

@@ -229,3 +229,87 @@ async fn a_listener_on_another_database_never_makes_the_cache_trusted() {
     assert_eq!(introspect(&app, &client, &t.access).await, inactive());
     crate::helpers::drop_database(&other_db).await;
 }
+
+const MISS: &str = "gatehouse_liveness_lookups_total{source=\"miss\"}";
+
+// Issue 24, item 7: `/oauth2/revoke` with a public client's id and a junk token used
+// to empty this node's caches, so anyone could make every introspection read
+// PostgreSQL again. Only what a real revocation touched is forgotten now.
+#[tokio::test]
+async fn revoking_junk_or_someone_elses_token_leaves_the_cache_alone() {
+    let app = spawn_app_with(Options::default()).await;
+    let client = app_client(&app);
+    let (t, _) = cached_token(&app, &client).await;
+    let anyone = create_client(&app, &["--public"]);
+    let misses = app.metric(MISS).await;
+    let hits = app.metric(HIT).await;
+    // Junk, a JWT-shaped junk, and a genuine token of another client.
+    for junk in ["junk", "a.b.c", t.access.as_str(), t.refresh.as_str()] {
+        let (s, _, _) = post(&app, "/oauth2/revoke", &anyone, &[("token", junk)]).await;
+        assert_eq!(s, 200, "RFC 7009 §2.2: the same answer for anything");
+        assert_eq!(introspect(&app, &client, &t.access).await["active"], true);
+    }
+    assert_eq!(
+        app.metric(MISS).await,
+        misses,
+        "no cached answer was forgotten"
+    );
+    assert!(app.metric(HIT).await > hits, "answers came from the cache");
+
+    // A real revocation of another token of the same client forgets that token only.
+    let b = app.signed_in("bob@example.com").await;
+    let other = sign_in_app(&app, &b, &client, &[]).await;
+    assert_hit(&app, &client, &other.access).await;
+    let (s, _, _) = post(&app, "/oauth2/revoke", &client, &[("token", &other.access)]).await;
+    assert_eq!(s, 200);
+    assert_eq!(introspect(&app, &client, &other.access).await, inactive());
+    let third = sign_in_app(&app, &b, &client, &[]).await;
+    let (s, _, _) = post(
+        &app,
+        "/oauth2/revoke",
+        &client,
+        &[("token", &third.refresh)],
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(introspect(&app, &client, &third.access).await, inactive());
+    let after = app.metric(MISS).await;
+    assert_eq!(introspect(&app, &client, &t.access).await["active"], true);
+    assert_eq!(
+        app.metric(MISS).await,
+        after,
+        "alice's token is still answered from the cache"
+    );
+}
+
+// Issue 24, item 8: the cache kept a live answer until the row's expiry, which keeps
+// the fraction of a second the JWT's whole-second `exp` drops.
+#[tokio::test]
+async fn a_cached_answer_ends_with_the_tokens_exp_to_the_second() {
+    let app = spawn_app_with(Options {
+        frozen_clock: true,
+        ..Options::default()
+    })
+    .await;
+    // Half past a second, so the row ends half a second after the JWT's exp.
+    let frac = i64::from(app.clock.now().millisecond());
+    app.clock
+        .advance(Duration::from_millis(((1500 - frac) % 1000) as u64));
+    let client = app_client(&app);
+    let (t, _) = cached_token(&app, &client).await;
+    let exp = jwt_parts(&t.access).1["exp"].as_i64().unwrap();
+    let row: time::OffsetDateTime =
+        sqlx::query_scalar("SELECT expires_at FROM oauth_access_tokens")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert!(row.unix_timestamp_nanos() > i128::from(exp) * 1_000_000_000 + 400_000_000);
+    // 200 ms after exp, 300 ms before the row's expiry.
+    let now = app.clock.now().unix_timestamp_nanos();
+    let to = i128::from(exp) * 1_000_000_000 + 200_000_000;
+    app.clock
+        .advance(Duration::from_millis(((to - now) / 1_000_000) as u64));
+    assert!(app.clock.now().unix_timestamp() >= exp);
+    assert_eq!(introspect(&app, &client, &t.access).await, inactive());
+    assert_eq!(userinfo(&app, &t.access).await.0, 401);
+}

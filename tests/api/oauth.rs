@@ -2014,3 +2014,131 @@ fn sha256_hex(s: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// The code flow of a native app listening on `redirect` (a loopback port of its own):
+/// authorize, then exchange with `token_redirect`. Returns the token endpoint's answer.
+async fn native_flow(
+    app: &crate::helpers::TestApp,
+    b: &crate::helpers::Browser,
+    client: &Client,
+    redirect: &str,
+    token_redirect: &str,
+) -> (u16, Value) {
+    let (verifier, challenge) = pkce();
+    let r = b
+        .get(&authorize_url(
+            client,
+            &[
+                ("redirect_uri", redirect),
+                ("code_challenge", &challenge),
+                ("code_challenge_method", "S256"),
+            ],
+        ))
+        .await;
+    assert_eq!(r.status, 303, "{redirect}: {}", r.body);
+    assert!(
+        r.location().starts_with(&format!("{redirect}?")),
+        "{redirect}: sent to {}",
+        r.location()
+    );
+    let code = param(&location_params(&r), "code").expect("a code");
+    let (s, _, body) = post(
+        app,
+        "/oauth2/token",
+        client,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", token_redirect),
+            ("code_verifier", &verifier),
+        ],
+    )
+    .await;
+    (s, body)
+}
+
+// Issue 24, item 10 (RFC 8252 §7.3): a native app registers its loopback IP redirect
+// without (or with any) port and listens on whatever port the system gives it.
+#[tokio::test]
+async fn a_native_app_on_a_loopback_ip_may_use_any_port_and_nothing_else_changes() {
+    let app = spawn_app().await;
+    let client = create_client(
+        &app,
+        &[
+            "--public",
+            "--first-party",
+            "--redirect-uri",
+            "http://127.0.0.1/callback",
+            "--redirect-uri",
+            "http://[::1]:8400/callback",
+            "--redirect-uri",
+            "http://localhost:3000/callback",
+        ],
+    );
+    let b = app.signed_in("alice@example.com").await;
+    for redirect in [
+        "http://127.0.0.1:51234/callback",
+        "http://127.0.0.1/callback",
+        "http://[::1]:61000/callback",
+        "http://[::1]/callback",
+        "http://localhost:3000/callback",
+    ] {
+        let (s, body) = native_flow(&app, &b, &client, redirect, redirect).await;
+        assert_eq!(s, 200, "{redirect}: {body}");
+        assert!(body["access_token"].is_string());
+    }
+    // The token request names the very URI of the authorization request: the
+    // registered one, or another port, is not it.
+    for (used, other) in [
+        (
+            "http://127.0.0.1:51234/callback",
+            "http://127.0.0.1/callback",
+        ),
+        (
+            "http://127.0.0.1:51234/callback",
+            "http://127.0.0.1:51235/callback",
+        ),
+        ("http://[::1]:61000/callback", "http://[::1]:8400/callback"),
+    ] {
+        let (s, body) = native_flow(&app, &b, &client, used, other).await;
+        assert_eq!(s, 400, "{used} then {other}: {body}");
+        assert_eq!(body["error"], "invalid_grant");
+    }
+    // localhost, and anything but the port, still match exactly (O1).
+    for bad in [
+        "http://localhost:3001/callback",
+        "http://localhost/callback",
+        "http://127.0.0.1:51234/callback/",
+        "http://127.0.0.1:51234/Callback",
+        "http://127.0.0.1:51234/callback?x=1",
+        "http://127.0.0.1:0/callback",
+        "http://127.0.0.1:/callback",
+        "http://127.0.0.2:51234/callback",
+        "http://127.0.0.1.evil.test/callback",
+        "https://127.0.0.1:51234/callback",
+        "http://[::1]:61000/callback/x",
+    ] {
+        let r = b
+            .get(&authorize_url(&client, &[("redirect_uri", bad)]))
+            .await;
+        assert_eq!(r.status, 400, "{bad}");
+        assert!(r.header("location").is_none(), "{bad} redirected");
+        assert!(r.body.contains("has not registered"), "{bad}: {}", r.body);
+    }
+}
+
+// Issue 24, item 12: the README states the access token's size (some proxies' caches
+// key on the Authorization header, and some limit header sizes).
+#[tokio::test]
+async fn an_access_token_is_about_nine_hundred_bytes() {
+    let app = spawn_app().await;
+    let client = app_client(&app);
+    let b = app.signed_in("alice@example.com").await;
+    let t = sign_in_app(&app, &b, &client, &[]).await;
+    println!("access token: {} bytes", t.access.len());
+    assert!(
+        (800..=1000).contains(&t.access.len()),
+        "{} bytes: update the README",
+        t.access.len()
+    );
+}
