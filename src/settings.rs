@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
@@ -104,6 +104,9 @@ pub struct Settings {
     /// transaction-pooling proxy (PgBouncer), which cannot carry `LISTEN`.
     pub listen_database_url: Option<SecretString>,
     pub bind: SocketAddr,
+    /// `GATEHOUSE_TLS_CERT` / `GATEHOUSE_TLS_KEY`: serve HTTPS on `bind` (rustls)
+    /// instead of plain HTTP behind a proxy that terminates TLS.
+    pub tls: Option<TlsFiles>,
     /// The external base URL and OIDC issuer, without a trailing slash.
     pub public_url: Url,
     /// `None` only in dev mode, where a key is generated and kept in the database.
@@ -185,6 +188,14 @@ pub struct Settings {
     pub dbsc_require_for_admins: bool,
 }
 
+/// The PEM files Gatehouse serves HTTPS with: a certificate chain (leaf first) and
+/// its private key (PKCS#8, PKCS#1 or SEC1). Both were readable at start-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// Thresholds of the contextual sign-in checks.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RiskSettings {
@@ -205,6 +216,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "GATEHOUSE_DATABASE_URL",
     "GATEHOUSE_LISTEN_DATABASE_URL",
     "GATEHOUSE_BIND",
+    "GATEHOUSE_TLS_CERT",
+    "GATEHOUSE_TLS_KEY",
     "GATEHOUSE_PUBLIC_URL",
     "GATEHOUSE_SECRET_KEY",
     "GATEHOUSE_OLD_SECRET_KEYS",
@@ -346,6 +359,33 @@ impl RawSettings {
         }
     }
 
+    /// `GATEHOUSE_TLS_CERT` and `GATEHOUSE_TLS_KEY`: both or neither, each a file
+    /// this process can read (its contents are checked when the server starts).
+    fn tls_files(&self) -> Result<Option<TlsFiles>, SettingsError> {
+        const CERT: &str = "GATEHOUSE_TLS_CERT";
+        const KEY: &str = "GATEHOUSE_TLS_KEY";
+        let readable = |key: &str, path: &str| {
+            std::fs::File::open(path)
+                .map(|_| PathBuf::from(path))
+                .map_err(|e| err(key, format!("cannot read {path}: {e}")))
+        };
+        match (self.get(CERT), self.get(KEY)) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert: readable(CERT, cert)?,
+                key: readable(KEY, key)?,
+            })),
+            (Some(_), None) => Err(err(
+                KEY,
+                format!("is required with {CERT} (the certificate's private key, PEM)"),
+            )),
+            (None, Some(_)) => Err(err(
+                CERT,
+                format!("is required with {KEY} (the certificate chain, PEM)"),
+            )),
+        }
+    }
+
     /// Parses and checks every setting.
     pub fn into_settings(self) -> Result<Settings, SettingsError> {
         let dev = self.bool("GATEHOUSE_DEV", false)?;
@@ -380,6 +420,8 @@ impl RawSettings {
                 format!("{bind_text:?} is not an address like 127.0.0.1:8080"),
             )
         })?;
+
+        let tls = self.tls_files()?;
 
         let public_url = parse_public_url(
             self.get("GATEHOUSE_PUBLIC_URL")
@@ -479,6 +521,7 @@ impl RawSettings {
             database_url: SecretString::from(database_url.to_string()),
             listen_database_url,
             bind,
+            tls,
             public_url,
             secret_key,
             old_secret_keys,
@@ -558,10 +601,17 @@ impl RawSettings {
             },
             dbsc_cookie_ttl: {
                 let d = self.duration("GATEHOUSE_DBSC_COOKIE_TTL", "10m")?;
-                if d < Duration::from_secs(60) || d > Duration::from_secs(86400) {
+                // Dev mode may go down to seconds, so that a test sees a browser
+                // refresh without waiting minutes; shorter is never less safe.
+                let shortest = Duration::from_secs(if dev { 5 } else { 60 });
+                if d < shortest || d > Duration::from_secs(86400) {
                     return Err(err(
                         "GATEHOUSE_DBSC_COOKIE_TTL",
-                        "must be between 1m and 24h (it bounds how long a stolen cookie works)",
+                        if dev {
+                            "must be between 5s and 24h (it bounds how long a stolen cookie works)"
+                        } else {
+                            "must be between 1m and 24h (it bounds how long a stolen cookie works)"
+                        },
                     ));
                 }
                 d
@@ -826,6 +876,67 @@ mod tests {
             ("GATEHOUSE_PUBLIC_URL", "http://id.example.com"),
         ]);
         assert_eq!(e.key, "GATEHOUSE_PUBLIC_URL");
+    }
+
+    #[test]
+    fn the_bound_cookie_lives_a_minute_at_least_except_in_dev_mode() {
+        let e = error_of(&[
+            ("GATEHOUSE_PUBLIC_URL", "https://id.example.com"),
+            ("GATEHOUSE_SECRET_KEY", KEY),
+            ("GATEHOUSE_SMTP_URL", "smtps://smtp.example.com"),
+            ("GATEHOUSE_DBSC_COOKIE_TTL", "30s"),
+        ]);
+        assert_eq!(e.key, "GATEHOUSE_DBSC_COOKIE_TTL");
+        let s = raw(&[
+            ("GATEHOUSE_DEV", "true"),
+            ("GATEHOUSE_DBSC_COOKIE_TTL", "5s"),
+        ])
+        .into_settings()
+        .unwrap();
+        assert_eq!(s.dbsc_cookie_ttl, Duration::from_secs(5));
+        let e = error_of(&[
+            ("GATEHOUSE_DEV", "true"),
+            ("GATEHOUSE_DBSC_COOKIE_TTL", "4s"),
+        ]);
+        assert_eq!(e.key, "GATEHOUSE_DBSC_COOKIE_TTL");
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_each_readable() {
+        let cert = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/tls/localhost.crt"
+        );
+        let key = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/tls/localhost.key"
+        );
+        let s = raw(&[
+            ("GATEHOUSE_DEV", "true"),
+            ("GATEHOUSE_TLS_CERT", cert),
+            ("GATEHOUSE_TLS_KEY", key),
+        ])
+        .into_settings()
+        .unwrap();
+        assert_eq!(
+            s.tls,
+            Some(TlsFiles {
+                cert: cert.into(),
+                key: key.into()
+            })
+        );
+        let plain = raw(&[("GATEHOUSE_DEV", "true")]).into_settings().unwrap();
+        assert_eq!(plain.tls, None);
+        let e = error_of(&[("GATEHOUSE_TLS_CERT", cert)]);
+        assert_eq!(e.key, "GATEHOUSE_TLS_KEY");
+        let e = error_of(&[("GATEHOUSE_TLS_KEY", key)]);
+        assert_eq!(e.key, "GATEHOUSE_TLS_CERT");
+        let e = error_of(&[
+            ("GATEHOUSE_TLS_CERT", cert),
+            ("GATEHOUSE_TLS_KEY", "/nonexistent/gatehouse.key"),
+        ]);
+        assert_eq!(e.key, "GATEHOUSE_TLS_KEY");
+        assert!(e.reason.contains("/nonexistent/gatehouse.key"), "{e}");
     }
 
     #[test]

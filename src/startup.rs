@@ -11,9 +11,51 @@ use anyhow::Context;
 use crate::clock::Clock;
 use crate::mail::Transport;
 use crate::mail::worker::Worker;
-use crate::settings::Settings;
+use crate::settings::{Settings, TlsFiles};
 use crate::state::AppState;
 use crate::web::{edge::edge, routes};
+
+/// The rustls server configuration for `GATEHOUSE_TLS_CERT` / `GATEHOUSE_TLS_KEY`,
+/// with the `ring` provider every other TLS use in the binary has (one provider).
+/// A file without a certificate or key, or a key that does not fit the
+/// certificate, stops the start with the setting's name.
+fn tls_config(files: &TlsFiles) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "GATEHOUSE_TLS_CERT: {}: not a PEM certificate chain ({e})",
+                files.cert.display()
+            )
+        })?;
+    if certs.is_empty() {
+        anyhow::bail!(
+            "GATEHOUSE_TLS_CERT: {}: no certificate in the file",
+            files.cert.display()
+        );
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+        anyhow::anyhow!(
+            "GATEHOUSE_TLS_KEY: {}: no PEM private key ({e})",
+            files.key.display()
+        )
+    })?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "GATEHOUSE_TLS_KEY: {}: does not fit the certificate in GATEHOUSE_TLS_CERT ({e})",
+                files.key.display()
+            )
+        })
+}
 
 /// A built, not yet running server.
 pub struct Application {
@@ -40,6 +82,7 @@ impl Application {
         let per_worker_connections = usize::try_from(settings.http_max_connections)
             .unwrap_or(usize::MAX)
             .div_ceil(workers.max(1));
+        let tls = settings.tls.as_ref().map(tls_config).transpose()?;
         let state = web::Data::new(AppState::new(settings, clock, migrate).await?);
         // This node's outbox worker; every node runs one, they share the work.
         let worker = Worker {
@@ -98,8 +141,11 @@ impl Application {
         .client_request_timeout(request_timeout)
         .client_disconnect_timeout(std::time::Duration::from_secs(2))
         .keep_alive(keep_alive)
-        .max_connections(per_worker_connections)
-        .listen(listener)?
+        .max_connections(per_worker_connections);
+        let server = match tls {
+            Some(config) => server.listen_rustls_0_23(listener, config)?,
+            None => server.listen(listener)?,
+        }
         // SIGTERM/SIGINT: stop accepting, let in-flight requests finish.
         .shutdown_timeout(30)
         .run();

@@ -22,8 +22,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::events::event_with;
-use crate::crypto;
-use crate::domain::{SessionId, SessionToken};
+use crate::crypto::{self, columns};
+use crate::domain::{Location, SessionId, SessionToken};
 use crate::error::AppError;
 use crate::mail::messages;
 use crate::state::AppState;
@@ -401,16 +401,58 @@ async fn refresh_with(
     }
 }
 
+/// Refusals of one bound session whose requests say they skipped a refresh
+/// (`Secure-Session-Skipped`) are counted in a window of this length...
+pub const SKIPPED_WINDOW_SECS: i64 = 600;
+/// ...and more than this many in one window are more than a real browser sends (it
+/// says so only while its refresh fails, and a refresh is due once per bound cookie
+/// lifetime): the session is flagged as a copy (README "Device-bound sessions").
+pub const SKIPPED_REFUSALS_LIMIT: i32 = 20;
+
+/// Where a refused request came from.
+pub struct RequestOrigin<'a> {
+    pub ip: std::net::IpAddr,
+    pub location: &'a Location,
+}
+
+/// Whether `from` is another address, or another country, than the one `session`
+/// signed in from (compared by keyed MAC, under every key still accepted). Unknown
+/// on either side is not "another".
+fn from_elsewhere(state: &AppState, session: &SessionRecord, from: &RequestOrigin<'_>) -> bool {
+    let matches = |stored: &[u8], context: &str, value: &str| {
+        state
+            .keys
+            .mac_candidates(context, value.as_bytes())
+            .iter()
+            .any(|m| crypto::constant_time_eq(m, stored))
+    };
+    let other_address = session
+        .ip_mac
+        .as_deref()
+        .is_some_and(|m| !matches(m, columns::SEEN_IP, &from.ip.to_string()));
+    let other_country = match (&session.country_mac, &from.location.country_code) {
+        (Some(m), Some(code)) => !matches(m, columns::SEEN_COUNTRY, code),
+        _ => false,
+    };
+    other_address || other_country
+}
+
 /// Whether a request may use this session: a bound one needs a live bound cookie
-/// (`presented`), or it is refused. A refusal without the browser's own word that it
-/// skipped a refresh (`Secure-Session-Skipped`) is someone holding the session cookie
-/// without the key: the session is flagged (once, with a mail to its owner) and must
-/// prove a second factor again.
+/// (`presented`), or it is refused. A refusal is someone holding the session cookie
+/// without the key — the session is flagged (once, with a mail to its owner) and must
+/// prove a second factor again — unless it looks like the owner's own browser: it
+/// says it skipped a refresh (`Secure-Session-Skipped`), or brings our cookie a
+/// moment after it lapsed, or no cookie a moment after the key was registered or the
+/// cookie renewed. Even then it is flagged when it comes from another address or
+/// country than the session's own (whatever the header says), or when skipped
+/// refusals repeat beyond `SKIPPED_REFUSALS_LIMIT` in `SKIPPED_WINDOW_SECS`: the
+/// header is the requester's word, and a thief can say it too.
 pub async fn admits(
     state: &AppState,
     session: &SessionRecord,
     presented: Option<&str>,
     skipped: bool,
+    from: &RequestOrigin<'_>,
 ) -> Result<bool, AppError> {
     let now = state.clock.now();
     let Some(bound) = &session.dbsc else {
@@ -431,29 +473,36 @@ pub async fn admits(
         return Ok(true);
     }
     count(state, "refused");
-    // Not every refusal is a copy. The browser's own word that it skipped a refresh;
-    // our own cookie a moment after it lapsed (in flight while it did); no cookie yet
-    // in the moments after the key was registered or the cookie renewed (requests
-    // already on their way): refused, not reported.
     let ttl = time::Duration::seconds(
         i64::try_from(state.settings.dbsc_cookie_ttl.as_secs()).unwrap_or(600),
     );
     let just_lapsed = lapses.is_some_and(|until| now - until < time::Duration::seconds(60));
     let just_renewed = now - (bound.current.1 - ttl) < time::Duration::seconds(30);
-    if skipped || just_lapsed || just_renewed {
-        tracing::info!(session_id = %session.id, skipped, "bound session without a live bound cookie: refused");
-        return Ok(false);
-    }
+    let wording = if skipped || just_lapsed || just_renewed {
+        let elsewhere = from_elsewhere(state, session, from);
+        let repeated = skipped
+            && state
+                .store
+                .count_skipped_refusal(session.id, now, SKIPPED_WINDOW_SECS)
+                .await?
+                > SKIPPED_REFUSALS_LIMIT;
+        if elsewhere {
+            "Used without its device key, from another address than its own: someone has a copy of this session's cookie"
+        } else if repeated {
+            "Used without its device key, again and again: someone has a copy of this session's cookie"
+        } else {
+            tracing::info!(session_id = %session.id, skipped, "bound session without a live bound cookie: refused");
+            return Ok(false);
+        }
+    } else {
+        "Used without its device key: someone has a copy of this session's cookie"
+    };
     let names = "Used without its device key";
-    let wording = "Used without its device key: someone has a copy of this session's cookie";
     let reason = RiskFlag {
         summary: names.into(),
         sealed: state
             .keys
-            .seal(
-                crate::crypto::columns::SESSION_RISK_REASON,
-                wording.as_bytes(),
-            )
+            .seal(columns::SESSION_RISK_REASON, wording.as_bytes())
             .map_err(|e| AppError::Unexpected(e.into()))?,
     };
     let e = event_with(state, "session_flagged", None, names)?;
@@ -467,7 +516,7 @@ pub async fn admits(
         .flag_session(session.id, &reason, &e, &mail)
         .await?
     {
-        tracing::info!(session_id = %session.id, "session used without its device key: refused and flagged");
+        tracing::info!(session_id = %session.id, skipped, "session used without its device key: refused and flagged");
     }
     Ok(false)
 }

@@ -102,8 +102,12 @@ pub async fn authenticate(
     };
     // A device-bound session's request without its bound cookie is refused before
     // anything else: it neither renews the session nor is watched as its use.
-    if !super::dbsc::admits(state, &record, bound.presented, bound.skipped).await? {
-        return Ok(Authenticated::Refused);
+    let from = super::dbsc::RequestOrigin {
+        ip: bound.from,
+        location,
+    };
+    if !super::dbsc::admits(state, &record, bound.presented, bound.skipped, &from).await? {
+        return Ok(Authenticated::Refused(Box::new(record)));
     }
     let elsewhere = super::risk::watch(state, &mut record, location).await?;
     if elsewhere && record.remember_me {
@@ -116,12 +120,13 @@ pub async fn authenticate(
     Ok(Authenticated::Live(Box::new(record)))
 }
 
-/// The device-bound cookie a request brought, and whether it said it skipped a
-/// refresh (`Secure-Session-Skipped`).
-#[derive(Clone, Copy, Default)]
+/// The device-bound cookie a request brought, whether it said it skipped a refresh
+/// (`Secure-Session-Skipped`), and the client address it came from.
+#[derive(Clone, Copy)]
 pub struct BoundCookie<'a> {
     pub presented: Option<&'a str>,
     pub skipped: bool,
+    pub from: std::net::IpAddr,
 }
 
 /// What a session cookie turned out to be.
@@ -129,7 +134,8 @@ pub enum Authenticated {
     Live(Box<SessionRecord>),
     /// A live session bound to a browser key, without its bound cookie: not signed
     /// in for this request (the cookie stays: its browser refreshes and comes back).
-    Refused,
+    /// Whoever holds the cookie may still end the session (signing out protects).
+    Refused(Box<SessionRecord>),
     /// Revoked, expired, unknown, or its user disabled.
     Gone,
 }

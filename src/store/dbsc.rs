@@ -97,6 +97,15 @@ pub trait DbscStore: Send + Sync {
         challenge: &SpentChallenge,
         now: OffsetDateTime,
     ) -> Result<DbscOutcome, StoreError>;
+    /// Counts one refusal of a bound session that said it skipped a refresh, in a
+    /// window of `window_secs` that starts at the first one (a later one past it
+    /// starts a new window); the count in the current window, this one included.
+    async fn count_skipped_refusal(
+        &self,
+        session: SessionId,
+        now: OffsetDateTime,
+        window_secs: i64,
+    ) -> Result<i32, StoreError>;
 }
 
 #[async_trait]
@@ -192,5 +201,33 @@ impl DbscStore for PgStore {
         }
         tx.commit().await?;
         Ok(DbscOutcome::Done)
+    }
+
+    async fn count_skipped_refusal(
+        &self,
+        session: SessionId,
+        now: OffsetDateTime,
+        window_secs: i64,
+    ) -> Result<i32, StoreError> {
+        // One statement on one row: concurrent refusals each count.
+        let count: Option<i32> = sqlx::query_scalar(
+            "UPDATE sessions SET
+                 dbsc_skipped_refusals = CASE
+                     WHEN dbsc_skipped_since IS NULL
+                       OR dbsc_skipped_since <= $2 - make_interval(secs => $3::double precision)
+                     THEN 1 ELSE dbsc_skipped_refusals + 1 END,
+                 dbsc_skipped_since = CASE
+                     WHEN dbsc_skipped_since IS NULL
+                       OR dbsc_skipped_since <= $2 - make_interval(secs => $3::double precision)
+                     THEN $2 ELSE dbsc_skipped_since END
+             WHERE id = $1
+             RETURNING dbsc_skipped_refusals",
+        )
+        .bind(session.0)
+        .bind(now)
+        .bind(window_secs)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(count.unwrap_or(0))
     }
 }

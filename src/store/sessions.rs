@@ -74,6 +74,8 @@ pub struct SessionRecord {
     pub login_mark: Option<Vec<u8>>,
     /// Keyed MAC of the country the session signed in from (`None`: unknown place).
     pub country_mac: Option<Vec<u8>>,
+    /// Keyed MAC of the address the session signed in from.
+    pub ip_mac: Option<Vec<u8>>,
     /// When the contextual checks flagged the session, if they did.
     pub risk_flagged_at: Option<OffsetDateTime>,
     /// The flag asks for a second factor again (not only a word to the owner).
@@ -121,6 +123,7 @@ struct SessionRow {
     remember_me: bool,
     login_mark: Option<Vec<u8>>,
     country_mac: Option<Vec<u8>>,
+    ip_mac: Option<Vec<u8>>,
     risk_flagged_at: Option<OffsetDateTime>,
     risk_needs_proof: bool,
     anchor_enc: Option<Vec<u8>>,
@@ -148,6 +151,7 @@ impl From<SessionRow> for SessionRecord {
             remember_me: r.remember_me,
             login_mark: r.login_mark,
             country_mac: r.country_mac,
+            ip_mac: r.ip_mac,
             risk_flagged_at: r.risk_flagged_at,
             risk_needs_proof: r.risk_needs_proof,
             anchor_enc: r.anchor_enc,
@@ -366,7 +370,7 @@ impl SessionStore for PgStore {
         let row: Option<SessionRow> = sqlx::query_as(
             "SELECT s.id, s.user_id, u.email, s.created_at, s.last_seen_at, s.idle_expires_at,
                     s.absolute_expires_at, s.auth_time, s.aal, s.aal_reached_at, s.amr, s.remember_me,
-                    s.login_mark, s.country_mac, s.risk_flagged_at,
+                    s.login_mark, s.country_mac, s.ip_mac, s.risk_flagged_at,
                     s.risk_needs_proof, s.anchor_enc, s.dbsc_cookie_hash,
                     s.dbsc_cookie_expires_at, s.dbsc_prev_cookie_hash,
                     s.dbsc_prev_cookie_expires_at, u.is_admin

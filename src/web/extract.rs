@@ -36,6 +36,9 @@ pub struct MaybeSession(pub Option<SessionRecord>);
 struct SessionLookup {
     session: Option<SessionRecord>,
     token_hash: Option<Vec<u8>>,
+    /// A live device-bound session refused for want of its bound cookie (not signed
+    /// in; only `SessionToEnd` sees it).
+    refused: Option<SessionRecord>,
 }
 
 /// The request's session, looked up once however many extractors ask, even at the
@@ -63,6 +66,7 @@ async fn resolve(req: &HttpRequest) -> Result<SessionLookup, AppError> {
         None => SessionLookup {
             session: None,
             token_hash: None,
+            refused: None,
         },
         Some(cookie) => match SessionToken::parse(cookie.value()) {
             // A value we never issued is not even looked up; the cookie is cleared.
@@ -71,6 +75,7 @@ async fn resolve(req: &HttpRequest) -> Result<SessionLookup, AppError> {
                 SessionLookup {
                     session: None,
                     token_hash: None,
+                    refused: None,
                 }
             }
             Some(token) => {
@@ -79,22 +84,26 @@ async fn resolve(req: &HttpRequest) -> Result<SessionLookup, AppError> {
                     dbsc::skipped(&state, reason.to_str().unwrap_or(""));
                 }
                 let presented = req.cookie(policy.bound_name);
+                let from = crate::web::client::client_ip(req, &state.settings.trusted_proxies);
                 let bound = sessions::BoundCookie {
                     presented: presented.as_ref().map(|c| c.value()),
                     skipped: skipped.is_some(),
+                    from,
                 };
-                let location = request_location(req, &state);
+                let location = state.geo.locate(from);
                 match sessions::authenticate(&state, &token, &location, bound).await? {
                     Authenticated::Live(record) => SessionLookup {
                         session: Some(*record),
                         token_hash: Some(token.hash()),
+                        refused: None,
                     },
                     // A device-bound session without its bound cookie: not signed in
                     // for this request. The cookie is left alone: its owner's browser
                     // refreshes and comes back.
-                    Authenticated::Refused => SessionLookup {
+                    Authenticated::Refused(record) => SessionLookup {
                         session: None,
                         token_hash: None,
+                        refused: Some(*record),
                     },
                     Authenticated::Gone => {
                         // Revoked, expired or the user disabled: signed out, cookie cleared.
@@ -102,6 +111,7 @@ async fn resolve(req: &HttpRequest) -> Result<SessionLookup, AppError> {
                         SessionLookup {
                             session: None,
                             token_hash: None,
+                            refused: None,
                         }
                     }
                 }
@@ -111,14 +121,6 @@ async fn resolve(req: &HttpRequest) -> Result<SessionLookup, AppError> {
     Ok(found)
 }
 
-/// Where the request comes from (GeoIP of the client address behind trusted proxies).
-fn request_location(req: &HttpRequest, state: &AppState) -> crate::domain::Location {
-    state.geo.locate(crate::web::client::client_ip(
-        req,
-        &state.settings.trusted_proxies,
-    ))
-}
-
 impl FromRequest for MaybeSession {
     type Error = AppError;
     type Future = LocalBoxFuture<'static, Result<Self, AppError>>;
@@ -126,6 +128,26 @@ impl FromRequest for MaybeSession {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let req = req.clone();
         Box::pin(async move { Ok(MaybeSession(lookup(&req).await?.session)) })
+    }
+}
+
+/// The session the request's cookie names, for ending it (sign-out, RP-initiated
+/// logout): the live one, or a device-bound one refused for want of its bound cookie.
+/// Whoever holds the session cookie may end the session — ending is protective
+/// (DESIGN.md "A copied device-bound cookie") — and nothing else is done with a
+/// refused one.
+pub struct SessionToEnd(pub Option<SessionRecord>);
+
+impl FromRequest for SessionToEnd {
+    type Error = AppError;
+    type Future = LocalBoxFuture<'static, Result<Self, AppError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let found = lookup(&req).await?;
+            Ok(SessionToEnd(found.session.or(found.refused)))
+        })
     }
 }
 

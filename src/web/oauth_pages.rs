@@ -15,7 +15,7 @@ use crate::oauth::logout;
 use crate::state::AppState;
 use crate::store::SessionRecord;
 use crate::web::edge::CspNonce;
-use crate::web::extract::{Csrf, MaybeSession};
+use crate::web::extract::{Csrf, MaybeSession, SessionToEnd};
 use crate::web::forms::{RawForm, StrictForm};
 use crate::web::pages::{NoticeTemplate, PageCtx, html, see_other};
 
@@ -178,10 +178,14 @@ fn signed_out(
     Ok(res)
 }
 
+/// `GET /oauth2/logout`. The session it ends is the one the cookie names, live or
+/// (device-bound, without its bound cookie) refused: ending is protective. A refused
+/// one is asked about without its address on the page (nothing signed in shows).
 pub async fn logout_get(
     state: web::Data<AppState>,
     req: HttpRequest,
-    session: MaybeSession,
+    session: SessionToEnd,
+    live: MaybeSession,
     csrf: Csrf,
     nonce: CspNonce,
     ctx: RequestContext,
@@ -194,9 +198,9 @@ pub async fn logout_get(
             tracing::info!(session_id = %current.id, "signed out by the application");
             signed_out(&state, &nonce, checked.redirect)
         }
-        Some(current) => {
+        Some(_) => {
             let page = LogoutTemplate {
-                ctx: PageCtx::new(&state, &nonce, &csrf, Some(current.email.clone())),
+                ctx: PageCtx::new(&state, &nonce, &csrf, live.0.map(|s| s.email)),
                 request: &checked.query,
             };
             html(StatusCode::OK, &page)
@@ -214,7 +218,7 @@ pub struct LogoutForm {
 
 pub async fn logout_post(
     state: web::Data<AppState>,
-    session: MaybeSession,
+    session: SessionToEnd,
     csrf: Csrf,
     nonce: CspNonce,
     ctx: RequestContext,

@@ -11,7 +11,7 @@ use crate::auth::sessions;
 use crate::error::{AppError, human_wait};
 use crate::state::AppState;
 use crate::web::edge::CspNonce;
-use crate::web::extract::{Csrf, MaybeSession};
+use crate::web::extract::{Csrf, MaybeSession, SessionToEnd};
 use crate::web::forms::{StrictForm, StrictQuery};
 
 /// What every page's layout needs.
@@ -404,9 +404,11 @@ pub struct CsrfOnlyForm {
     pub csrf_token: String,
 }
 
+/// `POST /logout`. A device-bound session's request without its bound cookie ends
+/// the session too: whoever holds the session cookie may end it.
 pub async fn logout(
     state: web::Data<AppState>,
-    session: MaybeSession,
+    session: SessionToEnd,
     csrf: Csrf,
     ctx: RequestContext,
     StrictForm(form): StrictForm<CsrfOnlyForm>,

@@ -13,7 +13,11 @@ use jsonwebtoken::jwk::{Jwk, ThumbprintHash};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
+use crate::backchannel::{Receiver, validate_logout_token};
 use crate::helpers::{Browser, Options, PASSWORD, Resp, TestApp, spawn_app_with};
+use crate::oauth_helpers::{
+    Client, Tokens, create_client, inactive, introspect, jwt_parts, sign_in_app,
+};
 
 /// A browser's hardware key, played by a P-256 key pair made here.
 struct DeviceKey {
@@ -578,4 +582,261 @@ async fn an_operator_can_require_binding_for_administrators() {
         app.metric("gatehouse_dbsc_total{event=\"required\"}").await,
         1.0
     );
+}
+
+/// Binds the session `b` just signed in with (`signed_in`: the answer that offered
+/// it) to `key`.
+async fn bind(b: &Browser, signed_in: &Resp, key: &DeviceKey) {
+    let offer = signed_in
+        .header("secure-session-registration")
+        .expect("a new session is offered binding");
+    let proof = key.proof(
+        &param(&offer, "challenge"),
+        Some(&param(&offer, "authorization")),
+        true,
+    );
+    let r = post_with(b, "/dbsc/register", &[("secure-session-response", &proof)]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// A copy of `b`'s session cookie alone, in a browser of its own.
+fn copy_of(app: &TestApp, b: &Browser) -> Browser {
+    let copy = app.browser();
+    copy.set_cookie(app.session_cookie_name(), &app.session_cookie(b).unwrap());
+    copy
+}
+
+/// What ending a session must reach (the normal revocation path): the row revoked,
+/// the app's access token inactive at introspection, its refresh token refused, and
+/// one back-channel logout token for the session's `sid`.
+async fn assert_ended(
+    app: &TestApp,
+    client: &Client,
+    receiver: &Receiver,
+    sid: &str,
+    tokens: &Tokens,
+) {
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM sessions WHERE id = '{sid}' AND revoked_at IS NOT NULL"
+        ))
+        .await,
+        1,
+        "the session {sid} is revoked"
+    );
+    assert_eq!(
+        introspect(app, client, &tokens.access).await,
+        inactive(),
+        "the app's access token died with the session"
+    );
+    let (status, body) = crate::oauth_helpers::refresh(app, client, &tokens.refresh).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
+    let mut delivered = false;
+    for _ in 0..100 {
+        for token in receiver.received() {
+            if validate_logout_token(app, client, &token).await["sid"] == sid {
+                delivered = true;
+            }
+        }
+        if delivered {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(delivered, "a back-channel logout token for {sid}");
+}
+
+/// Issue 24 item 4: a device-bound session's request without its bound cookie is
+/// refused everything signed in, but ending the session is protective: `/logout`,
+/// `/oauth2/logout` with an `id_token_hint` naming it, and the confirmation page all
+/// end it, through the same revocation as any sign-out (DESIGN.md "A copied
+/// device-bound cookie").
+#[tokio::test]
+async fn whoever_holds_a_bound_sessions_cookie_can_end_it_without_the_bound_cookie() {
+    let app = dbsc_app().await;
+    let receiver = Receiver::start().await;
+    let client = create_client(
+        &app,
+        &["--first-party", "--backchannel-logout-uri", &receiver.uri],
+    );
+    app.user("alice@example.com").await;
+    for way in [
+        "/logout",
+        "/oauth2/logout with a hint",
+        "the confirmation page",
+    ] {
+        let b = app.browser();
+        let r = app.login(&b, "alice@example.com", PASSWORD).await;
+        assert_eq!(r.status, 303, "{way}: {}", r.body);
+        bind(&b, &r, &DeviceKey::new()).await;
+        let tokens = sign_in_app(&app, &b, &client, &[]).await;
+        let sid = jwt_parts(&tokens.access).1["sid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // Past the moments after binding when a request without the bound cookie
+        // may still be the browser's own.
+        app.clock.advance(Duration::from_secs(31));
+        let copy = copy_of(&app, &b);
+        assert!(copy.get("/account").await.is_sign_in_redirect(), "{way}");
+        match way {
+            "/logout" => {
+                // A signed-out page's form token (the pre-session's), as any page
+                // this request may see carries.
+                let csrf = copy.get("/login").await.csrf();
+                let r = copy.post_form("/logout", &[("csrf_token", &csrf)]).await;
+                assert_eq!(r.status, 303, "{}", r.body);
+                assert_eq!(r.location(), "/login");
+            }
+            "/oauth2/logout with a hint" => {
+                let hint = tokens.id.clone().expect("an ID token");
+                let r = copy
+                    .get(&format!("/oauth2/logout?id_token_hint={hint}"))
+                    .await;
+                assert_eq!(r.status, 200, "{}", r.body);
+                assert!(r.body.contains("You are signed out"), "{}", r.body);
+            }
+            _ => {
+                let asked = copy.get("/oauth2/logout").await;
+                assert_eq!(asked.status, 200, "{}", asked.body);
+                assert!(
+                    asked.body.contains("Sign out of Gatehouse?"),
+                    "{}",
+                    asked.body
+                );
+                // Nothing signed in shows: not even whose session it is.
+                assert!(!asked.body.contains("alice@example.com"), "{}", asked.body);
+                let r = copy
+                    .post_form(
+                        "/oauth2/logout",
+                        &[("csrf_token", &asked.csrf()), ("request", "")],
+                    )
+                    .await;
+                assert_eq!(r.status, 200, "{}", r.body);
+                assert!(r.body.contains("You are signed out"), "{}", r.body);
+            }
+        }
+        assert_ended(&app, &client, &receiver, &sid, &tokens).await;
+        // The owner's browser, with both cookies, is signed out too.
+        assert!(b.get("/account").await.is_sign_in_redirect(), "{way}");
+    }
+    // A wrong form token still ends nothing.
+    let b = app.browser();
+    let r = app.login(&b, "alice@example.com", PASSWORD).await;
+    bind(&b, &r, &DeviceKey::new()).await;
+    app.clock.advance(Duration::from_secs(31));
+    let copy = copy_of(&app, &b);
+    let r = copy.post_form("/logout", &[("csrf_token", "forged")]).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(
+        app.count("SELECT count(*) FROM sessions WHERE revoked_at IS NULL")
+            .await,
+        1,
+        "the session lives on"
+    );
+}
+
+/// Issue 24 item 5: `Secure-Session-Skipped` is the requester's word. A copied bound
+/// session cookie replayed with it from another address is refused, flagged and its
+/// owner mailed once; the same header from the session's own address, once, is
+/// refused and nothing more (a real browser whose refresh failed says the same).
+#[tokio::test]
+async fn a_copied_bound_cookie_claiming_a_skipped_refresh_from_another_address_is_flagged_and_mailed_once()
+ {
+    let app = spawn_app_with(Options {
+        frozen_clock: true,
+        trusted_proxies: Some("127.0.0.1/32".into()),
+        ..Options::default()
+    })
+    .await;
+    let at = |b: &mut Browser, ip: &str| {
+        b.extra_headers.push(("x-forwarded-for".into(), ip.into()));
+    };
+    let mut b = app.browser();
+    at(&mut b, "198.51.100.20");
+    let r = app.register(&b, "alice@example.com", PASSWORD).await;
+    assert_eq!(r.status, 303);
+    bind(&b, &r, &DeviceKey::new()).await;
+    app.clock.advance(Duration::from_secs(31));
+    let skipping = |ip: &str| {
+        let mut copy = copy_of(&app, &b);
+        at(&mut copy, ip);
+        copy.extra_headers
+            .push(("secure-session-skipped".into(), "unreachable".into()));
+        copy
+    };
+    let flagged = "SELECT count(*) FROM sessions
+                   WHERE risk_flagged AND risk_reason = 'Used without its device key'";
+
+    // From the session's own address, once: refused, not reported.
+    assert!(
+        skipping("198.51.100.20")
+            .get("/account")
+            .await
+            .is_sign_in_redirect()
+    );
+    assert_eq!(app.count(flagged).await, 0);
+
+    // From another address, whatever the header says: refused, flagged, mailed.
+    let thief = skipping("203.0.113.77");
+    assert!(thief.get("/account").await.is_sign_in_redirect());
+    assert_eq!(app.count(flagged).await, 1);
+    app.mail
+        .wait_for_subject("alice@example.com", "Unusual activity on your account")
+        .await;
+    // Again: still refused, no second mail.
+    assert!(thief.get("/account/devices").await.is_sign_in_redirect());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let notices = app
+        .mail
+        .to("alice@example.com")
+        .into_iter()
+        .filter(|m| m.subject() == "Unusual activity on your account")
+        .count();
+    assert_eq!(notices, 1, "the owner is mailed once");
+    // The owner's device list (from a new sign-in) says what happened.
+    let mut owner = app.browser();
+    at(&mut owner, "198.51.100.20");
+    let r = app.login(&owner, "alice@example.com", PASSWORD).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let page = owner.get("/account/devices").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body
+            .contains("Used without its device key, from another address than its own"),
+        "{}",
+        page.body
+    );
+}
+
+/// Issue 24 item 5: skipped refusals from the session's own address that repeat
+/// beyond what a real browser sends (more than `SKIPPED_REFUSALS_LIMIT`, 20, in ten
+/// minutes) flag the session too.
+#[tokio::test]
+async fn skipped_refusals_that_repeat_beyond_a_real_browsers_flag_the_session() {
+    let app = dbsc_app().await;
+    let key = DeviceKey::new();
+    let (b, _, registered) = bound_alice(&app, &key).await;
+    assert_eq!(registered.status, 200);
+    app.clock.advance(Duration::from_secs(31));
+    let mut copy = copy_of(&app, &b);
+    copy.extra_headers
+        .push(("secure-session-skipped".into(), "server_error".into()));
+    let flagged = "SELECT count(*) FROM sessions WHERE risk_flagged";
+    for _ in 0..20 {
+        assert!(copy.get("/account").await.is_sign_in_redirect());
+    }
+    assert_eq!(app.count(flagged).await, 0, "20 in ten minutes: a browser");
+    // Ten minutes on, the window starts again.
+    app.clock.advance(Duration::from_secs(601));
+    for _ in 0..20 {
+        assert!(copy.get("/account").await.is_sign_in_redirect());
+    }
+    assert_eq!(app.count(flagged).await, 0);
+    assert!(copy.get("/account").await.is_sign_in_redirect());
+    assert_eq!(app.count(flagged).await, 1, "the 21st in one window");
+    app.mail
+        .wait_for_subject("alice@example.com", "Unusual activity on your account")
+        .await;
 }

@@ -37,3 +37,4 @@ mod second_factor;
 mod sessions;
 mod sweep;
 mod throttle;
+mod tls;

@@ -25,8 +25,10 @@ export const CHROMIUM_ARGS = [
   '--no-first-run',
 ];
 export const SCREENSHOTS = join(REPO, 'target', 'screenshots');
-// Cookies that must never be readable from page scripts (dev-mode names over http).
-const SECRET_COOKIES = ['gatehouse_session', 'gatehouse_device', 'gatehouse_pending', 'gatehouse_presession', 'gatehouse_bound'];
+// Cookies that must never be readable from page scripts (dev-mode names over http,
+// and the `__Host-` ones over https).
+const SECRET_COOKIES = ['gatehouse_session', 'gatehouse_device', 'gatehouse_pending', 'gatehouse_presession', 'gatehouse_bound']
+  .flatMap((name) => [name, `__Host-${name}`]);
 const SHOTS = [
   { width: 1280, height: 800, colorScheme: 'light' },
   { width: 1280, height: 800, colorScheme: 'dark' },
@@ -40,7 +42,7 @@ const SHOTS = [
  * browser, so for several contexts the suite relies on playwright's launch(), which
  * passes a new temporary `--user-data-dir` itself (it refuses one in `args`).
  */
-export async function launchBrowser() {
+export async function launchBrowser({ args = [] } = {}) {
   if (!existsSync(CHROMIUM)) {
     throw new Error(`Chromium not found at ${CHROMIUM}: install Debian's package (apt-get install -y chromium); scripts/test does`);
   }
@@ -48,8 +50,25 @@ export async function launchBrowser() {
     executablePath: CHROMIUM,
     headless: true,
     chromiumSandbox: false,
-    args: CHROMIUM_ARGS,
+    args: [...CHROMIUM_ARGS, ...args],
   });
+}
+
+/**
+ * Chromium's flags for Device Bound Session Credentials on Linux, where it has no
+ * TPM: software keys, no refresh quota (otherwise 6 signatures per 9 minutes), and
+ * trust in the certificate whose SubjectPublicKeyInfo hashes to `spki` (base64
+ * SHA-256). DBSC needs HTTPS with a certificate the browser trusts: over plain
+ * http://localhost, with `--ignore-certificate-errors` or playwright's
+ * `ignoreHTTPSErrors` it ignores `Secure-Session-Registration` without a word. The
+ * SPKI list is honoured only with a `--user-data-dir`, which playwright's launch()
+ * passes.
+ */
+export function dbscArgs(spki) {
+  return [
+    '--enable-features=DeviceBoundSessions:RefreshQuota/false,EnableBoundSessionCredentialsSoftwareKeysForManualTesting',
+    `--ignore-certificate-errors-spki-list=${spki}`,
+  ];
 }
 
 function slug(s) {

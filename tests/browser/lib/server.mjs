@@ -8,7 +8,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { randomBytes } from 'node:crypto';
+import { X509Certificate, createHash, randomBytes } from 'node:crypto';
+import { request as httpsRequest } from 'node:https';
 
 const run = promisify(execFile);
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -47,13 +48,46 @@ function dbUrl(name) {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+// The test certificate for localhost / 127.0.0.1 (tests/fixtures/tls/README.md says
+// how it was made). Never for production: its key is in the repository.
+export const TLS_CERT = join(REPO, 'tests', 'fixtures', 'tls', 'localhost.crt');
+export const TLS_KEY = join(REPO, 'tests', 'fixtures', 'tls', 'localhost.key');
+
+/**
+ * The base64 SHA-256 of the test certificate's SubjectPublicKeyInfo: what Chromium's
+ * `--ignore-certificate-errors-spki-list` takes to trust it.
+ */
+export function tlsSpki() {
+  const spki = new X509Certificate(readFileSync(TLS_CERT)).publicKey.export({ type: 'spki', format: 'der' });
+  return createHash('sha256').update(spki).digest('base64');
+}
+
+/** The status of a GET over HTTPS to 127.0.0.1, trusting only the test certificate. */
+function httpsStatus(port, path) {
+  return new Promise((ok, fail) => {
+    const req = httpsRequest(
+      { host: '127.0.0.1', port, path, servername: 'localhost', ca: readFileSync(TLS_CERT), timeout: 2000 },
+      (res) => {
+        res.resume();
+        ok(res.statusCode);
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', fail);
+    req.end();
+  });
+}
+
 /**
  * `host` names the server in GATEHOUSE_PUBLIC_URL (and `base`, the address browsers
  * open); it still listens on 127.0.0.1 only. The default, the IP address, leaves
  * passkeys off: WebAuthn refuses an IP address as relying-party id, so journeys with
  * passkeys pass `{ host: 'localhost' }` (a secure context over plain http).
+ * `https: true` makes Gatehouse serve HTTPS itself with the test certificate
+ * (GATEHOUSE_TLS_CERT / GATEHOUSE_TLS_KEY) and an https:// public URL, so its
+ * cookies are the production ones (`__Host-`, `Secure`); `env` adds settings.
  */
-export async function startServer({ host = '127.0.0.1' } = {}) {
+export async function startServer({ host = '127.0.0.1', https = false, env: extra = {} } = {}) {
   if (!existsSync(BINARY)) {
     throw new Error(
       `Gatehouse binary not found at ${BINARY}: build it first (\`cargo build\`, or \`scripts/test\`, which runs cargo test before this suite)`,
@@ -63,7 +97,7 @@ export async function startServer({ host = '127.0.0.1' } = {}) {
   const db = 'gatehouse_browser_' + randomBytes(6).toString('hex');
   await psql(`CREATE DATABASE ${db}`);
   const mailDir = mkdtempSync(join(tmpdir(), 'gatehouse-mail-'));
-  const base = `http://${host}:${port}`;
+  const base = `${https ? 'https' : 'http'}://${host}:${port}`;
   const env = {
     ...process.env,
     GATEHOUSE_DEV: 'true',
@@ -73,6 +107,8 @@ export async function startServer({ host = '127.0.0.1' } = {}) {
     GATEHOUSE_MAIL_DIR: mailDir,
     GATEHOUSE_REQUIRE_VERIFIED_EMAIL: 'true',
     NO_COLOR: '1',
+    ...(https ? { GATEHOUSE_TLS_CERT: TLS_CERT, GATEHOUSE_TLS_KEY: TLS_KEY } : {}),
+    ...extra,
   };
   let log = '';
   const child = spawn(BINARY, ['serve'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -98,6 +134,11 @@ export async function startServer({ host = '127.0.0.1' } = {}) {
       rmSync(mailDir, { recursive: true, force: true });
       await psql(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
     },
+    /** One SQL query against this server's database; its rows, `|`-separated. */
+    async sql(query) {
+      const { stdout } = await run('psql', [dbUrl(db), '-v', 'ON_ERROR_STOP=1', '-qtAc', query]);
+      return stdout.trim();
+    },
     /** Runs another `gatehouse` command against this server's database. */
     async cli(args, input) {
       return new Promise((ok, fail) => {
@@ -122,8 +163,8 @@ export async function startServer({ host = '127.0.0.1' } = {}) {
     }
     try {
       // By address: `localhost` may resolve to ::1 first, where nothing listens.
-      const res = await fetch(`http://127.0.0.1:${port}/readyz`);
-      if (res.status === 200) break;
+      const status = https ? await httpsStatus(port, '/readyz') : (await fetch(`http://127.0.0.1:${port}/readyz`)).status;
+      if (status === 200) break;
     } catch {
       // not listening yet
     }

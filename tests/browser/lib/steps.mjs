@@ -59,7 +59,7 @@ export async function answerSecondFactor({ page, j, server, email, totp, keyboar
     await leadsToPage(page, () => page.keyboard.press('Enter'));
   } else {
     await field.fill(code);
-    await leadsToPage(page, () => page.getByRole('button', { name: 'Sign in' }).click());
+    await leadsToPage(page, () => page.getByRole('button', { name: 'Sign in', exact: true }).click());
   }
 }
 
@@ -68,7 +68,7 @@ export async function signIn({ page, j, server, email, password, totp }) {
   await j.visited(page, 'sign in');
   await page.getByLabel('E-mail address').fill(email);
   await page.getByLabel('Password', { exact: true }).fill(password);
-  await leadsToPage(page, () => page.getByRole('button', { name: 'Sign in' }).click());
+  await leadsToPage(page, () => page.getByRole('button', { name: 'Sign in', exact: true }).click());
   await answerSecondFactor({ page, j, server, email, totp });
   assert.equal(path(page), '/account', `signed in at /account (is at ${page.url()}: ${await heading(page)})`);
   await j.visited(page, 'account');
