@@ -369,6 +369,8 @@ async fn a_ceremony_answers_once() {
     let credential = key.register(&options);
     let r = finish_registration(&b, &csrf, &options, "Once", credential.clone()).await;
     assert_eq!(r.status, 200, "{}", r.body);
+    // (Adding a passkey gave the session a new cookie token, and so a new CSRF token.)
+    let csrf = b.get("/account/passkeys").await.csrf();
     let r = finish_registration(&b, &csrf, &options, "Twice", credential).await;
     assert!(problem(&r, 400).contains("expired or was already used"));
     assert_eq!(app.count("SELECT count(*) FROM passkeys").await, 1);
