@@ -4,10 +4,10 @@
 //! A sign-in whose password was right but that needs a second factor becomes a
 //! *challenge*: a row that expires in 10 minutes, named by a short-lived cookie. It is
 //! not a session and grants nothing. A step-up is a challenge of a live session. Both
-//! are completed by one code: a TOTP code or a recovery code when the user has an
-//! authenticator app, a passkey, else a code sent by e-mail: a person with an app or
-//! a passkey is never offered nor accepted an e-mailed code, at sign-in or step-up
-//! (the mailbox alone must never reach `aal2`; checklist L7). Every code is counted
+//! are completed by one proof: a TOTP code or a recovery code when the user has an
+//! authenticator app, a passkey when they have one, else a code sent by e-mail. A
+//! person with an app or a passkey is never offered nor accepted an e-mailed code, at
+//! sign-in or step-up (the mailbox alone must never reach `aal2`; checklist L7). Every code is counted
 //! before it is checked (5 per challenge, 10 per user and 30 per client address per
 //! 15 minutes, in PostgreSQL), and a right code is re-checked inside the transaction
 //! that completes the challenge, so a code works once even when two requests bring

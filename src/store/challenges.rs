@@ -328,9 +328,8 @@ pub trait ChallengeStore: Send + Sync {
     /// Completes a challenge in one transaction: the proof is checked again under
     /// lock (a TOTP step taken, a recovery code spent, the e-mailed code matched and
     /// live), the challenge is consumed, the user's and the address's counts for this
-    /// code taken back,
-    /// and the completion applied (a session created, or raised and given a new
-    /// token). `None`, with nothing changed, when the proof does not hold (a replayed
+    /// code taken back, and the completion applied (a session created, or raised and
+    /// given a new token). `None`, with nothing changed, when the proof does not hold (a replayed
     /// code, a code used meanwhile by a parallel request) or the challenge is gone.
     async fn complete_challenge(
         &self,
@@ -357,9 +356,10 @@ impl ChallengeStore for PgStore {
         let mut tx = self.pool.begin().await?;
         let current = lock_live_user(&mut tx, c.user_id, Some(password_hash)).await?;
         if current {
-            // Under the user's lock, so no enrolment slips in between: a person with
-            // an authenticator app or a passkey never gets a code by e-mail (the
-            // mailbox alone must never reach `aal2`, checklist L7).
+            // The service's rule checked again under the user's lock, so that no
+            // enrolment slips in between: a person with an authenticator app or a
+            // passkey never gets a code by e-mail (the mailbox alone must never
+            // reach `aal2`, checklist L7).
             let email_code = if has_strong_factor(&mut tx, c.user_id).await? {
                 None
             } else {
@@ -487,7 +487,10 @@ impl ChallengeStore for PgStore {
     ) -> Result<CodeAttempt, StoreError> {
         let mut tx = self.pool.begin().await?;
         // The challenge row first (its lock orders parallel codes for one challenge),
-        // then the user's counter (shared with every other challenge of the user).
+        // then the user's counter (shared with every other challenge of the user),
+        // then the address's (shared with every account tried from there); the two
+        // counters are rows of the scope `code`, told apart by their keys' MAC
+        // purposes. A refusal by either rolls both back.
         let live: Option<i32> = sqlx::query_scalar(
             "SELECT attempts FROM mfa_challenges
              WHERE id = $1 AND expires_at > $2 AND attempts < $3
@@ -501,8 +504,6 @@ impl ChallengeStore for PgStore {
         let Some(before) = live else {
             return Ok(CodeAttempt::Void);
         };
-        // Then the address's (shared with every account tried from there). Both
-        // live under the scope `code`, told apart by their keys' MAC purposes.
         let by_user = super::throttle::count_window(
             &mut tx,
             "code",
@@ -529,8 +530,7 @@ impl ChallengeStore for PgStore {
             })
             .max();
         if let Some(retry_after_secs) = wait {
-            // Nothing is kept: the transaction is dropped with whichever count it
-            // made.
+            // The transaction is dropped with whichever count it made.
             return Ok(CodeAttempt::Blocked { retry_after_secs });
         }
         sqlx::query("UPDATE mfa_challenges SET attempts = attempts + 1 WHERE id = $1")
