@@ -36,10 +36,11 @@ pub mod columns {
     pub const SEEN_IP: &str = "seen/ip";
     pub const SEEN_COUNTRY: &str = "seen/country";
     /// HMAC purposes of recovery codes and e-mailed codes (bound to their challenge),
-    /// and of the per-user wrong-code counter's key.
+    /// and of the per-user and per-address wrong-code counters' keys.
     pub const RECOVERY_CODE: &str = "mfa/recovery-code";
     pub const EMAIL_CODE: &str = "mfa/email-code";
     pub const THROTTLE_CODE: &str = "throttle/code";
+    pub const THROTTLE_CODE_ADDRESS: &str = "throttle/code-address";
     pub const THROTTLE_CODE_MAIL: &str = "throttle/code-mail";
     pub const THROTTLE_RISK_MAIL: &str = "throttle/risk-mail";
 }

@@ -1,7 +1,10 @@
 //! Managing second factors at `/account/mfa`: enrol an authenticator app (QR code,
 //! then one valid code to confirm), see and regenerate recovery codes, remove it.
 //! Every change needs a second factor proven in the last 10 minutes and mails a
-//! notice; setting up and removing the app also end the account's other sessions.
+//! notice, and, like every change of second factors (passkeys too), ends the
+//! account's other sessions, gives this one a new cookie token, voids pending
+//! challenges and change-of-address links and ends browser trust (`keep_this`, and
+//! the store's `factor_changed`; checklist S8).
 
 use secrecy::SecretString;
 
@@ -81,7 +84,9 @@ pub enum ConfirmOutcome {
     Gone,
 }
 
-fn keep(
+/// The acting session of a second-factor change: it stays, under the new cookie
+/// token returned here, while every other session of the person ends with `reason`.
+pub fn keep_this(
     state: &AppState,
     session: &SessionRecord,
     reason: &'static str,
@@ -142,7 +147,7 @@ pub async fn confirm(
         .iter()
         .map(|c| recovery_code_mac(state, session.user_id, c))
         .collect();
-    let (keep, token) = keep(state, session, "two-step verification turned on", ctx)?;
+    let (keep, token) = keep_this(state, session, "two-step verification turned on", ctx)?;
     let mails = [messages::totp_enabled(&state.settings, &session.email)];
     let enabled = event(state, "totp_enabled", Some(ctx))?;
     if !state
@@ -173,7 +178,7 @@ pub async fn remove(
     ctx: &RequestContext,
 ) -> Result<SessionToken, AppError> {
     require_fresh(state, session, PAGE, false).await?;
-    let (keep, token) = keep(state, session, "two-step verification turned off", ctx)?;
+    let (keep, token) = keep_this(state, session, "two-step verification turned off", ctx)?;
     let mails = [messages::totp_removed(&state.settings, &session.email)];
     let removed = event(state, "totp_removed", Some(ctx))?;
     if !state
@@ -189,12 +194,13 @@ pub async fn remove(
     Ok(token)
 }
 
-/// A new set of recovery codes (the old ones stop working), shown once.
+/// A new set of recovery codes (the old ones stop working), shown once, with the
+/// session's new token.
 pub async fn regenerate(
     state: &AppState,
     session: &SessionRecord,
     ctx: &RequestContext,
-) -> Result<Vec<SecretString>, AppError> {
+) -> Result<(Vec<SecretString>, SessionToken), AppError> {
     require_fresh(state, session, PAGE, false).await?;
     let codes = new_recovery_codes();
     let macs: Vec<Vec<u8>> = codes
@@ -206,14 +212,15 @@ pub async fn regenerate(
         &session.email,
     )];
     let made = event(state, "recovery_codes_regenerated", Some(ctx))?;
+    let (keep, token) = keep_this(state, session, "new recovery codes", ctx)?;
     if !state
         .store
-        .replace_recovery_codes(session.user_id, &macs, &mails, &made)
+        .replace_recovery_codes(session.user_id, &macs, &keep, &mails, &made)
         .await?
     {
         return Err(AppError::Conflict(
             "Recovery codes come with an authenticator app: set one up first.".into(),
         ));
     }
-    Ok(codes)
+    Ok((codes, token))
 }

@@ -4,11 +4,14 @@
 //! A sign-in whose password was right but that needs a second factor becomes a
 //! *challenge*: a row that expires in 10 minutes, named by a short-lived cookie. It is
 //! not a session and grants nothing. A step-up is a challenge of a live session. Both
-//! are completed by one code: a TOTP code or a recovery code when the user has an
-//! authenticator app, else a code sent by e-mail. Every code is counted before it is
-//! checked (5 per challenge, 10 per user per 15 minutes, in PostgreSQL), and a right
-//! code is re-checked inside the transaction that completes the challenge, so a code
-//! works once even when two requests bring it at the same moment.
+//! are completed by one proof: a TOTP code or a recovery code when the user has an
+//! authenticator app, a passkey when they have one, else a code sent by e-mail. A
+//! person with an app or a passkey is never offered nor accepted an e-mailed code, at
+//! sign-in or step-up (the mailbox alone must never reach `aal2`; checklist L7). Every code is counted
+//! before it is checked (5 per challenge, 10 per user and 30 per client address per
+//! 15 minutes, in PostgreSQL), and a right code is re-checked inside the transaction
+//! that completes the challenge, so a code works once even when two requests bring
+//! it at the same moment.
 
 use std::time::Duration;
 
@@ -27,8 +30,8 @@ use crate::error::AppError;
 use crate::mail::messages;
 use crate::state::AppState;
 use crate::store::{
-    Attempt, ChallengeRecord, CodeAttempt, CodeLimits, Completed, Completion, NewChallenge, Proof,
-    SessionRecord, SignIn,
+    Attempt, ChallengeRecord, CodeAttempt, CodeKeys, CodeLimits, Completed, Completion,
+    NewChallenge, Proof, SessionRecord, SignIn,
 };
 
 /// A half-finished sign-in or a step-up lasts this long.
@@ -37,10 +40,12 @@ pub const CHALLENGE_TTL: Duration = Duration::from_secs(600);
 pub const EMAIL_CODE_TTL: Duration = Duration::from_secs(600);
 /// Sensitive actions need a second factor proven this recently.
 pub const STEP_UP_FRESHNESS: Duration = Duration::from_secs(600);
-/// 5 wrong codes void a challenge; 10 per user per 15 minutes across everything.
+/// 5 wrong codes void a challenge; 10 per user and 30 per client address (across
+/// every account) per 15 minutes.
 pub const LIMITS: CodeLimits = CodeLimits {
     per_challenge: 5,
     per_user: 10,
+    per_address: 30,
     window_secs: 900,
 };
 /// Code mails per user per 15 minutes (first sends and resends alike).
@@ -54,6 +59,18 @@ fn span(d: Duration) -> time::Duration {
 /// in the throttle table).
 pub fn user_code_key(state: &AppState, user_id: UserId) -> Vec<u8> {
     state.keys.mac(columns::THROTTLE_CODE, user_id.0.as_bytes())
+}
+
+/// The keys a code is counted under: the person's, and the client address's (an
+/// IPv4 address or an IPv6 /64, as every per-address limit counts).
+fn code_keys(state: &AppState, user_id: UserId, ctx: &RequestContext) -> CodeKeys {
+    CodeKeys {
+        user: user_code_key(state, user_id),
+        address: state.keys.mac(
+            columns::THROTTLE_CODE_ADDRESS,
+            ctx.throttle_address().as_bytes(),
+        ),
+    }
 }
 
 /// Methods that prove possession of the authenticator itself (RFC 8176 names).
@@ -134,8 +151,8 @@ pub struct Demand {
 }
 
 /// Demands a second factor for a sign-in whose password was right: TOTP (or a
-/// recovery code) when the user has an authenticator app, else a code sent by e-mail
-/// at once. This is the one entry the contextual checks use to step a sign-in up.
+/// recovery code) when the user has an authenticator app, a passkey when they have
+/// one, else a code sent by e-mail at once. This is the one entry the contextual checks use to step a sign-in up.
 /// `None` if the account changed while the password was checked (reset, disabled):
 /// the sign-in fails.
 pub async fn demand(
@@ -162,7 +179,9 @@ pub async fn demand(
     };
     let mut mails = Vec::new();
     let mut code_mac = None;
-    if !always_required(state, user.id).await? && code_mail_allowed(state, user.id).await? {
+    // Only for a person without an app or a passkey (checked again under the
+    // user's lock when the challenge is stored).
+    if !has_strong_factor(state, user.id).await? && code_mail_allowed(state, user.id).await? {
         let code = new_email_code();
         code_mac = Some(email_code_mac(state, challenge.id, &code));
         mails.push(messages::one_time_code(
@@ -268,8 +287,8 @@ pub async fn step_up_challenge(
 
 pub enum SendOutcome {
     Sent,
-    /// A step-up of a user with an authenticator app takes the app (or a recovery
-    /// code), never the mailbox.
+    /// A person with an authenticator app or a passkey proves that (or a recovery
+    /// code), never the mailbox: nothing was sent.
     NotOffered,
     Throttled {
         retry_after_secs: u64,
@@ -278,10 +297,17 @@ pub enum SendOutcome {
     Void,
 }
 
+/// Whether the challenge's person has a factor stronger than the mailbox (an
+/// authenticator app, a usable passkey): then no code is e-mailed nor accepted by
+/// e-mail, at sign-in and at step-up alike.
+pub fn offers_stronger(ch: &ChallengeRecord) -> bool {
+    ch.has_totp || ch.has_passkey
+}
+
 /// Sends (or re-sends) the challenge's e-mailed code. A resend voids the previous
 /// code; sends are limited per user.
 pub async fn send_code(state: &AppState, ch: &ChallengeRecord) -> Result<SendOutcome, AppError> {
-    if ch.session_id.is_some() && (ch.has_totp || ch.has_passkey) {
+    if offers_stronger(ch) {
         return Ok(SendOutcome::NotOffered);
     }
     if let Attempt::Blocked { retry_after_secs } = code_mail_allowance(state, ch.user_id).await? {
@@ -330,9 +356,8 @@ async fn candidate_proof(
             {
                 return Ok(Some((Proof::TotpStep(step), "otp")));
             }
-            // At step-up a user with an app or a passkey proves that, not the
-            // mailbox.
-            if ch.email_code_live && !((ch.has_totp || ch.has_passkey) && ch.session_id.is_some()) {
+            // A user with an app or a passkey proves that, not the mailbox.
+            if ch.email_code_live && !offers_stronger(ch) {
                 let macs = state
                     .keys
                     .mac_candidates(columns::EMAIL_CODE, &email_code_binding(ch.id, digits));
@@ -369,10 +394,10 @@ async fn attempt_code<T>(
     let Some(code) = SubmittedCode::parse(raw) else {
         return Ok(CodeOutcome::Malformed);
     };
-    let key = user_code_key(state, ch.user_id);
+    let keys = code_keys(state, ch.user_id, ctx);
     let attempts = match state
         .store
-        .reserve_code_attempt(ch.id, &key, LIMITS, state.clock.now())
+        .reserve_code_attempt(ch.id, &keys, LIMITS, state.clock.now())
         .await?
     {
         CodeAttempt::Allowed { attempts } => attempts,
@@ -397,7 +422,7 @@ async fn attempt_code<T>(
         };
         if let Some(completed) = state
             .store
-            .complete_challenge(ch.id, ch.user_id, &proof, &key, &completion, &notices)
+            .complete_challenge(ch.id, ch.user_id, &proof, &keys, &completion, &notices)
             .await?
         {
             outcome("right");
@@ -536,14 +561,14 @@ pub async fn finish_sign_in_with_passkey(
         .chain(methods.iter().copied())
         .collect();
     let (completion, finished) = sign_in_completion(state, ch, ctx, prepared, replaces, &amr)?;
-    let key = user_code_key(state, ch.user_id);
+    let keys = code_keys(state, ch.user_id, ctx);
     let done = state
         .store
         .complete_challenge(
             ch.id,
             ch.user_id,
             &Proof::Passkey(proof),
-            &key,
+            &keys,
             &completion,
             &|_| Vec::new(),
         )
@@ -623,14 +648,14 @@ pub async fn step_up_with_passkey(
 ) -> Result<Option<SessionToken>, AppError> {
     let ch = step_up_challenge(state, session).await?;
     let (completion, token) = step_up_completion(state, session, ctx, methods)?;
-    let key = user_code_key(state, session.user_id);
+    let keys = code_keys(state, session.user_id, ctx);
     let done = state
         .store
         .complete_challenge(
             ch.id,
             session.user_id,
             &Proof::Passkey(proof),
-            &key,
+            &keys,
             &completion,
             &|_| Vec::new(),
         )

@@ -110,7 +110,7 @@ pub trait AccountStore: Send + Sync {
     async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError>;
     /// Disables (`disabled`) or enables an account and records `event`; disabling
     /// revokes every session of the user in the same transaction, each with
-    /// `revoked` as its event. Returns whether anything changed (`false`: it already
+    /// `revoked` as its event, and voids pending change-of-address links. Returns whether anything changed (`false`: it already
     /// was so).
     async fn set_disabled(
         &self,
@@ -121,8 +121,9 @@ pub trait AccountStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// A signed-in person changed their password: provided the hash is still
     /// `old_hash` (no reset or other change landed meanwhile), stores `new_hash`,
-    /// keeps only `keep` (under its new token), voids pending reset links and
-    /// half-finished sign-ins, queues the notice and records the event.
+    /// keeps only `keep` (under its new token), voids pending reset and
+    /// change-of-address links and half-finished sign-ins, queues the notice and
+    /// records the event.
     async fn change_password(
         &self,
         user_id: UserId,
@@ -199,6 +200,8 @@ impl AccountStore for PgStore {
             if disabled {
                 revoke_all_of_user(&mut tx, user_id, None, "account disabled", revoked).await?;
                 void_challenges(&mut tx, user_id).await?;
+                // A pending change of address would come back to life on enabling.
+                void_tokens(&mut tx, user_id.0, &["change"], event.at).await?;
             }
         }
         tx.commit().await?;
@@ -230,7 +233,10 @@ impl AccountStore for PgStore {
         if changed.rows_affected() != 1 || !keep_only(&mut tx, user_id, keep).await? {
             return Ok(false);
         }
-        void_tokens(&mut tx, user_id.0, &["reset"], now).await?;
+        // Pending resets, and a change of address that someone who got in may have
+        // asked for (the notice of it recommends exactly this remedy), die with the
+        // old password.
+        void_tokens(&mut tx, user_id.0, &["reset", "change"], now).await?;
         void_challenges(&mut tx, user_id).await?;
         // A new password ends every "trust this browser" (DESIGN.md).
         super::risk::untrust_all(&mut tx, user_id.0).await?;

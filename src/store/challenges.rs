@@ -1,8 +1,9 @@
 //! Challenges: a second factor being proven, for a half-finished sign-in or a
 //! step-up. Codes are counted before they are checked — per challenge (5, then the
-//! challenge is void) and per user (10 per 15 minutes across every challenge and
-//! node) — the same count-first pattern as the sign-in throttle, so no number of
-//! parallel guesses gets more evaluations than that (ZITADEL CVE-2024-32868).
+//! challenge is void), per user (10 per 15 minutes across every challenge and node)
+//! and per client address (30 per 15 minutes across every account) — the same
+//! count-first pattern as the sign-in throttle, so no number of parallel guesses gets
+//! more evaluations than that (ZITADEL CVE-2024-32868).
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -109,14 +110,26 @@ const CHALLENGE_SELECT: &str = "SELECT c.id, c.user_id, u.email, c.session_id, c
                 WHERE p.user_id = c.user_id AND p.clone_suspected_at IS NULL) AS has_passkey
      FROM mfa_challenges c JOIN users u ON u.id = c.user_id";
 
-/// Limits on code guessing (DESIGN.md "Precise rules").
+/// Limits on code guessing (DESIGN.md "Precise rules", "Wrong second-factor codes
+/// per client address").
 #[derive(Clone, Copy, Debug)]
 pub struct CodeLimits {
     /// Codes one challenge may evaluate before it is void.
     pub per_challenge: i32,
     /// Codes one user may have evaluated in `window_secs`, across everything.
     pub per_user: i32,
+    /// Codes one client address may have evaluated in `window_secs`, across every
+    /// account (an address holding many right passwords).
+    pub per_address: i32,
     pub window_secs: i32,
+}
+
+/// The throttle keys a code is counted under (keyed MACs: neither a user id nor an
+/// address in the clear): the person's and the client address's.
+#[derive(Clone, Debug)]
+pub struct CodeKeys {
+    pub user: Vec<u8>,
+    pub address: Vec<u8>,
 }
 
 /// Whether a code may be evaluated.
@@ -224,8 +237,26 @@ pub(super) async fn spend_recovery_code(
     Ok(Some(left))
 }
 
-/// Every challenge of a user goes: a password reset, a password change or a
-/// disabling makes a half-finished sign-in worthless.
+/// Whether the user has a factor stronger than their mailbox (a confirmed
+/// authenticator app, or a passkey not suspected of being copied).
+async fn has_strong_factor(
+    conn: &mut sqlx::PgConnection,
+    user_id: UserId,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM totp_credentials
+                        WHERE user_id = $1 AND confirmed_at IS NOT NULL)
+             OR EXISTS (SELECT 1 FROM passkeys
+                        WHERE user_id = $1 AND clone_suspected_at IS NULL)",
+    )
+    .bind(user_id.0)
+    .fetch_one(conn)
+    .await
+}
+
+/// Every challenge of a user goes: a password reset, a password change, a
+/// disabling or a change of second factors makes a half-finished sign-in (and a
+/// step-up under way) worthless.
 pub(super) async fn void_challenges(
     conn: &mut sqlx::PgConnection,
     user_id: UserId,
@@ -243,7 +274,8 @@ pub trait ChallengeStore: Send + Sync {
     /// password attempt's throttle counts (it was right) and — provided the password
     /// hash is still `password_hash` and the user enabled — creates the challenge,
     /// queues `mails` (an e-mailed code) and records `event`, in one transaction.
-    /// `email_code` is the code's MAC and expiry when one is sent at once.
+    /// `email_code` is the code's MAC and expiry when one is sent at once; it and
+    /// its mails are dropped if the user has an authenticator app or a passkey.
     async fn begin_second_factor(
         &self,
         attempt: &AttemptKeys,
@@ -265,7 +297,8 @@ pub trait ChallengeStore: Send + Sync {
         challenge: &NewChallenge,
     ) -> Result<ChallengeRecord, StoreError>;
     /// Replaces the challenge's e-mailed code (a resend voids the previous one) and
-    /// queues its mail, atomically. False if the challenge is gone.
+    /// queues its mail, atomically. False if the challenge is gone or its user has
+    /// an authenticator app or a passkey (who never get a code by e-mail).
     async fn set_email_code(
         &self,
         challenge_id: Uuid,
@@ -274,11 +307,12 @@ pub trait ChallengeStore: Send + Sync {
         mails: &[OutboundMail],
         now: OffsetDateTime,
     ) -> Result<bool, StoreError>;
-    /// Counts one code against the challenge and the user *before* it is checked.
+    /// Counts one code against the challenge, the user and the client address
+    /// *before* it is checked; nothing is counted when any of them is spent.
     async fn reserve_code_attempt(
         &self,
         challenge_id: Uuid,
-        user_key: &[u8],
+        keys: &CodeKeys,
         limits: CodeLimits,
         now: OffsetDateTime,
     ) -> Result<CodeAttempt, StoreError>;
@@ -293,16 +327,16 @@ pub trait ChallengeStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Completes a challenge in one transaction: the proof is checked again under
     /// lock (a TOTP step taken, a recovery code spent, the e-mailed code matched and
-    /// live), the challenge is consumed, the user's count for this code taken back,
-    /// and the completion applied (a session created, or raised and given a new
-    /// token). `None`, with nothing changed, when the proof does not hold (a replayed
+    /// live), the challenge is consumed, the user's and the address's counts for this
+    /// code taken back, and the completion applied (a session created, or raised and
+    /// given a new token). `None`, with nothing changed, when the proof does not hold (a replayed
     /// code, a code used meanwhile by a parallel request) or the challenge is gone.
     async fn complete_challenge(
         &self,
         challenge_id: Uuid,
         user_id: UserId,
         proof: &Proof,
-        user_key: &[u8],
+        keys: &CodeKeys,
         completion: &Completion,
         notices: &Notices,
     ) -> Result<Option<Completed>, StoreError>;
@@ -322,6 +356,16 @@ impl ChallengeStore for PgStore {
         let mut tx = self.pool.begin().await?;
         let current = lock_live_user(&mut tx, c.user_id, Some(password_hash)).await?;
         if current {
+            // The service's rule checked again under the user's lock, so that no
+            // enrolment slips in between: a person with an authenticator app or a
+            // passkey never gets a code by e-mail (the mailbox alone must never
+            // reach `aal2`, checklist L7).
+            let email_code = if has_strong_factor(&mut tx, c.user_id).await? {
+                None
+            } else {
+                email_code
+            };
+            let mails = if email_code.is_some() { mails } else { &[] };
             sqlx::query(
                 "INSERT INTO mfa_challenges
                      (id, kind, user_id, token_hash, remember_me, return_to, reason,
@@ -409,9 +453,16 @@ impl ChallengeStore for PgStore {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // Never for a person with a stronger factor (checklist L7); an enrolment
+        // committing meanwhile deletes the challenge, code and all.
         let done = sqlx::query(
-            "UPDATE mfa_challenges SET email_code_mac = $2, email_code_expires_at = LEAST($3, expires_at)
-             WHERE id = $1 AND expires_at > $4",
+            "UPDATE mfa_challenges c
+             SET email_code_mac = $2, email_code_expires_at = LEAST($3, c.expires_at)
+             WHERE c.id = $1 AND c.expires_at > $4
+               AND NOT EXISTS (SELECT 1 FROM totp_credentials t
+                               WHERE t.user_id = c.user_id AND t.confirmed_at IS NOT NULL)
+               AND NOT EXISTS (SELECT 1 FROM passkeys p
+                               WHERE p.user_id = c.user_id AND p.clone_suspected_at IS NULL)",
         )
         .bind(challenge_id)
         .bind(code_mac)
@@ -430,13 +481,16 @@ impl ChallengeStore for PgStore {
     async fn reserve_code_attempt(
         &self,
         challenge_id: Uuid,
-        user_key: &[u8],
+        keys: &CodeKeys,
         limits: CodeLimits,
         now: OffsetDateTime,
     ) -> Result<CodeAttempt, StoreError> {
         let mut tx = self.pool.begin().await?;
         // The challenge row first (its lock orders parallel codes for one challenge),
-        // then the user's counter (shared with every other challenge of the user).
+        // then the user's counter (shared with every other challenge of the user),
+        // then the address's (shared with every account tried from there); the two
+        // counters are rows of the scope `code`, told apart by their keys' MAC
+        // purposes. A refusal by either rolls both back.
         let live: Option<i32> = sqlx::query_scalar(
             "SELECT attempts FROM mfa_challenges
              WHERE id = $1 AND expires_at > $2 AND attempts < $3
@@ -450,29 +504,42 @@ impl ChallengeStore for PgStore {
         let Some(before) = live else {
             return Ok(CodeAttempt::Void);
         };
-        let attempt = super::throttle::count_window(
+        let by_user = super::throttle::count_window(
             &mut tx,
             "code",
-            user_key,
+            &keys.user,
             now,
             limits.per_user,
             limits.window_secs,
         )
         .await?;
-        if attempt == super::Attempt::Allowed {
-            sqlx::query("UPDATE mfa_challenges SET attempts = attempts + 1 WHERE id = $1")
-                .bind(challenge_id)
-                .execute(&mut *tx)
-                .await?;
+        let by_address = super::throttle::count_window(
+            &mut tx,
+            "code",
+            &keys.address,
+            now,
+            limits.per_address,
+            limits.window_secs,
+        )
+        .await?;
+        let wait = [by_user, by_address]
+            .iter()
+            .filter_map(|a| match a {
+                super::Attempt::Blocked { retry_after_secs } => Some(*retry_after_secs),
+                super::Attempt::Allowed => None,
+            })
+            .max();
+        if let Some(retry_after_secs) = wait {
+            // The transaction is dropped with whichever count it made.
+            return Ok(CodeAttempt::Blocked { retry_after_secs });
         }
+        sqlx::query("UPDATE mfa_challenges SET attempts = attempts + 1 WHERE id = $1")
+            .bind(challenge_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(match attempt {
-            super::Attempt::Allowed => CodeAttempt::Allowed {
-                attempts: before + 1,
-            },
-            super::Attempt::Blocked { retry_after_secs } => {
-                CodeAttempt::Blocked { retry_after_secs }
-            }
+        Ok(CodeAttempt::Allowed {
+            attempts: before + 1,
         })
     }
 
@@ -510,7 +577,7 @@ impl ChallengeStore for PgStore {
         challenge_id: Uuid,
         user_id: UserId,
         proof: &Proof,
-        user_key: &[u8],
+        keys: &CodeKeys,
         completion: &Completion,
         notices: &Notices,
     ) -> Result<Option<Completed>, StoreError> {
@@ -567,7 +634,8 @@ impl ChallengeStore for PgStore {
         // A code counted before it was checked is taken back; a passkey was never
         // counted.
         if !matches!(proof, Proof::Passkey(_)) {
-            uncount(&mut tx, "code", user_key).await?;
+            uncount(&mut tx, "code", &keys.user).await?;
+            uncount(&mut tx, "code", &keys.address).await?;
         }
         match completion {
             Completion::SignIn(sign_in) => {

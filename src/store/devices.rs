@@ -189,8 +189,9 @@ pub trait DeviceStore: Send + Sync {
         reason: &str,
         event: &NewEvent,
     ) -> Result<bool, StoreError>;
-    /// Revokes every live session of the user except `except`, one event each, in one
-    /// transaction. Returns how many.
+    /// Revokes every live session of the user except `except`, one event each, ends
+    /// every "trust this browser" and voids pending change-of-address links, in one
+    /// transaction. Returns how many sessions.
     async fn revoke_user_sessions(
         &self,
         user_id: UserId,
@@ -282,10 +283,18 @@ impl DeviceStore for PgStore {
         event: &NewEvent,
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let n = revoke_all_of_user(&mut tx, user_id, except, reason, event).await?;
+        // The user row first, like every multi-table change of an account.
+        sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(user_id.0)
+            .fetch_optional(&mut *tx)
+            .await?;
         // A person signing devices out may be under attack: no browser keeps
         // skipping the code (the one they use signs in again with a code too).
         super::risk::untrust_all(&mut tx, user_id.0).await?;
+        let n = revoke_all_of_user(&mut tx, user_id, except, reason, event).await?;
+        // Nor does a change of address that someone who got in asked for: its
+        // notice recommends signing the other devices out, and that must be enough.
+        super::links::void_tokens(&mut tx, user_id.0, &["change"], event.at).await?;
         tx.commit().await?;
         self.revoked_here();
         Ok(n)

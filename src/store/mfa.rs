@@ -1,7 +1,7 @@
 //! Second factors of an account: its authenticator app (TOTP) and recovery codes.
-//! Every change comes with its notice mail and event in one transaction; setting up
-//! and removing the app end the account's other sessions (checklist S8: a factor
-//! change ends them).
+//! Every change comes with its notice mail and event in one transaction, and every
+//! change of a second factor (here and in `passkeys`) goes through `factor_changed`
+//! (checklist S8; DESIGN.md "Second factor at sign-in").
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -11,7 +11,9 @@ use super::accounts::lock_live_user;
 use super::challenges::void_challenges;
 use super::devices::revoke_all_of_user;
 use super::events::{NewEvent, insert_event};
+use super::links::void_tokens;
 use super::outbox::insert_mails;
+use super::risk::untrust_all;
 use super::throttle::uncount;
 use super::{PgStore, StoreError};
 use crate::domain::{OutboundMail, SessionId, UserId};
@@ -62,6 +64,33 @@ pub(super) async fn keep_only(
     Ok(true)
 }
 
+/// What every change of a person's second factors (adding or removing the
+/// authenticator app or a passkey, new recovery codes) does besides the change
+/// itself, inside the caller's transaction, which must hold the user row's lock
+/// (`lock_live_user`) already. In the store's lock order (user, devices, sessions,
+/// challenges, links): every "trust this browser" ends; every other session of the
+/// person ends through the normal revocation (its tokens die with it, apps hear
+/// through back-channel logout, caches through the trigger's notice); `keep` (the
+/// acting session) stays under a new cookie token; every pending challenge goes (a
+/// sign-in waiting for a code may have been asked for the old factors, or for an
+/// e-mailed code that a person with a stronger factor no longer gets); and every
+/// pending change-of-address link dies. False, with the caller's transaction to be
+/// dropped, if the acting session is no longer live (signed out meanwhile).
+pub(super) async fn factor_changed(
+    conn: &mut sqlx::PgConnection,
+    user_id: UserId,
+    keep: &KeepSession,
+    now: OffsetDateTime,
+) -> Result<bool, sqlx::Error> {
+    untrust_all(&mut *conn, user_id.0).await?;
+    if !keep_only(&mut *conn, user_id, keep).await? {
+        return Ok(false);
+    }
+    void_challenges(&mut *conn, user_id).await?;
+    void_tokens(conn, user_id.0, &["change"], now).await?;
+    Ok(true)
+}
+
 /// Confirms the unconfirmed enrolment whose secret is `secret_enc`, taking `step`
 /// as its first used step, if it is at most 30 minutes old.
 async fn take_enrolment_step(
@@ -107,8 +136,9 @@ pub trait MfaStore: Send + Sync {
     /// against: a restart meanwhile makes this fail), at most 30 minutes old, with the
     /// step of a valid code (it counts as used),
     /// stores the recovery codes' MACs, takes back the user's count for the code,
-    /// ends the other sessions, queues the notice, records the event. False, with
-    /// nothing changed, if the enrolment is gone or the step was used.
+    /// applies `factor_changed`, queues the notice, records the event. False, with
+    /// nothing changed, if the enrolment is gone, the step was used or the acting
+    /// session ended.
     #[allow(clippy::too_many_arguments)]
     async fn confirm_totp(
         &self,
@@ -121,7 +151,9 @@ pub trait MfaStore: Send + Sync {
         mails: &[OutboundMail],
         event: &NewEvent,
     ) -> Result<bool, StoreError>;
-    /// Removes the authenticator and the recovery codes. False if there was none.
+    /// Removes the authenticator and the recovery codes, and applies
+    /// `factor_changed`. False, with nothing changed, if there was none or the
+    /// acting session ended.
     async fn remove_totp(
         &self,
         user_id: UserId,
@@ -129,11 +161,14 @@ pub trait MfaStore: Send + Sync {
         mails: &[OutboundMail],
         event: &NewEvent,
     ) -> Result<bool, StoreError>;
-    /// Replaces every recovery code. False if no authenticator is confirmed.
+    /// Replaces every recovery code (a factor change: `keep` stays, under its new
+    /// token, and the rest of `factor_changed` happens). False, with nothing changed,
+    /// if no authenticator is confirmed or the acting session ended.
     async fn replace_recovery_codes(
         &self,
         user_id: UserId,
         recovery_macs: &[Vec<u8>],
+        keep: &KeepSession,
         mails: &[OutboundMail],
         event: &NewEvent,
     ) -> Result<bool, StoreError>;
@@ -248,7 +283,7 @@ impl MfaStore for PgStore {
         {
             return Ok(false);
         }
-        if !keep_only(&mut tx, user_id, keep).await? {
+        if !factor_changed(&mut tx, user_id, keep, now).await? {
             return Ok(false);
         }
         // The valid code just proved the app: this session has now shown it.
@@ -288,15 +323,13 @@ impl MfaStore for PgStore {
         .bind(user_id.0)
         .execute(&mut *tx)
         .await?;
-        if removed.rows_affected() != 1 || !keep_only(&mut tx, user_id, keep).await? {
+        if removed.rows_affected() != 1 || !factor_changed(&mut tx, user_id, keep, now).await? {
             return Ok(false);
         }
         sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
             .bind(user_id.0)
             .execute(&mut *tx)
             .await?;
-        // Sign-ins waiting for the removed factor cannot finish with it any more.
-        void_challenges(&mut tx, user_id).await?;
         insert_mails(&mut tx, &self.keys, mails, now).await?;
         insert_event(&mut tx, user_id.0, Some(keep.id.0), event).await?;
         tx.commit().await?;
@@ -308,6 +341,7 @@ impl MfaStore for PgStore {
         &self,
         user_id: UserId,
         recovery_macs: &[Vec<u8>],
+        keep: &KeepSession,
         mails: &[OutboundMail],
         event: &NewEvent,
     ) -> Result<bool, StoreError> {
@@ -323,13 +357,14 @@ impl MfaStore for PgStore {
         .bind(user_id.0)
         .fetch_optional(&mut *tx)
         .await?;
-        if enrolled.is_none() {
+        if enrolled.is_none() || !factor_changed(&mut tx, user_id, keep, now).await? {
             return Ok(false);
         }
         insert_recovery_codes(&mut tx, user_id, recovery_macs, now).await?;
         insert_mails(&mut tx, &self.keys, mails, now).await?;
-        insert_event(&mut tx, user_id.0, None, event).await?;
+        insert_event(&mut tx, user_id.0, Some(keep.id.0), event).await?;
         tx.commit().await?;
+        self.revoked_here();
         Ok(true)
     }
 }

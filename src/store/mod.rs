@@ -28,8 +28,8 @@ mod tokens;
 pub use accounts::{AccountStore, NewAccount, NewUser, UserRecord};
 pub use backchannel::{BackchannelStore, QueuedLogout};
 pub use challenges::{
-    ChallengeRecord, ChallengeStore, CodeAttempt, CodeLimits, Completed, Completion, NewChallenge,
-    Notices, Proof,
+    ChallengeRecord, ChallengeStore, CodeAttempt, CodeKeys, CodeLimits, Completed, Completion,
+    NewChallenge, Notices, Proof,
 };
 pub use dbsc::{BoundCookie, BoundSession, DbscOutcome, DbscStore, SpentChallenge};
 pub use devices::{DeviceLink, DeviceNotice, DeviceStore, SessionDetail};

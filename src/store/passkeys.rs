@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::accounts::lock_live_user;
 use super::events::{NewEvent, insert_event};
+use super::mfa::{KeepSession, factor_changed};
 use super::outbox::insert_mails;
 use super::risk::RiskFlag;
 use super::sessions::{SignIn, insert_signed_in};
@@ -155,15 +156,18 @@ pub trait PasskeyStore: Send + Sync {
         purpose: &str,
         now: OffsetDateTime,
     ) -> Result<Option<CeremonyRecord>, StoreError>;
-    /// Adds a passkey to a live, enabled account, with its event and notice.
-    /// `Conflict` if the credential id is registered already (to anyone).
+    /// Adds a passkey to an enabled account, with its event and notice, and applies
+    /// `factor_changed` (`keep` is the acting session). False, with nothing changed,
+    /// if the account was disabled or the acting session ended meanwhile (a "sign out
+    /// everywhere" that landed first wins). `Conflict` if the credential id is
+    /// registered already (to anyone).
     async fn add_passkey(
         &self,
         p: &NewPasskey,
         event: &NewEvent,
-        session_id: SessionId,
+        keep: &KeepSession,
         mails: &[OutboundMail],
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
     /// Renames one of the user's passkeys; `false` if it is not theirs.
     async fn rename_passkey(
         &self,
@@ -171,14 +175,16 @@ pub trait PasskeyStore: Send + Sync {
         id: Uuid,
         name: &str,
     ) -> Result<bool, StoreError>;
-    /// Removes one of the user's passkeys with its event and notice; `false` if it is
-    /// not theirs.
+    /// Removes one of the user's passkeys with its event and notice, and applies
+    /// `factor_changed` (`keep` is the acting session); `false`, with nothing
+    /// changed, if it is not theirs, the account was disabled or the acting session
+    /// ended meanwhile.
     async fn remove_passkey(
         &self,
         user_id: UserId,
         id: Uuid,
         event: &NewEvent,
-        session_id: SessionId,
+        keep: &KeepSession,
         mails: &[OutboundMail],
     ) -> Result<bool, StoreError>;
     /// A passkey sign-in: the use is recorded and the session created in one
@@ -285,12 +291,17 @@ impl PasskeyStore for PgStore {
         &self,
         p: &NewPasskey,
         event: &NewEvent,
-        session_id: SessionId,
+        keep: &KeepSession,
         mails: &[OutboundMail],
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         if !lock_live_user(&mut tx, p.user_id, None).await? {
-            return Err(StoreError::Conflict);
+            return Ok(false);
+        }
+        // The acting session must still be live (re-checked here, under the user's
+        // lock); the rest of a factor change comes with the new passkey.
+        if !factor_changed(&mut tx, p.user_id, keep, p.now).await? {
+            return Ok(false);
         }
         sqlx::query(
             "INSERT INTO passkeys (id, user_id, credential_id, name, credential, sign_count,
@@ -308,10 +319,11 @@ impl PasskeyStore for PgStore {
         .bind(p.now)
         .execute(&mut *tx)
         .await?;
-        insert_event(&mut tx, p.user_id.0, Some(session_id.0), event).await?;
+        insert_event(&mut tx, p.user_id.0, Some(keep.id.0), event).await?;
         insert_mails(&mut tx, &self.keys, mails, p.now).await?;
         tx.commit().await?;
-        Ok(())
+        self.revoked_here();
+        Ok(true)
     }
 
     async fn rename_passkey(
@@ -334,38 +346,22 @@ impl PasskeyStore for PgStore {
         user_id: UserId,
         id: Uuid,
         event: &NewEvent,
-        session_id: SessionId,
+        keep: &KeepSession,
         mails: &[OutboundMail],
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        // The acting session must still be live (a "sign out everywhere" that landed
-        // meanwhile wins), and the account enabled.
-        let acting: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id
-             WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL
-               AND u.disabled_at IS NULL
-             FOR UPDATE OF s",
-        )
-        .bind(session_id.0)
-        .bind(user_id.0)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if acting.is_none() {
+        // The user row first (the store's lock order), then the account enabled and
+        // the acting session live: a "sign out everywhere" that landed meanwhile
+        // wins (`factor_changed` checks the session).
+        if !lock_live_user(&mut tx, user_id, None).await? {
             return Ok(false);
         }
-        // A lost or stolen passkey's sessions end with it (but the one removing it),
-        // before the row goes (its foreign key would forget which they were).
-        let ended: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE sessions SET revoked_at = $4, revoked_reason = 'passkey removed'
-             WHERE user_id = $1 AND passkey_id = $2 AND id <> $3 AND revoked_at IS NULL
-             RETURNING id",
-        )
-        .bind(user_id.0)
-        .bind(id)
-        .bind(session_id.0)
-        .bind(event.at)
-        .fetch_all(&mut *tx)
-        .await?;
+        // A lost or stolen passkey's sessions end with every other session (but the
+        // one removing it), before the row goes (its foreign key would forget which
+        // they were).
+        if !factor_changed(&mut tx, user_id, keep, event.at).await? {
+            return Ok(false);
+        }
         let done = sqlx::query("DELETE FROM passkeys WHERE id = $1 AND user_id = $2")
             .bind(id)
             .bind(user_id.0)
@@ -375,24 +371,10 @@ impl PasskeyStore for PgStore {
             // Not theirs: nothing at all changes (the transaction is dropped).
             return Ok(false);
         }
-        for s in &ended {
-            sqlx::query(
-                "INSERT INTO security_events (id, user_id, session_id, kind, actor, at, detail)
-                 VALUES (gen_random_uuid(), $1, $2, 'session_revoked', 'user', $3,
-                         'passkey removed')",
-            )
-            .bind(user_id.0)
-            .bind(s)
-            .bind(event.at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        insert_event(&mut tx, user_id.0, Some(session_id.0), event).await?;
+        insert_event(&mut tx, user_id.0, Some(keep.id.0), event).await?;
         insert_mails(&mut tx, &self.keys, mails, event.at).await?;
         tx.commit().await?;
-        if !ended.is_empty() {
-            self.revoked_here();
-        }
+        self.revoked_here();
         Ok(true)
     }
 

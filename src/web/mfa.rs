@@ -209,10 +209,13 @@ pub async fn mfa_submit(
             Ok(res)
         }
         "regenerate" => {
-            let codes = mfa::regenerate(&state, &session, &ctx).await?;
-            let info = "New recovery codes are ready. The old ones no longer work.";
+            let (codes, token) = mfa::regenerate(&state, &session, &ctx).await?;
+            let info = "New recovery codes are ready. The old ones no longer work, and your other devices were signed out.";
+            let csrf = Csrf::for_rotated(&state, &token);
             let p = after_change(&state, &session, &csrf, &nonce, true, codes, info);
-            render(StatusCode::OK, p)
+            let mut res = render(StatusCode::OK, p)?;
+            set_rotated_cookie(&state, &mut res, &session, &token);
+            Ok(res)
         }
         _ => Err(AppError::Validation("Unknown action.".into())),
     }

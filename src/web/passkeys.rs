@@ -118,16 +118,29 @@ pub async fn passkeys_submit(
     let outcome = match form.action.as_str() {
         "rename" => passkeys::rename(&state, &session, id, &form.name)
             .await
-            .map(|name| format!("The passkey is now called “{name}”.")),
+            .map(|name| (format!("The passkey is now called “{name}”."), None)),
         "remove" => passkeys::remove(&state, &session, id, &ctx)
             .await
-            .map(|name| format!("The passkey “{name}” was removed. It no longer signs in.")),
+            .map(|(name, token)| {
+                (
+                    format!("The passkey “{name}” was removed. It no longer signs in, and your other devices were signed out."),
+                    Some(token),
+                )
+            }),
         _ => Err(AppError::Validation("Unknown action.".into())),
     };
     match outcome {
-        Ok(info) => {
+        Ok((info, None)) => {
             let p = page(&state, &session, &csrf, &nonce, None, Some(info)).await?;
             html(StatusCode::OK, &p)
+        }
+        Ok((info, Some(token))) => {
+            // The session has a new cookie token: the page's forms carry its CSRF.
+            let csrf = Csrf::for_rotated(&state, &token);
+            let p = page(&state, &session, &csrf, &nonce, None, Some(info)).await?;
+            let mut res = html(StatusCode::OK, &p)?;
+            set_rotated_cookie(&state, &mut res, &session, &token);
+            Ok(res)
         }
         Err(AppError::Validation(message)) => {
             let p = page(&state, &session, &csrf, &nonce, Some(message), None).await?;
@@ -208,7 +221,7 @@ pub async fn register(
     StrictJson(body): StrictJson<RegisterBody>,
 ) -> Result<HttpResponse, AppError> {
     csrf.verify(&body.csrf_token)?;
-    passkeys::finish_registration(
+    let (_, token) = passkeys::finish_registration(
         &state,
         &session,
         &body.ceremony,
@@ -217,9 +230,12 @@ pub async fn register(
         &ctx,
     )
     .await?;
-    Ok(json(&Next {
+    let mut res = json(&Next {
         redirect: "/account/passkeys?added=1",
-    }))
+    });
+    // A second-factor change gives this session a new cookie token.
+    set_rotated_cookie(&state, &mut res, &session, &token);
+    Ok(res)
 }
 
 /// `POST /webauthn/sign-in/options`

@@ -39,7 +39,8 @@ struct VerifyTemplate {
     action: &'static str,
     title: &'static str,
     has_totp: bool,
-    /// Whether "e-mail me a code" is offered (not at step-up when an app is set up).
+    /// Whether "e-mail me a code" is offered: never to a person with an
+    /// authenticator app or a passkey (checklist L7).
     offer_email: bool,
     email_code_live: bool,
     to: String,
@@ -75,7 +76,7 @@ impl VerifyTemplate {
                 "Two-step verification"
             },
             has_totp: ch.has_totp,
-            offer_email: !((ch.has_totp || ch.has_passkey) && action == "/step-up"),
+            offer_email: !second_factor::offers_stronger(ch),
             email_code_live: ch.email_code_live,
             // Before sign-in the address is masked (a shared screen); a signed-in
             // person sees their own address in full anyway.
@@ -243,7 +244,7 @@ fn code_error<T>(page: &mut VerifyTemplate, outcome: CodeOutcome<T>) -> (StatusC
         }
         CodeOutcome::Malformed => {
             page.error = Some(if page.has_totp {
-                "Enter the 6-digit code from your authenticator app or e-mail, or a recovery code (xxxxx-xxxxx).".into()
+                "Enter the 6-digit code from your authenticator app, or a recovery code (xxxxx-xxxxx).".into()
             } else {
                 "Enter the 6-digit code we e-mailed you.".into()
             });
@@ -276,9 +277,11 @@ async fn send_code(
             Ok(with_retry_after(res, retry_after_secs))
         }
         SendOutcome::NotOffered => {
-            page.error = Some(
-                "Use a code from your authenticator app, or one of your recovery codes.".into(),
-            );
+            page.error = Some(if page.has_totp {
+                "No code is sent by e-mail to an account with an authenticator app: use a code from the app, or one of your recovery codes.".into()
+            } else {
+                "No code is sent by e-mail to an account with a passkey: use your passkey.".into()
+            });
             html(StatusCode::BAD_REQUEST, &page)
         }
         SendOutcome::Void => Err(AppError::Validation(EXPIRED.into())),

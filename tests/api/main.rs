@@ -15,6 +15,7 @@ mod csrf;
 mod dbsc;
 mod devices;
 mod example_rp;
+mod factor_changes;
 mod faults;
 mod fuzz_regressions;
 mod geoip_fixture;

@@ -12,7 +12,7 @@ use crate::soft_passkey::SoftPasskey;
 /// A way the authenticator lies.
 type Lie = fn(&mut SoftPasskey);
 
-async fn post_json(b: &Browser, path: &str, body: &Value) -> Resp {
+pub(crate) async fn post_json(b: &Browser, path: &str, body: &Value) -> Resp {
     b.send(
         b.request(reqwest::Method::POST, path)
             .header("content-type", "application/json")
@@ -22,7 +22,7 @@ async fn post_json(b: &Browser, path: &str, body: &Value) -> Resp {
     .await
 }
 
-fn json_of(r: &Resp) -> Value {
+pub(crate) fn json_of(r: &Resp) -> Value {
     serde_json::from_str(&r.body).unwrap_or_else(|_| panic!("JSON expected: {}", r.body))
 }
 
@@ -43,7 +43,7 @@ fn problem(r: &Resp, status: u16) -> String {
 
 /// Registration options for a browser that has stepped up on the passkeys page; its
 /// CSRF token and the options.
-async fn register_options(b: &Browser) -> (String, Value) {
+pub(crate) async fn register_options(b: &Browser) -> (String, Value) {
     let page = b.get("/account/passkeys").await;
     assert_eq!(page.status, 200, "{}", page.body);
     let csrf = page.csrf();
@@ -57,7 +57,7 @@ async fn register_options(b: &Browser) -> (String, Value) {
     (csrf, json_of(&r))
 }
 
-async fn finish_registration(
+pub(crate) async fn finish_registration(
     b: &Browser,
     csrf: &str,
     options: &Value,
@@ -78,7 +78,12 @@ async fn finish_registration(
 }
 
 /// Adds a passkey through the pages (stepping up by e-mail first).
-async fn add_passkey(app: &TestApp, b: &Browser, email: &str, name: &str) -> SoftPasskey {
+pub(crate) async fn add_passkey(
+    app: &TestApp,
+    b: &Browser,
+    email: &str,
+    name: &str,
+) -> SoftPasskey {
     step_up_by_email(app, b, email, "/account/passkeys").await;
     let (csrf, options) = register_options(b).await;
     let mut key = SoftPasskey::new(PUBLIC_URL);
@@ -120,7 +125,7 @@ async fn passkey_sign_in(b: &Browser, key: &mut SoftPasskey) -> Resp {
 }
 
 /// Steps a signed-in browser up with its passkey; the answer.
-async fn passkey_step_up(b: &Browser, key: &mut SoftPasskey) -> Resp {
+pub(crate) async fn passkey_step_up(b: &Browser, key: &mut SoftPasskey) -> Resp {
     let page = b.get("/step-up").await;
     assert_eq!(page.status, 200, "{}", page.body);
     let csrf = page.csrf();
@@ -364,6 +369,8 @@ async fn a_ceremony_answers_once() {
     let credential = key.register(&options);
     let r = finish_registration(&b, &csrf, &options, "Once", credential.clone()).await;
     assert_eq!(r.status, 200, "{}", r.body);
+    // (Adding a passkey gave the session a new cookie token, and so a new CSRF token.)
+    let csrf = b.get("/account/passkeys").await.csrf();
     let r = finish_registration(&b, &csrf, &options, "Twice", credential).await;
     assert!(problem(&r, 400).contains("expired or was already used"));
     assert_eq!(app.count("SELECT count(*) FROM passkeys").await, 1);

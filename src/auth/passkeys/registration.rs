@@ -46,7 +46,8 @@ pub async fn registration_options(
     .await
 }
 
-/// Adds the passkey the browser made; returns its name.
+/// Adds the passkey the browser made (a second-factor change: the other sessions
+/// end and this one gets a new cookie token); returns its name and that token.
 pub async fn finish_registration(
     state: &AppState,
     session: &SessionRecord,
@@ -54,7 +55,7 @@ pub async fn finish_registration(
     name: &str,
     credential: &RegisterPublicKeyCredential,
     ctx: &RequestContext,
-) -> Result<String, AppError> {
+) -> Result<(String, SessionToken), AppError> {
     let wa = webauthn(state)?;
     let name = clean_name(name)?;
     // The ceremony first: an answer given once is spent, whatever else is wrong.
@@ -88,12 +89,11 @@ pub async fn finish_registration(
     };
     let added = event(state, "passkey_added", Some(ctx))?;
     let mail = messages::passkey_added(&state.settings, &session.email, &name);
-    match state
-        .store
-        .add_passkey(&new, &added, session.id, &[mail])
-        .await
-    {
-        Ok(()) => {}
+    let (keep, token) = crate::auth::mfa::keep_this(state, session, "passkey added", ctx)?;
+    match state.store.add_passkey(&new, &added, &keep, &[mail]).await {
+        Ok(true) => {}
+        // Signed out (or disabled) while the browser made the key: nothing added.
+        Ok(false) => return Err(AppError::Unauthorized),
         Err(StoreError::Conflict) => {
             counted(state, "register", "conflict");
             return Err(AppError::Conflict(
@@ -104,7 +104,7 @@ pub async fn finish_registration(
     }
     counted(state, "register", "done");
     tracing::info!(user_id = %session.user_id, "passkey added");
-    Ok(name)
+    Ok((name, token))
 }
 
 /// The user's passkeys, for their page.
@@ -132,12 +132,14 @@ pub async fn rename(
 }
 
 /// Removes one of the user's passkeys (after a recent second factor); mails a notice.
+/// A second-factor change: the other sessions end and this one gets a new cookie
+/// token; returns the passkey's name and that token.
 pub async fn remove(
     state: &AppState,
     session: &SessionRecord,
     id: Uuid,
     ctx: &RequestContext,
-) -> Result<String, AppError> {
+) -> Result<(String, SessionToken), AppError> {
     second_factor::require_fresh(state, session, PAGE, false).await?;
     let Some(record) = state
         .store
@@ -150,13 +152,14 @@ pub async fn remove(
     };
     let removed = event(state, "passkey_removed", Some(ctx))?;
     let mail = messages::passkey_removed(&state.settings, &session.email, &record.name);
+    let (keep, token) = crate::auth::mfa::keep_this(state, session, "passkey removed", ctx)?;
     if !state
         .store
-        .remove_passkey(session.user_id, id, &removed, session.id, &[mail])
+        .remove_passkey(session.user_id, id, &removed, &keep, &[mail])
         .await?
     {
         return Err(AppError::NotFound);
     }
     tracing::info!(user_id = %session.user_id, "passkey removed");
-    Ok(record.name)
+    Ok((record.name, token))
 }
