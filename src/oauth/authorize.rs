@@ -324,7 +324,7 @@ async fn issue_code(
 ) -> Result<Outcome, AppError> {
     let now = state.clock.now();
     let code = random_token();
-    state
+    let stored = state
         .store
         .insert_code(&NewCode {
             code_hash: token_hash(&code),
@@ -340,8 +340,19 @@ async fn issue_code(
             auth_time: session.auth_time,
             created_at: now,
             expires_at: now + CODE_TTL,
+            needs_consent: !client.first_party,
         })
         .await?;
+    if !stored {
+        // The consent was withdrawn while this request was on its way.
+        return error_to_client(
+            state,
+            &req.redirect_uri,
+            req.state.as_deref(),
+            "access_denied",
+            "The person withdrew their consent.",
+        );
+    }
     to_client(
         state,
         &req.redirect_uri,

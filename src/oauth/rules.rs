@@ -47,6 +47,9 @@ pub fn check_code(
     if !code.live {
         return CodeVerdict::Refuse("the session behind the code has ended");
     }
+    if !code.consented {
+        return CodeVerdict::Refuse("the consent behind the code was withdrawn");
+    }
     CodeVerdict::Issue
 }
 
@@ -120,6 +123,7 @@ mod tests {
             expires_at: now + Duration::seconds(60),
             used: false,
             live: true,
+            consented: true,
             email: "a@example.com".into(),
             email_verified: true,
         }

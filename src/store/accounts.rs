@@ -10,6 +10,7 @@ use super::events::{NewEvent, insert_event};
 use super::links::{NewEmailToken, insert_token, void_tokens};
 use super::mfa::{KeepSession, keep_only};
 use super::outbox::insert_mails;
+use super::pg::retry_once;
 use super::sessions::{SignIn, insert_signed_in};
 use super::{PgStore, StoreError};
 use crate::domain::{Email, OutboundMail, UserId};
@@ -183,6 +184,32 @@ impl AccountStore for PgStore {
         event: &NewEvent,
         revoked: &NewEvent,
     ) -> Result<bool, StoreError> {
+        retry_once(|| self.set_disabled_once(user_id, disabled, event, revoked)).await
+    }
+
+    async fn change_password(
+        &self,
+        user_id: UserId,
+        old_hash: &str,
+        new_hash: &str,
+        keep: &KeepSession,
+        mails: &[OutboundMail],
+        event: &NewEvent,
+    ) -> Result<bool, StoreError> {
+        retry_once(|| self.change_password_once(user_id, old_hash, new_hash, keep, mails, event))
+            .await
+    }
+}
+
+/// The transactions behind the methods above that `retry_once` may run twice.
+impl PgStore {
+    async fn set_disabled_once(
+        &self,
+        user_id: UserId,
+        disabled: bool,
+        event: &NewEvent,
+        revoked: &NewEvent,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let changed = sqlx::query(
             "UPDATE users SET disabled_at = CASE WHEN $2 THEN $3 END, updated_at = $3
@@ -209,7 +236,7 @@ impl AccountStore for PgStore {
         Ok(changed)
     }
 
-    async fn change_password(
+    async fn change_password_once(
         &self,
         user_id: UserId,
         old_hash: &str,

@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::events::{EVENT_COLUMNS, NewEvent, bind_event, event_at, event_values, insert_event};
 use super::links::insert_not_me;
 use super::outbox::insert_mails;
+use super::pg::retry_once;
 use super::{PgStore, StoreError};
 use crate::crypto::Keys;
 use crate::domain::{DeviceId, OutboundMail, SessionId, UserId};
@@ -132,6 +133,22 @@ pub struct SessionDetail {
     pub dbsc_bound: bool,
 }
 
+/// Locks every live session of a user in key order (the store's lock order for
+/// several sessions), inside the caller's transaction, which holds the user row.
+pub(super) async fn lock_live_sessions(
+    conn: &mut sqlx::PgConnection,
+    user_id: UserId,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT 1 FROM sessions WHERE user_id = $1 AND revoked_at IS NULL
+         ORDER BY id FOR NO KEY UPDATE",
+    )
+    .bind(user_id.0)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Revokes every live session of a user (but `except`), with one event per session,
 /// inside the caller's transaction. Returns how many were revoked.
 pub(super) async fn revoke_all_of_user(
@@ -141,6 +158,7 @@ pub(super) async fn revoke_all_of_user(
     reason: &str,
     event: &NewEvent,
 ) -> Result<u64, sqlx::Error> {
+    lock_live_sessions(&mut *conn, user_id).await?;
     // $1 = user, $2 = except, $3 = reason; the event's values follow.
     let sql = format!(
         "WITH r AS (
@@ -282,11 +300,26 @@ impl DeviceStore for PgStore {
         reason: &str,
         event: &NewEvent,
     ) -> Result<u64, StoreError> {
+        retry_once(|| self.revoke_user_sessions_once(user_id, except, reason, event)).await
+    }
+}
+
+/// The transactions behind the methods above that `retry_once` may run twice.
+impl PgStore {
+    async fn revoke_user_sessions_once(
+        &self,
+        user_id: UserId,
+        except: Option<SessionId>,
+        reason: &str,
+        event: &NewEvent,
+    ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        // The user row first, like every multi-table change of an account.
+        // The user row first (the store's lock order): a sign-in finishing in a
+        // trusted browser, or a password change, of the same person queues
+        // instead of deadlocking with this on the sessions and devices.
         sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
             .bind(user_id.0)
-            .fetch_optional(&mut *tx)
+            .execute(&mut *tx)
             .await?;
         // A person signing devices out may be under attack: no browser keeps
         // skipping the code (the one they use signs in again with a code too).

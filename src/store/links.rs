@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::challenges::void_challenges;
 use super::events::{NewEvent, insert_event};
 use super::outbox::insert_mails;
+use super::pg::retry_once;
 use super::risk::untrust_all;
 use super::{PgStore, StoreError};
 use crate::domain::{OutboundMail, UserId};
@@ -117,6 +118,43 @@ pub struct NotMeReport {
     pub revoked: bool,
 }
 
+/// Locks the row of the user a link of `purpose` belongs to, before the link itself
+/// (the store's lock order: the user row first). Every transaction that issues, uses
+/// or voids links holds its user's row, so two of them of one person queue instead of
+/// deadlocking, and two issued at once leave one live. `for_update` is for a change
+/// of the address (a key column); otherwise the lock lets foreign-key checks through.
+async fn lock_link_owner(
+    conn: &mut sqlx::PgConnection,
+    token_hash: &[u8],
+    purpose: &str,
+    for_update: bool,
+) -> Result<(), sqlx::Error> {
+    let strength = if for_update {
+        "FOR UPDATE"
+    } else {
+        "FOR NO KEY UPDATE"
+    };
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT 1 FROM users WHERE id =
+             (SELECT user_id FROM email_tokens WHERE token_hash = $1 AND purpose = $2)
+         {strength} OF users"
+    )))
+    .bind(token_hash)
+    .bind(purpose)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Locks a user's row (the store's lock order: first), whether or not enabled.
+async fn lock_user(conn: &mut sqlx::PgConnection, user_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(user_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Marks a live link used; returns its user and new address if it was live.
 async fn consume_token(
     conn: &mut sqlx::PgConnection,
@@ -124,6 +162,7 @@ async fn consume_token(
     purpose: &str,
     now: OffsetDateTime,
 ) -> Result<Option<ConsumedRow>, sqlx::Error> {
+    lock_link_owner(&mut *conn, token_hash, purpose, purpose == "change").await?;
     sqlx::query_as(
         "UPDATE email_tokens t SET used_at = $3
          FROM users u
@@ -195,17 +234,7 @@ impl LinkStore for PgStore {
         mails: &[OutboundMail],
         event: Option<&NewEvent>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // A new link replaces earlier ones of its kind (a mistyped address for a
-        // change, an older reset mail): only the newest works.
-        void_tokens(&mut tx, token.user_id.0, &[token.purpose], token.now).await?;
-        insert_token(&mut tx, &token).await?;
-        insert_mails(&mut tx, &self.keys, mails, token.now).await?;
-        if let Some(event) = event {
-            insert_event(&mut tx, token.user_id.0, None, event).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        retry_once(|| self.issue_email_token_once(&token, mails, event)).await
     }
 
     async fn email_token(
@@ -233,6 +262,65 @@ impl LinkStore for PgStore {
     }
 
     async fn verify_email(&self, token_hash: &[u8], event: &NewEvent) -> Result<bool, StoreError> {
+        retry_once(|| self.verify_email_once(token_hash, event)).await
+    }
+
+    async fn reset_password(
+        &self,
+        token_hash: &[u8],
+        password_hash: &str,
+        mails: &[OutboundMail],
+        event: &NewEvent,
+    ) -> Result<bool, StoreError> {
+        retry_once(|| self.reset_password_once(token_hash, password_hash, mails, event)).await
+    }
+
+    async fn report_not_me(
+        &self,
+        token_hash: &[u8],
+        event: &NewEvent,
+    ) -> Result<Option<NotMeReport>, StoreError> {
+        retry_once(|| self.report_not_me_once(token_hash, event)).await
+    }
+
+    async fn change_email(
+        &self,
+        token_hash: &[u8],
+        mails: &[OutboundMail],
+        event: &NewEvent,
+    ) -> Result<bool, StoreError> {
+        retry_once(|| self.change_email_once(token_hash, mails, event)).await
+    }
+}
+
+/// The transactions behind the methods above that `retry_once` may run twice.
+impl PgStore {
+    async fn issue_email_token_once(
+        &self,
+        token: &NewEmailToken,
+        mails: &[OutboundMail],
+        event: Option<&NewEvent>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // A new link replaces earlier ones of its kind (a mistyped address for a
+        // change, an older reset mail): only the newest works. The user row
+        // serialises two issued at once, so the later one voids the earlier.
+        lock_user(&mut tx, token.user_id.0).await?;
+        void_tokens(&mut tx, token.user_id.0, &[token.purpose], token.now).await?;
+        insert_token(&mut tx, &token).await?;
+        insert_mails(&mut tx, &self.keys, mails, token.now).await?;
+        if let Some(event) = event {
+            insert_event(&mut tx, token.user_id.0, None, event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn verify_email_once(
+        &self,
+        token_hash: &[u8],
+        event: &NewEvent,
+    ) -> Result<bool, StoreError> {
         let now = event.at;
         let mut tx = self.pool.begin().await?;
         let Some(link) = consume_token(&mut tx, token_hash, "verify", now).await? else {
@@ -251,7 +339,7 @@ impl LinkStore for PgStore {
         Ok(true)
     }
 
-    async fn reset_password(
+    async fn reset_password_once(
         &self,
         token_hash: &[u8],
         password_hash: &str,
@@ -302,13 +390,18 @@ impl LinkStore for PgStore {
         Ok(true)
     }
 
-    async fn report_not_me(
+    async fn report_not_me_once(
         &self,
         token_hash: &[u8],
         event: &NewEvent,
     ) -> Result<Option<NotMeReport>, StoreError> {
         let now = event.at;
         let mut tx = self.pool.begin().await?;
+        // The store's lock order: the user row, the link, the browser's device,
+        // then its sessions. A sign-in of the same person (which takes the user
+        // row first too) lands wholly before this report, whose revocations then
+        // reach the session it made, or wholly after it.
+        lock_link_owner(&mut tx, token_hash, "not-me", false).await?;
         let link: Option<(Uuid, String, Option<Uuid>)> = sqlx::query_as(
             "UPDATE email_tokens t SET used_at = $2
              FROM users u
@@ -323,6 +416,15 @@ impl LinkStore for PgStore {
         let Some((user_id, email, session_id)) = link else {
             return Ok(None);
         };
+        sqlx::query(
+            "SELECT 1 FROM devices
+             WHERE id = (SELECT device_id FROM sessions WHERE id = $1 AND user_id = $2)
+             FOR UPDATE",
+        )
+        .bind(session_id)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
         // A session already ended is re-labelled too, so its place never counts as
         // the owner's again (`risk_facts`).
         let session: Option<(bool, Option<Uuid>)> = sqlx::query_as(
@@ -387,7 +489,7 @@ impl LinkStore for PgStore {
         }))
     }
 
-    async fn change_email(
+    async fn change_email_once(
         &self,
         token_hash: &[u8],
         mails: &[OutboundMail],

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::accounts::lock_live_user;
 use super::challenges::void_challenges;
-use super::devices::revoke_all_of_user;
+use super::devices::{lock_live_sessions, revoke_all_of_user};
 use super::events::{NewEvent, insert_event};
 use super::links::void_tokens;
 use super::outbox::insert_mails;
@@ -48,6 +48,8 @@ pub(super) async fn keep_only(
     user_id: UserId,
     keep: &KeepSession,
 ) -> Result<bool, sqlx::Error> {
+    // The kept session among the others, in key order (the caller holds the user row).
+    lock_live_sessions(&mut *conn, user_id).await?;
     let rotated = sqlx::query(
         "UPDATE sessions SET token_hash = $3
          WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",

@@ -4,6 +4,34 @@
 //! gives an error, never a panic). Each method is one unit of work with its own
 //! transaction. `Store` is the sum of the capabilities; services hold an
 //! `Arc<dyn Store>` and import the capability traits they call.
+//!
+//! # Lock order
+//!
+//! Every transaction that locks more than one row takes its locks in this order, and
+//! several rows of one table in key order (`SELECT … ORDER BY id FOR UPDATE` before a
+//! multi-row `UPDATE`), so that two transactions never wait on each other in a
+//! circle:
+//!
+//! 1. the **user row** (`accounts::lock_live_user`, or the `UPDATE users` that starts
+//!    a password change or a disabling): first in every transaction that touches
+//!    more than one of a person's rows: sign-ins, factor changes, mailed links
+//!    (issuing and using them), "This wasn't me", signing devices out;
+//! 2. the **app's client row**, share-locked (`FOR KEY SHARE`) by a code redemption
+//!    before anything else it locks, so that `gatehouse client delete` (which locks
+//!    it for update, then cascades to consents, codes, grants and tokens) queues
+//!    behind a redemption or the redemption finds the client gone;
+//! 3. **devices**;
+//! 4. **sessions**, several in key order; a code redemption share-locks its session
+//!    and a refresh rotation locks its session before the grant;
+//! 5. **consents**, then **codes**;
+//! 6. **grants**, several in key order, then their **access and refresh tokens**;
+//! 7. **mailed links**, **second-factor challenges** and **passkey ceremonies**:
+//!    only ever locked under the user row (1);
+//! 8. **throttle rows** last, for the moment before the commit, the client
+//!    address's row before the account's.
+//!
+//! A deadlock or serialization failure that still happens is run again once by
+//! `pg::retry_once`, which wraps the methods whose transactions lock several rows.
 
 mod accounts;
 mod backchannel;

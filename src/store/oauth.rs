@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::pg::retry_once;
 use super::{PgStore, StoreError};
 use crate::domain::UserId;
 
@@ -177,12 +178,7 @@ impl ClientStore for PgStore {
     }
 
     async fn delete_client(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM oauth_clients WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        self.revoked_here();
-        Ok(done.rows_affected() == 1)
+        retry_once(|| self.delete_client_once(id)).await
     }
 
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
@@ -282,6 +278,20 @@ impl ClientStore for PgStore {
         client_id: &str,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
+        retry_once(|| self.withdraw_consent_once(user, client_id, now)).await
+    }
+}
+
+impl PgStore {
+    async fn withdraw_consent_once(
+        &self,
+        user: UserId,
+        client_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        // Consents, then codes, then grants (in key order): the store's lock order.
+        // A code inserted while the consent existed share-locked the consent row,
+        // so it is committed, and seen below, before the consent can be deleted.
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM oauth_consents WHERE user_id = $1 AND client_id = $2")
             .bind(user.0)
@@ -296,7 +306,9 @@ impl ClientStore for PgStore {
             .await?;
         sqlx::query(
             "UPDATE oauth_grants SET revoked_at = $3, revoked_reason = 'consent_withdrawn'
-             WHERE user_id = $1 AND client_id = $2 AND revoked_at IS NULL",
+             WHERE id IN (SELECT id FROM oauth_grants
+                          WHERE user_id = $1 AND client_id = $2 AND revoked_at IS NULL
+                          ORDER BY id FOR UPDATE)",
         )
         .bind(user.0)
         .bind(client_id)
@@ -306,5 +318,35 @@ impl ClientStore for PgStore {
         tx.commit().await?;
         self.revoked_here();
         Ok(done.rows_affected() > 0)
+    }
+}
+
+/// The transactions behind the methods above that `retry_once` may run twice.
+impl PgStore {
+    async fn delete_client_once(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // In the store's lock order: the client row first (a code redemption
+        // share-locks it before anything else, so it finishes first or finds the
+        // client gone), then its grants in key order (a refresh rotation locks
+        // its grant before the token), then the cascade to everything else.
+        let found: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM oauth_clients WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if found.is_none() {
+            return Ok(false);
+        }
+        sqlx::query("SELECT 1 FROM oauth_grants WHERE client_id = $1 ORDER BY id FOR UPDATE")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM oauth_clients WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.revoked_here();
+        Ok(done.rows_affected() == 1)
     }
 }

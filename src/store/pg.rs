@@ -93,6 +93,36 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether a transaction lost a race PostgreSQL resolved by aborting it: a deadlock
+/// (40P01) or a serialization failure (40001). Running it again is safe: nothing of
+/// it was committed.
+pub(super) fn is_lost_race(e: &StoreError) -> bool {
+    match e {
+        StoreError::Other(sqlx::Error::Database(db)) => {
+            matches!(db.code().as_deref(), Some("40P01") | Some("40001"))
+        }
+        _ => false,
+    }
+}
+
+/// Runs one unit of work (a whole transaction, begun inside `work`) and, if
+/// PostgreSQL aborted it as a deadlock victim or a serialization failure, runs it
+/// once more. The store's lock order (see the module documentation) makes this
+/// rare; the retry keeps the rare case from reaching anyone as a 500.
+pub(super) async fn retry_once<T, F, W>(mut work: W) -> Result<T, StoreError>
+where
+    W: FnMut() -> F,
+    F: std::future::Future<Output = Result<T, StoreError>>,
+{
+    match work().await {
+        Err(e) if is_lost_race(&e) => {
+            tracing::warn!(error = %e, "transaction lost a lock race; running it again");
+            work().await
+        }
+        done => done,
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         if is_unavailable(&e) {

@@ -9,6 +9,7 @@ use super::devices::{DeviceLink, link_device};
 use super::events::{
     EVENT_COLUMNS, NewEvent, PgQuery, bind_event, event_at, event_values, insert_event,
 };
+use super::pg::retry_once;
 use super::risk::{FlagOthers, RiskFlag, flag_other_countries};
 use super::throttle::{AttemptKeys, refund};
 use super::{PgStore, StoreError};
@@ -221,9 +222,24 @@ pub(super) async fn insert_signed_in(
     bind_session(sqlx::query(sqlx::AssertSqlSafe(sql)), session, device)
         .execute(&mut *conn)
         .await?;
-    if let Some(old) = s.replaces {
-        move_grants_to(conn, old, session).await?;
-        revoke_replaced(conn, old, session.now).await?;
+    // One browser, one session: the browser's earlier session (whoever's it was) and
+    // every live session of this person on the same device (a double-submitted form
+    // made one a moment ago), locked in key order. The person's own keep their apps.
+    let replaced: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM sessions
+         WHERE revoked_at IS NULL AND id <> $1
+           AND (id = $2 OR (user_id = $3 AND device_id = $4))
+         ORDER BY id FOR NO KEY UPDATE",
+    )
+    .bind(session.id.0)
+    .bind(s.replaces.map(|r| r.0))
+    .bind(session.user_id.0)
+    .bind(device.0)
+    .fetch_all(&mut *conn)
+    .await?;
+    for old in replaced {
+        move_grants_to(conn, SessionId(old), session).await?;
+        revoke_replaced(conn, SessionId(old), session.now).await?;
     }
     if let Some(flag) = &s.flag_others {
         let born_flagged = session.risk_flag.is_some();
@@ -238,14 +254,15 @@ pub(super) async fn insert_signed_in(
 /// grants and unspent codes move to the new session before the old one ends, so its
 /// end sends them no logout token and their refresh tokens keep working (their next
 /// tokens name the new `sid`). Another person's sign-in moves nothing. Locks the old
-/// session row before its grants (the store's lock order).
+/// session row, then its codes, then its grants (the store's lock order).
 async fn move_grants_to(
     conn: &mut sqlx::PgConnection,
     old: SessionId,
     new: &NewSession,
 ) -> Result<(), sqlx::Error> {
     let same_person: Option<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM sessions WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL FOR UPDATE",
+        "SELECT id FROM sessions WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL
+         FOR NO KEY UPDATE",
     )
     .bind(old.0)
     .bind(new.user_id.0)
@@ -255,18 +272,18 @@ async fn move_grants_to(
         return Ok(());
     }
     sqlx::query(
-        "UPDATE oauth_grants SET session_id = $2
-         WHERE id IN (SELECT id FROM oauth_grants WHERE session_id = $1 AND revoked_at IS NULL
-                      ORDER BY id FOR UPDATE)",
+        "UPDATE oauth_codes SET session_id = $2
+         WHERE code_hash IN (SELECT code_hash FROM oauth_codes WHERE session_id = $1
+                             AND used_at IS NULL ORDER BY code_hash FOR UPDATE)",
     )
     .bind(old.0)
     .bind(new.id.0)
     .execute(&mut *conn)
     .await?;
     sqlx::query(
-        "UPDATE oauth_codes SET session_id = $2
-         WHERE code_hash IN (SELECT code_hash FROM oauth_codes WHERE session_id = $1
-                             AND used_at IS NULL ORDER BY code_hash FOR UPDATE)",
+        "UPDATE oauth_grants SET session_id = $2
+         WHERE id IN (SELECT id FROM oauth_grants WHERE session_id = $1 AND revoked_at IS NULL
+                      ORDER BY id FOR UPDATE)",
     )
     .bind(old.0)
     .bind(new.id.0)
@@ -345,21 +362,7 @@ impl SessionStore for PgStore {
         password_hash: &str,
         sign_in: &SignIn,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // The row lock holds off a password reset or a disabling until this commits,
-        // and one that committed first makes the check fail. It is the lock
-        // `link_device` needs too (taken here first, so two sign-ins of one user
-        // queue instead of deadlocking on an upgrade); foreign-key checks (KEY
-        // SHARE) do not conflict with it.
-        let current = lock_live_user(&mut tx, sign_in.session.user_id, Some(password_hash)).await?;
-        if current {
-            insert_signed_in(&mut tx, &self.keys, sign_in).await?;
-        }
-        // Last, so the throttle rows (shared by everyone behind one address) are
-        // locked only for the moment before the commit.
-        refund(&mut tx, attempt).await?;
-        tx.commit().await?;
-        Ok(current)
+        retry_once(|| self.sign_in_succeeded_once(attempt, password_hash, sign_in)).await
     }
 
     async fn live_session(
@@ -441,5 +444,31 @@ impl SessionStore for PgStore {
         .await?;
         self.revoked_here();
         Ok(done.rows_affected() == 1)
+    }
+}
+
+/// The transactions behind the methods above that `retry_once` may run twice.
+impl PgStore {
+    async fn sign_in_succeeded_once(
+        &self,
+        attempt: &AttemptKeys,
+        password_hash: &str,
+        sign_in: &SignIn,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The row lock holds off a password reset or a disabling until this commits,
+        // and one that committed first makes the check fail. It is the lock
+        // `link_device` needs too (taken here first, so two sign-ins of one user
+        // queue instead of deadlocking on an upgrade); foreign-key checks (KEY
+        // SHARE) do not conflict with it.
+        let current = lock_live_user(&mut tx, sign_in.session.user_id, Some(password_hash)).await?;
+        if current {
+            insert_signed_in(&mut tx, &self.keys, sign_in).await?;
+        }
+        // Last, so the throttle rows (shared by everyone behind one address) are
+        // locked only for the moment before the commit.
+        refund(&mut tx, attempt).await?;
+        tx.commit().await?;
+        Ok(current)
     }
 }

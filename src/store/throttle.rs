@@ -49,20 +49,29 @@ struct BeginRow {
 
 /// Takes back what a sign-in attempt counted (its account count entirely, one count
 /// on its address) and deletes its provisional failure event: the password was right.
+/// The address's row is updated before the account's, the order in which
+/// `begin_sign_in` locks them (one statement over both would take them in whatever
+/// order the scan finds them, and deadlock with a sign-in from the same address).
 pub(super) async fn refund(
     conn: &mut sqlx::PgConnection,
     keys: &AttemptKeys,
 ) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM security_events WHERE id = $1")
+        .bind(keys.failure_id)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query(
-        "WITH provisional AS (DELETE FROM security_events WHERE id = $3)
-         UPDATE sign_in_throttle
-         SET failures = CASE WHEN scope = 'account' THEN 0 ELSE GREATEST(failures - 1, 0) END,
-             blocked_until = NULL
-         WHERE (scope = 'account' AND key = $1) OR (scope = 'ip' AND key = $2)",
+        "UPDATE sign_in_throttle SET failures = GREATEST(failures - 1, 0), blocked_until = NULL
+         WHERE scope = 'ip' AND key = $1",
+    )
+    .bind(&keys.ip_key)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE sign_in_throttle SET failures = 0, blocked_until = NULL
+         WHERE scope = 'account' AND key = $1",
     )
     .bind(&keys.account_key)
-    .bind(&keys.ip_key)
-    .bind(keys.failure_id)
     .execute(conn)
     .await?;
     Ok(())
@@ -123,13 +132,21 @@ pub(super) async fn uncount(
     scope: &'static str,
     key: &[u8],
 ) -> Result<(), sqlx::Error> {
+    uncount_in(conn, scope, key).await
+}
+
+async fn uncount_in<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    scope: &'static str,
+    key: &[u8],
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE sign_in_throttle SET failures = GREATEST(failures - 1, 0)
          WHERE scope = $1 AND key = $2",
     )
     .bind(scope)
     .bind(key)
-    .execute(conn)
+    .execute(db)
     .await?;
     Ok(())
 }
@@ -199,8 +216,8 @@ impl ThrottleStore for PgStore {
         // - the final SELECT sees the table as it was before this statement: the
         //   window or backoff that refused the attempt, and the user row.
         // Success or a right password takes both counts back (`sign_in_succeeded`,
-        // `sign_in_refund`). An attempt refused by the account's backoff still counts
-        // against the address: hammering a locked account is itself suspicious.
+        // `sign_in_refund`). An attempt refused by the account's backoff is given
+        // back to the address below: only real failures count there.
         // - failed: the account's provisional failure event, if the attempt counted.
         let sql = format!(
             "WITH ip AS (
@@ -262,11 +279,18 @@ impl ThrottleStore for PgStore {
                 retry_after_secs: seconds_until(now, ends),
             },
             (None, Some(_)) => Attempt::Allowed,
-            (None, None) => Attempt::Blocked {
-                retry_after_secs: row
-                    .account_blocked_until
-                    .map_or(1, |u| seconds_until(now, u)),
-            },
+            (None, None) => {
+                // Refused by the account's backoff, not by a wrong password: the
+                // address's count the statement took is given back, so a busy
+                // office whose right passwords queue behind one account's backoff
+                // does not start to look like credential stuffing.
+                uncount_in(&self.pool, "ip", &keys.ip_key).await?;
+                Attempt::Blocked {
+                    retry_after_secs: row
+                        .account_blocked_until
+                        .map_or(1, |u| seconds_until(now, u)),
+                }
+            }
         };
         let user = match (
             row.id,
@@ -302,16 +326,19 @@ impl ThrottleStore for PgStore {
     ) -> Result<(), StoreError> {
         // Below the limit again, the account is not in backoff; at or above it, the
         // backoff already running stays (it was earned by earlier failures too).
+        // The address's row before the account's, as in `refund`.
+        sqlx::query("DELETE FROM security_events WHERE id = $1")
+            .bind(keys.failure_id)
+            .execute(&self.pool)
+            .await?;
+        uncount_in(&self.pool, "ip", &keys.ip_key).await?;
         sqlx::query(
-            "WITH provisional AS (DELETE FROM security_events WHERE id = $3)
-             UPDATE sign_in_throttle
+            "UPDATE sign_in_throttle
              SET failures = GREATEST(failures - 1, 0),
-                 blocked_until = CASE WHEN failures - 1 >= $4 THEN blocked_until END
-             WHERE (scope = 'account' AND key = $1) OR (scope = 'ip' AND key = $2)",
+                 blocked_until = CASE WHEN failures - 1 >= $2 THEN blocked_until END
+             WHERE scope = 'account' AND key = $1",
         )
         .bind(&keys.account_key)
-        .bind(&keys.ip_key)
-        .bind(keys.failure_id)
         .bind(limits.account_max_failures)
         .execute(&self.pool)
         .await?;

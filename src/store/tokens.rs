@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::events::{NewEvent, insert_event};
+use super::pg::retry_once;
 use super::{PgStore, Revoked, StoreError};
 use crate::domain::{SessionId, UserId};
 
@@ -25,6 +26,9 @@ pub struct NewCode {
     pub auth_time: OffsetDateTime,
     pub created_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
+    /// A third-party app: the code is stored only while the person's consent to
+    /// `scope` exists (a withdrawal racing the authorization wins).
+    pub needs_consent: bool,
 }
 
 /// A code as the token endpoint sees it, with whether its session is still live.
@@ -44,6 +48,8 @@ pub struct CodeRecord {
     pub used: bool,
     /// Session not revoked or expired, user enabled.
     pub live: bool,
+    /// A first-party app, or the person's consent to the code's scope still exists.
+    pub consented: bool,
     pub email: String,
     pub email_verified: bool,
 }
@@ -152,7 +158,9 @@ pub type RefreshRule<'a> = &'a (dyn Fn(&RefreshRecord) -> RefreshVerdict + Send 
 
 #[async_trait]
 pub trait TokenStore: Send + Sync {
-    async fn insert_code(&self, code: &NewCode) -> Result<(), StoreError>;
+    /// Stores a code; false (nothing stored) if it needs consent and the consent is
+    /// gone.
+    async fn insert_code(&self, code: &NewCode) -> Result<bool, StoreError>;
     /// Redeems a code in one transaction, as `rule` decides: on `Replay` the grant the
     /// code made is revoked (RFC 6749 §4.1.2); on `Issue` the code is spent and the
     /// grant and its tokens are created; on `Refuse` nothing changes.
@@ -250,11 +258,17 @@ async fn insert_tokens(
 
 #[async_trait]
 impl TokenStore for PgStore {
-    async fn insert_code(&self, c: &NewCode) -> Result<(), StoreError> {
-        sqlx::query(
+    async fn insert_code(&self, c: &NewCode) -> Result<bool, StoreError> {
+        // The consent row is share-locked until the commit: a withdrawal deletes it
+        // only after this code is in (and then deletes the code and revokes what it
+        // made), or first, and then no code is stored.
+        let done = sqlx::query(
             "INSERT INTO oauth_codes (code_hash, client_id, user_id, session_id, redirect_uri,
                  scope, nonce, code_challenge, acr, amr, auth_time, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13
+             WHERE NOT $14 OR EXISTS (
+                 SELECT 1 FROM oauth_consents
+                 WHERE user_id = $3 AND client_id = $2 AND scope = $6 FOR SHARE)",
         )
         .bind(&c.code_hash)
         .bind(&c.client_id)
@@ -269,9 +283,10 @@ impl TokenStore for PgStore {
         .bind(c.auth_time)
         .bind(c.created_at)
         .bind(c.expires_at)
+        .bind(c.needs_consent)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     async fn redeem_code(
@@ -281,71 +296,7 @@ impl TokenStore for PgStore {
         rule: CodeRule<'_>,
         t: &NewTokens,
     ) -> Result<Redemption, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // The session row is share-locked: a revocation racing this redemption waits
-        // for it (and its trigger then sees the new grant, so the app gets its
-        // back-channel logout), or wins first and the code is refused as not live.
-        let sql = format!(
-            "SELECT c.client_id, c.user_id, c.session_id, c.redirect_uri, c.scope, c.nonce,
-                    c.code_challenge, c.acr, c.amr, c.auth_time, c.expires_at,
-                    c.used_at IS NOT NULL AS used, {LIVE_SESSION} AS live,
-                    u.email, u.email_verified_at IS NOT NULL AS email_verified
-             FROM oauth_codes c
-             JOIN sessions s ON s.id = c.session_id
-             JOIN users u ON u.id = c.user_id
-             WHERE c.code_hash = $1
-             FOR UPDATE OF c FOR SHARE OF s"
-        );
-        let code: Option<CodeRecord> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(code_hash)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(code) = code else {
-            return Ok(Redemption::Unknown);
-        };
-        let verdict = rule(&code);
-        if verdict == CodeVerdict::Replay {
-            sqlx::query(
-                "UPDATE oauth_grants SET revoked_at = $2, revoked_reason = 'code_replayed'
-                 WHERE code_hash = $1 AND revoked_at IS NULL",
-            )
-            .bind(code_hash)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            self.revoked_here();
-            return Ok(Redemption::Replayed);
-        }
-        if let CodeVerdict::Refuse(why) = verdict {
-            return Ok(Redemption::Refused(why));
-        }
-        sqlx::query("UPDATE oauth_codes SET used_at = $2 WHERE code_hash = $1")
-            .bind(code_hash)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO oauth_grants (id, client_id, user_id, session_id, scope, acr, amr,
-                 auth_time, code_hash, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(t.grant_id)
-        .bind(&code.client_id)
-        .bind(code.user_id)
-        .bind(code.session_id)
-        .bind(&code.scope)
-        .bind(&code.acr)
-        .bind(&code.amr)
-        .bind(code.auth_time)
-        .bind(code_hash)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        insert_tokens(&mut tx, t.grant_id, t).await?;
-        tx.commit().await?;
-        Ok(Redemption::Issued(Box::new(code)))
+        retry_once(|| self.redeem_code_once(code_hash, now, rule, t)).await
     }
 
     async fn rotate_refresh(
@@ -356,80 +307,7 @@ impl TokenStore for PgStore {
         t: &NewTokens,
         reuse_event: &NewEvent,
     ) -> Result<Rotation, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let sql = format!(
-            "SELECT r.grant_id, g.client_id, g.user_id, g.session_id, g.scope, g.acr, g.amr,
-                    g.auth_time, r.expires_at, r.used_at IS NOT NULL AS used,
-                    g.revoked_at IS NOT NULL AS grant_revoked,
-                    COALESCE({LIVE_SESSION}, g.session_id IS NULL) AS live,
-                    s.absolute_expires_at AS session_expires_at,
-                    u.email, u.email_verified_at IS NOT NULL AS email_verified
-             FROM oauth_refresh_tokens r
-             JOIN oauth_grants g ON g.id = r.grant_id
-             LEFT JOIN sessions s ON s.id = g.session_id
-             LEFT JOIN users u ON u.id = g.user_id
-             WHERE r.token_hash = $1
-             FOR UPDATE OF r, g"
-        );
-        let rec: Option<RefreshRecord> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(token_hash)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(rec) = rec else {
-            return Ok(Rotation::Unknown);
-        };
-        match rule(&rec) {
-            RefreshVerdict::Refuse(why) => Ok(Rotation::Refused(why)),
-            RefreshVerdict::WiderScope => Ok(Rotation::WiderScope),
-            RefreshVerdict::Reuse => {
-                sqlx::query(
-                    "UPDATE oauth_grants SET revoked_at = $2, revoked_reason = 'refresh_token_reuse'
-                     WHERE id = $1 AND revoked_at IS NULL",
-                )
-                .bind(rec.grant_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                if let (Some(session), Some(user)) = (rec.session_id, rec.user_id) {
-                    sqlx::query(
-                        "UPDATE sessions SET revoked_at = $2, revoked_reason = 'refresh_token_reuse'
-                         WHERE id = $1 AND revoked_at IS NULL",
-                    )
-                    .bind(session)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                    insert_event(&mut tx, user, Some(session), reuse_event).await?;
-                }
-                tx.commit().await?;
-                self.revoked_here();
-                Ok(Rotation::Reused)
-            }
-            RefreshVerdict::Rotate => {
-                sqlx::query("UPDATE oauth_refresh_tokens SET used_at = $2 WHERE token_hash = $1")
-                    .bind(token_hash)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                insert_tokens(&mut tx, rec.grant_id, t).await?;
-                // Using an app counts as activity of the browser session behind it.
-                if let Some(session) = rec.session_id {
-                    sqlx::query(
-                        "UPDATE sessions
-                         SET last_seen_at = $2,
-                             idle_expires_at = LEAST($2 + make_interval(secs => idle_timeout_secs), absolute_expires_at)
-                         WHERE id = $1 AND revoked_at IS NULL",
-                    )
-                    .bind(session)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
-                Ok(Rotation::Rotated(Box::new(rec)))
-            }
-        }
+        retry_once(|| self.rotate_refresh_once(token_hash, now, rule, t, reuse_event)).await
     }
 
     async fn issue_client_grant(
@@ -553,5 +431,225 @@ impl TokenStore for PgStore {
             self.revoked_only(Revoked::Grant(grant));
         }
         Ok(grant.is_some())
+    }
+}
+
+/// The transactions behind the methods above that `retry_once` may run twice.
+impl PgStore {
+    async fn redeem_code_once(
+        &self,
+        code_hash: &[u8],
+        now: OffsetDateTime,
+        rule: CodeRule<'_>,
+        t: &NewTokens,
+    ) -> Result<Redemption, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Locks in the store's order (see the module documentation): the client
+        // row, the session, the code, then the grant. The client is share-locked
+        // so that a `client delete` under way finishes first (and the code is
+        // gone) or waits for this redemption (and deletes what it made). The
+        // session row is share-locked: a revocation racing this redemption waits
+        // for it (and its trigger then sees the new grant, so the app gets its
+        // back-channel logout), or wins first and the code is refused as not
+        // live; a refresh of the grant (which locks the session first) queues
+        // behind a replay's revocation instead of deadlocking with it.
+        let owner: Option<(String, Uuid)> =
+            sqlx::query_as("SELECT client_id, session_id FROM oauth_codes WHERE code_hash = $1")
+                .bind(code_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((client_id, session_id)) = owner else {
+            return Ok(Redemption::Unknown);
+        };
+        let client: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM oauth_clients WHERE id = $1 FOR KEY SHARE")
+                .bind(&client_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if client.is_none() {
+            return Ok(Redemption::Unknown);
+        }
+        sqlx::query("SELECT 1 FROM sessions WHERE id = $1 FOR SHARE")
+            .bind(session_id)
+            .execute(&mut *tx)
+            .await?;
+        let sql = format!(
+            "SELECT c.client_id, c.user_id, c.session_id, c.redirect_uri, c.scope, c.nonce,
+                    c.code_challenge, c.acr, c.amr, c.auth_time, c.expires_at,
+                    c.used_at IS NOT NULL AS used, {LIVE_SESSION} AS live,
+                    (k.first_party OR EXISTS (
+                        SELECT 1 FROM oauth_consents o
+                        WHERE o.user_id = c.user_id AND o.client_id = c.client_id
+                          AND o.scope = c.scope)) AS consented,
+                    u.email, u.email_verified_at IS NOT NULL AS email_verified
+             FROM oauth_codes c
+             JOIN oauth_clients k ON k.id = c.client_id
+             JOIN sessions s ON s.id = c.session_id
+             JOIN users u ON u.id = c.user_id
+             WHERE c.code_hash = $1
+             FOR UPDATE OF c"
+        );
+        let code: Option<CodeRecord> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(code_hash)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(code) = code else {
+            return Ok(Redemption::Unknown);
+        };
+        let verdict = rule(&code);
+        if verdict == CodeVerdict::Replay {
+            sqlx::query(
+                "UPDATE oauth_grants SET revoked_at = $2, revoked_reason = 'code_replayed'
+                 WHERE code_hash = $1 AND revoked_at IS NULL",
+            )
+            .bind(code_hash)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            self.revoked_here();
+            return Ok(Redemption::Replayed);
+        }
+        if let CodeVerdict::Refuse(why) = verdict {
+            return Ok(Redemption::Refused(why));
+        }
+        sqlx::query("UPDATE oauth_codes SET used_at = $2 WHERE code_hash = $1")
+            .bind(code_hash)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO oauth_grants (id, client_id, user_id, session_id, scope, acr, amr,
+                 auth_time, code_hash, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(t.grant_id)
+        .bind(&code.client_id)
+        .bind(code.user_id)
+        .bind(code.session_id)
+        .bind(&code.scope)
+        .bind(&code.acr)
+        .bind(&code.amr)
+        .bind(code.auth_time)
+        .bind(code_hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        insert_tokens(&mut tx, t.grant_id, t).await?;
+        tx.commit().await?;
+        Ok(Redemption::Issued(Box::new(code)))
+    }
+
+    async fn rotate_refresh_once(
+        &self,
+        token_hash: &[u8],
+        now: OffsetDateTime,
+        rule: RefreshRule<'_>,
+        t: &NewTokens,
+        reuse_event: &NewEvent,
+    ) -> Result<Rotation, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Locks in the store's order: the session (its idle clock is reset below,
+        // and a reuse revokes it), then the grant, then the token. A code replay
+        // revoking this grant holds the session shared until it commits, so the
+        // rotation then finds the grant revoked.
+        let session: Option<Option<Uuid>> = sqlx::query_scalar(
+            "SELECT g.session_id FROM oauth_refresh_tokens r
+             JOIN oauth_grants g ON g.id = r.grant_id WHERE r.token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(session) = session else {
+            return Ok(Rotation::Unknown);
+        };
+        if let Some(session) = session {
+            sqlx::query("SELECT 1 FROM sessions WHERE id = $1 FOR NO KEY UPDATE")
+                .bind(session)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "SELECT 1 FROM oauth_grants WHERE id =
+                 (SELECT grant_id FROM oauth_refresh_tokens WHERE token_hash = $1)
+             FOR UPDATE",
+        )
+        .bind(token_hash)
+        .execute(&mut *tx)
+        .await?;
+        let sql = format!(
+            "SELECT r.grant_id, g.client_id, g.user_id, g.session_id, g.scope, g.acr, g.amr,
+                    g.auth_time, r.expires_at, r.used_at IS NOT NULL AS used,
+                    g.revoked_at IS NOT NULL AS grant_revoked,
+                    COALESCE({LIVE_SESSION}, g.session_id IS NULL) AS live,
+                    s.absolute_expires_at AS session_expires_at,
+                    u.email, u.email_verified_at IS NOT NULL AS email_verified
+             FROM oauth_refresh_tokens r
+             JOIN oauth_grants g ON g.id = r.grant_id
+             LEFT JOIN sessions s ON s.id = g.session_id
+             LEFT JOIN users u ON u.id = g.user_id
+             WHERE r.token_hash = $1
+             FOR UPDATE OF r, g"
+        );
+        let rec: Option<RefreshRecord> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(token_hash)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(rec) = rec else {
+            return Ok(Rotation::Unknown);
+        };
+        match rule(&rec) {
+            RefreshVerdict::Refuse(why) => Ok(Rotation::Refused(why)),
+            RefreshVerdict::WiderScope => Ok(Rotation::WiderScope),
+            RefreshVerdict::Reuse => {
+                sqlx::query(
+                    "UPDATE oauth_grants SET revoked_at = $2, revoked_reason = 'refresh_token_reuse'
+                     WHERE id = $1 AND revoked_at IS NULL",
+                )
+                .bind(rec.grant_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                if let (Some(session), Some(user)) = (rec.session_id, rec.user_id) {
+                    sqlx::query(
+                        "UPDATE sessions SET revoked_at = $2, revoked_reason = 'refresh_token_reuse'
+                         WHERE id = $1 AND revoked_at IS NULL",
+                    )
+                    .bind(session)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    insert_event(&mut tx, user, Some(session), reuse_event).await?;
+                }
+                tx.commit().await?;
+                self.revoked_here();
+                Ok(Rotation::Reused)
+            }
+            RefreshVerdict::Rotate => {
+                sqlx::query("UPDATE oauth_refresh_tokens SET used_at = $2 WHERE token_hash = $1")
+                    .bind(token_hash)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                insert_tokens(&mut tx, rec.grant_id, t).await?;
+                // Using an app counts as activity of the browser session behind it.
+                if let Some(session) = rec.session_id {
+                    sqlx::query(
+                        "UPDATE sessions
+                         SET last_seen_at = $2,
+                             idle_expires_at = LEAST($2 + make_interval(secs => idle_timeout_secs), absolute_expires_at)
+                         WHERE id = $1 AND revoked_at IS NULL",
+                    )
+                    .bind(session)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(Rotation::Rotated(Box::new(rec)))
+            }
+        }
     }
 }

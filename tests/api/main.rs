@@ -10,6 +10,7 @@ mod soft_passkey;
 mod accounts;
 mod backchannel;
 mod cli;
+mod concurrency;
 mod cors;
 mod csrf;
 mod dbsc;
