@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::helpers::{Browser, Options, PASSWORD, PUBLIC_URL, TestApp, spawn_app_with};
-use crate::oauth_helpers::{app_client, authorize_url};
+use crate::oauth_helpers::{app_client, authorize_url, inactive, introspect, refresh, sign_in_app};
 use crate::otp::{
     base32_decode, between, code_mails, enrol, password_step, step_up_by_email, totp, wait_code,
 };
@@ -232,10 +232,12 @@ async fn new_recovery_codes_end_everything_else() {
 
 #[tokio::test]
 async fn adding_a_passkey_ends_everything_else() {
-    // S8 (passkey added); add_passkey re-checks the acting session in its transaction
+    // S8 (passkey added): the other session's app tokens die with it too.
     let app = spawn_app_with(frozen()).await;
+    let client = app_client(&app);
     let a = app.signed_in(ALICE).await;
     let b = second_session(&app).await;
+    let tokens = sign_in_app(&app, &b, &client, &[]).await;
     step_up_by_email(&app, &b, ALICE, "/account/email").await;
     let link = ask_to_move(&app, &b).await;
     things_to_end(&app, &b).await;
@@ -249,6 +251,10 @@ async fn adding_a_passkey_ends_everything_else() {
     assert_eq!(r.status, 200, "{}", r.body);
     ended_all_but_this(&app, &a, &before, &b, &link).await;
     assert_eq!(app.count("SELECT count(*) FROM passkeys").await, 1);
+    let (status, body) = refresh(&app, &client, &tokens.refresh).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
+    assert_eq!(introspect(&app, &client, &tokens.access).await, inactive());
 }
 
 #[tokio::test]
