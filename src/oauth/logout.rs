@@ -8,7 +8,7 @@ use serde::Deserialize;
 use crate::domain::oauth::Params;
 use crate::error::AppError;
 use crate::state::AppState;
-use crate::store::SessionRecord;
+use crate::store::{SessionRecord, TokenStore};
 
 #[derive(Deserialize)]
 struct HintClaims {
@@ -89,8 +89,14 @@ pub async fn check(
             Some(url.to_string())
         }
     };
+    // The hint names this session as the app knows it: by its id, or by the id its
+    // ID token named before its grant moved here (the person signed in again).
     let hint_matches_session = match (&hint, session) {
-        (Some(h), Some(s)) => h.sid.as_deref() == Some(s.id.0.to_string().as_str()),
+        (Some(h), Some(s)) => match h.sid.as_deref().map(uuid::Uuid::parse_str) {
+            Some(Ok(sid)) if sid == s.id.0 => true,
+            Some(Ok(sid)) => state.store.known_as(s.id, sid).await?,
+            _ => false,
+        },
         _ => false,
     };
     Ok(LogoutRequest {

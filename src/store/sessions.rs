@@ -253,7 +253,8 @@ pub(super) async fn insert_signed_in(
 /// or `max_age`), the apps signed in through the earlier session stay signed in: their
 /// grants and unspent codes move to the new session before the old one ends, so its
 /// end sends them no logout token and their refresh tokens keep working (their next
-/// tokens name the new `sid`). Another person's sign-in moves nothing. Locks the old
+/// tokens name the new `sid`). Each grant keeps the `sid` its app was first told
+/// (`told_sid`), which later logout tokens and `id_token_hint`s name. Another person's sign-in moves nothing. Locks the old
 /// session row, then its codes, then its grants (the store's lock order).
 async fn move_grants_to(
     conn: &mut sqlx::PgConnection,
@@ -281,7 +282,7 @@ async fn move_grants_to(
     .execute(&mut *conn)
     .await?;
     sqlx::query(
-        "UPDATE oauth_grants SET session_id = $2
+        "UPDATE oauth_grants SET told_sid = COALESCE(told_sid, session_id), session_id = $2
          WHERE id IN (SELECT id FROM oauth_grants WHERE session_id = $1 AND revoked_at IS NULL
                       ORDER BY id FOR UPDATE)",
     )

@@ -217,6 +217,9 @@ pub trait TokenStore: Send + Sync {
         client_id: &str,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError>;
+    /// Whether an app knows `session` as `sid`: one of its grants moved there from the
+    /// session its ID token named (the person signed in again in the same browser).
+    async fn known_as(&self, session: SessionId, sid: Uuid) -> Result<bool, StoreError>;
 }
 
 const LIVE_SESSION: &str = "(s.revoked_at IS NULL AND s.idle_expires_at > $2
@@ -408,6 +411,16 @@ impl TokenStore for PgStore {
         Ok(revoked)
     }
 
+    async fn known_as(&self, session: SessionId, sid: Uuid) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM oauth_grants WHERE session_id = $1 AND told_sid = $2)",
+        )
+        .bind(session.0)
+        .bind(sid)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     async fn revoke_refresh_family(
         &self,
         token_hash: &[u8],
@@ -499,16 +512,21 @@ impl PgStore {
         };
         let verdict = rule(&code);
         if verdict == CodeVerdict::Replay {
-            sqlx::query(
+            let grant: Option<Uuid> = sqlx::query_scalar(
                 "UPDATE oauth_grants SET revoked_at = $2, revoked_reason = 'code_replayed'
-                 WHERE code_hash = $1 AND revoked_at IS NULL",
+                 WHERE code_hash = $1 AND revoked_at IS NULL
+                 RETURNING id",
             )
             .bind(code_hash)
             .bind(now)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
             tx.commit().await?;
-            self.revoked_here();
+            // A code replayed again (its grant already ended) revokes nothing, and
+            // this node forgets nothing: a spent code must not empty its caches.
+            if let Some(grant) = grant {
+                self.revoked_only(Revoked::Grant(grant));
+            }
             return Ok(Redemption::Replayed);
         }
         if let CodeVerdict::Refuse(why) = verdict {

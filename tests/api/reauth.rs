@@ -136,6 +136,38 @@ async fn signing_in_again_for_one_app_keeps_the_other_apps_signed_in() {
     let seen = introspect(&app, &other, body["access_token"].as_str().unwrap()).await;
     assert_eq!(seen["active"], json!(true), "{seen}");
     assert_eq!(seen["sid"], json!(live[0]), "{seen}");
+
+    // The other app still knows the session by the sid of its first ID token: its
+    // id_token_hint signs out at once (no confirmation asked), and the logout token
+    // names that sid too (as well as the session's own).
+    let (_, told) = jwt_parts(theirs.id.as_deref().unwrap());
+    assert_ne!(told["sid"], json!(live[0]));
+    let r = b
+        .get(&format!(
+            "/oauth2/logout?id_token_hint={}",
+            theirs.id.as_deref().unwrap()
+        ))
+        .await;
+    assert!(r.status < 400, "{} {}", r.status, r.body);
+    assert_eq!(
+        app.count("SELECT count(*) FROM sessions WHERE revoked_at IS NULL")
+            .await,
+        0,
+        "the other app's old hint names this session: signed out without asking"
+    );
+    let named: Vec<String> = sqlx::query_scalar(
+        "SELECT session_id::text FROM backchannel_outbox WHERE client_id = $1 ORDER BY 1",
+    )
+    .bind(&other.id)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let mut expected = vec![told["sid"].as_str().unwrap().to_string(), live[0].clone()];
+    expected.sort();
+    assert_eq!(
+        named, expected,
+        "a logout token for each sid the app may know"
+    );
 }
 
 #[tokio::test]
