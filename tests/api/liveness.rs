@@ -249,6 +249,26 @@ async fn revoking_junk_or_someone_elses_token_leaves_the_cache_alone() {
         assert_eq!(s, 200, "RFC 7009 §2.2: the same answer for anything");
         assert_eq!(introspect(&app, &client, &t.access).await["active"], true);
     }
+    // A spent code replayed: the first replay ends its grant (and forgets that grant
+    // only); replaying it again ends nothing and forgets nothing.
+    let c = app.signed_in("carol@example.com").await;
+    let (verifier, challenge) = crate::oauth_helpers::pkce();
+    let code = crate::oauth_helpers::code_for(
+        &c,
+        &client,
+        &[
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+        ],
+    )
+    .await;
+    let (s, _) = crate::oauth_helpers::exchange(&app, &client, &code, Some(&verifier)).await;
+    assert_eq!(s, 200);
+    for _ in 0..3 {
+        let (s, _) = crate::oauth_helpers::exchange(&app, &client, &code, Some(&verifier)).await;
+        assert_eq!(s, 400, "a replayed code is refused");
+        assert_eq!(introspect(&app, &client, &t.access).await["active"], true);
+    }
     assert_eq!(
         app.metric(MISS).await,
         misses,
