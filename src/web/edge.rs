@@ -196,7 +196,22 @@ pub fn representation(req: &HttpRequest) -> Representation {
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    representation_for(route_of(req).map(|r| r.errors), accept)
+    let errors = route_of(req)
+        .map(|r| r.errors)
+        .or_else(|| unrouted_errors(req.path()));
+    representation_for(errors, accept)
+}
+
+/// A path no route answers still gets the error shape of its family: machines call
+/// anything under `/oauth2/` (but its pages), `/.well-known/` and `/webauthn/`.
+fn unrouted_errors(path: &str) -> Option<Errors> {
+    if path.starts_with("/oauth2/") {
+        Some(Errors::OAuth)
+    } else if path.starts_with("/.well-known/") || path.starts_with("/webauthn/") {
+        Some(Errors::Problem)
+    } else {
+        None
+    }
 }
 
 fn representation_for(errors: Option<Errors>, accept: &str) -> Representation {
@@ -414,6 +429,14 @@ mod tests {
             Representation::Problem
         );
         assert_eq!(rep("/no/such/page", ""), Representation::Html);
+        let unrouted = |path: &str| representation_for(unrouted_errors(path), "");
+        assert_eq!(unrouted("/oauth2/nothing"), Representation::OAuth);
+        assert_eq!(
+            unrouted("/.well-known/oauth-protected-resource"),
+            Representation::Problem
+        );
+        assert_eq!(unrouted("/webauthn/nothing"), Representation::Problem);
+        assert_eq!(unrouted("/nothing"), Representation::Html);
     }
 
     #[test]
@@ -434,6 +457,10 @@ mod tests {
             assert!(leaves.contains(&path), "{path} must allow any form-action");
         }
         assert!(!leaves.contains(&"/account/password"));
+        assert!(
+            !leaves.contains(&"/register"),
+            "registration always lands on /account"
+        );
         let operational: Vec<_> = crate::web::ROUTES
             .iter()
             .filter(|r| r.operational)

@@ -35,6 +35,8 @@ pub struct MaybeSession(pub Option<SessionRecord>);
 #[derive(Clone)]
 struct SessionLookup {
     session: Option<SessionRecord>,
+    /// The cookie token's hash, which CSRF tokens are bound to: the live session's,
+    /// or that of a device-bound session refused for want of its bound cookie.
     token_hash: Option<Vec<u8>>,
     /// A live device-bound session refused for want of its bound cookie (not signed
     /// in; only `SessionToEnd` sees it).
@@ -100,9 +102,11 @@ async fn resolve(req: &HttpRequest) -> Result<SessionLookup, AppError> {
                     // A device-bound session without its bound cookie: not signed in
                     // for this request. The cookie is left alone: its owner's browser
                     // refreshes and comes back.
+                    // Its forms stay bound to the session's token, so the owner's
+                    // own "Sign out" from a page shown before still works.
                     Authenticated::Refused(record) => SessionLookup {
                         session: None,
-                        token_hash: None,
+                        token_hash: Some(token.hash()),
                         refused: Some(*record),
                     },
                     Authenticated::Gone => {

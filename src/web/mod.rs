@@ -103,9 +103,13 @@ impl RouteInfo {
         ROUTES.iter().find(|r| r.path == pattern)
     }
 
-    /// The row of a request's route: what the request matches in the route table.
+    /// The row of a request's route: what the request matches in the route table,
+    /// before routing too (the router matches the percent-decoded path, so the
+    /// decoded path is tried when the raw one matches nothing).
     pub fn of(req: &actix_web::HttpRequest) -> Option<&'static RouteInfo> {
-        req.match_pattern().and_then(|p| Self::of_pattern(&p))
+        req.match_pattern()
+            .or_else(|| req.resource_map().match_pattern(req.match_info().path()))
+            .and_then(|p| Self::of_pattern(&p))
     }
 }
 
@@ -146,7 +150,7 @@ route_table! {
         get => second_factor::verify_page,
         post => second_factor::verify_submit,
     }
-    "/register" [Public, leaves_site] { get => pages::register_page, post => pages::register_submit }
+    "/register" [Public] { get => pages::register_page, post => pages::register_submit }
     "/logout" [Public] { post => pages::logout }
     "/step-up" [Proving, leaves_site] {
         get => second_factor::step_up_page,

@@ -838,6 +838,50 @@ async fn step_up_guards_each_sensitive_action_and_rotates_the_session() {
 }
 
 #[tokio::test]
+async fn a_wrong_step_up_code_answers_a_page_whose_form_may_still_lead_to_the_app() {
+    // The right code after a wrong one redirects through /oauth2/authorize to an app,
+    // and Chrome applies CSP form-action to that redirect: no answer of /step-up, the
+    // wrong-code page included, may restrict it. Pages that never lead off-site keep it.
+    let app = spawn_app_with(frozen()).await;
+    let b = app.signed_in("alice@example.com").await;
+    let e = enrol(&app, &b, "alice@example.com").await;
+    app.clock.advance(Duration::from_secs(601));
+    let csp = |r: &crate::helpers::Resp| {
+        r.headers
+            .get("content-security-policy")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let page = b.get("/step-up").await;
+    assert_eq!(page.status, 200);
+    assert!(!csp(&page).contains("form-action"), "{}", csp(&page));
+    let wrong = if totp(&e.secret, now(&app)) == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    let r = b
+        .post_form("/step-up", &[("csrf_token", &page.csrf()), ("code", wrong)])
+        .await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(
+        r.body.contains("name=\"code\""),
+        "the form again: {}",
+        r.body
+    );
+    assert!(!csp(&r).contains("form-action"), "{}", csp(&r));
+    for path in ["/account/password", "/register"] {
+        let other = b.get(path).await;
+        assert!(
+            csp(&other).contains("form-action 'self'"),
+            "{path}: {}",
+            csp(&other)
+        );
+    }
+}
+
+#[tokio::test]
 async fn step_up_with_totp_and_a_bad_return_to_stays_on_this_site() {
     // M6 with an authenticator app; W6 for return_to
     let app = spawn_app_with(frozen()).await;
