@@ -663,6 +663,7 @@ async fn whoever_holds_a_bound_sessions_cookie_can_end_it_without_the_bound_cook
     app.user("alice@example.com").await;
     for way in [
         "/logout",
+        "/logout from a page shown while the session was live",
         "/oauth2/logout with a hint",
         "the confirmation page",
     ] {
@@ -671,6 +672,9 @@ async fn whoever_holds_a_bound_sessions_cookie_can_end_it_without_the_bound_cook
         assert_eq!(r.status, 303, "{way}: {}", r.body);
         bind(&b, &r, &DeviceKey::new()).await;
         let tokens = sign_in_app(&app, &b, &client, &[]).await;
+        // The owner's own sign-out button, on a page shown before the bound cookie
+        // lapsed: its form token is bound to the session.
+        let owner_csrf = b.get("/account").await.csrf();
         let sid = jwt_parts(&tokens.access).1["sid"]
             .as_str()
             .unwrap()
@@ -686,6 +690,13 @@ async fn whoever_holds_a_bound_sessions_cookie_can_end_it_without_the_bound_cook
                 // this request may see carries.
                 let csrf = copy.get("/login").await.csrf();
                 let r = copy.post_form("/logout", &[("csrf_token", &csrf)]).await;
+                assert_eq!(r.status, 303, "{}", r.body);
+                assert_eq!(r.location(), "/login");
+            }
+            "/logout from a page shown while the session was live" => {
+                let r = copy
+                    .post_form("/logout", &[("csrf_token", &owner_csrf)])
+                    .await;
                 assert_eq!(r.status, 303, "{}", r.body);
                 assert_eq!(r.location(), "/login");
             }

@@ -802,6 +802,16 @@ async fn machine_callers_get_json_errors_people_get_pages() {
     let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(body["error"], "invalid_request");
     assert!(body["error_description"].is_string());
+    // A percent-encoded path reaches its route, and its errors keep their shape.
+    let r = b
+        .send(b.request(reqwest::Method::POST, "/oauth2/%74oken").form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "nobody"),
+        ]))
+        .await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body["error"], "invalid_client", "{}", r.body);
 
     let r = b
         .send(
