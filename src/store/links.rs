@@ -480,6 +480,9 @@ impl PgStore {
                 .await?;
         }
         insert_event(&mut tx, user_id, session_id, event).await?;
+        // A change of address the intruder asked for dies with their session: the
+        // confirmation link is not tied to it.
+        void_tokens(&mut tx, user_id, &["change"], now).await?;
         tx.commit().await?;
         self.revoked_here();
         Ok(Some(NotMeReport {
