@@ -340,6 +340,9 @@ pub enum CodeOutcome<T> {
     Throttled { retry_after_secs: u64 },
     /// Not shaped like any code (nothing was counted).
     Malformed,
+    /// This person has no code to type: their second factor is a passkey (the
+    /// e-mailed code is not theirs to use). Nothing was counted.
+    PasskeyOnly,
 }
 
 /// The proof a code could be, for this challenge; checked for real in the store.
@@ -391,6 +394,11 @@ async fn attempt_code<T>(
             .with_label_values(&[label])
             .inc()
     };
+    // No code can be right for a person whose only second factor is a passkey:
+    // refused before it counts against anyone's allowance.
+    if !ch.has_totp && offers_stronger(ch) {
+        return Ok(CodeOutcome::PasskeyOnly);
+    }
     let Some(code) = SubmittedCode::parse(raw) else {
         return Ok(CodeOutcome::Malformed);
     };

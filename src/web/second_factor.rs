@@ -242,6 +242,13 @@ fn code_error<T>(page: &mut VerifyTemplate, outcome: CodeOutcome<T>) -> (StatusC
             ));
             (StatusCode::TOO_MANY_REQUESTS, Some(retry_after_secs))
         }
+        CodeOutcome::PasskeyOnly => {
+            page.error = Some(
+                "This account proves itself with a passkey: use “Use a passkey” to continue."
+                    .into(),
+            );
+            (StatusCode::BAD_REQUEST, None)
+        }
         CodeOutcome::Malformed => {
             page.error = Some(if page.has_totp {
                 "Enter the 6-digit code from your authenticator app, or a recovery code (xxxxx-xxxxx).".into()
