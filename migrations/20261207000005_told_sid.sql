@@ -16,9 +16,14 @@ BEGIN
            NEW.revoked_at, NEW.revoked_at
     FROM (SELECT DISTINCT g.client_id, x.sid
           FROM oauth_grants g
-          JOIN oauth_clients c ON c.id = g.client_id AND c.backchannel_logout_uri IS NOT NULL
           CROSS JOIN LATERAL (VALUES (NEW.id), (g.told_sid)) AS x (sid)
-          WHERE g.session_id = NEW.id AND x.sid IS NOT NULL) t
+          WHERE g.session_id = NEW.id AND x.sid IS NOT NULL
+            -- A client being deleted (`gatehouse client delete` holds its row for
+            -- update) is passed over: waiting for it would fail the foreign key
+            -- once it is gone and undo the sign-out that ended this session.
+            AND EXISTS (SELECT 1 FROM oauth_clients c
+                        WHERE c.id = g.client_id AND c.backchannel_logout_uri IS NOT NULL
+                        FOR KEY SHARE SKIP LOCKED)) t
     -- A session that had already expired ended then (expiry sends none: the app's
     -- tokens expire with it); revoking it later is bookkeeping.
     WHERE OLD.idle_expires_at > NEW.revoked_at AND OLD.absolute_expires_at > NEW.revoked_at
