@@ -382,6 +382,25 @@ async fn a_phished_change_of_address_dies_when_the_owner_signs_the_other_devices
 }
 
 #[tokio::test]
+async fn a_phished_change_of_address_dies_when_the_owner_says_this_wasnt_me() {
+    // The new-device notice's "This wasn't me" is the remedy a person reaches first.
+    let app = spawn_app_with(frozen()).await;
+    let (_, phished, link) = phished(&app).await;
+    let token = app
+        .mail
+        .wait_for_subject(ALICE, "New sign-in to your account")
+        .await
+        .token("/not-me");
+    let owner_elsewhere = app.browser();
+    let r = owner_elsewhere
+        .open_link(&format!("/not-me?token={token}"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(phished.get("/account").await.is_sign_in_redirect());
+    link_is_dead(&app, &link).await;
+}
+
+#[tokio::test]
 async fn a_change_of_address_does_not_outlive_disabling_the_account() {
     let app = spawn_app_with(frozen()).await;
     let (_, _, link) = phished(&app).await;
@@ -527,6 +546,21 @@ async fn the_mailbox_alone_never_reaches_aal2_for_a_person_with_a_passkey() {
         )
         .await;
     assert_eq!(r.status, 400, "{}", r.body);
+    // Digits typed anyway are refused as no code of this person's, and cost nothing:
+    // more of them than a sign-in's five tries leave the sign-in waiting.
+    for _ in 0..6 {
+        let r = mallory
+            .post_form("/login/verify", &[("csrf_token", csrf), ("code", "123456")])
+            .await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains("passkey"), "{}", r.body);
+    }
+    assert_eq!(
+        app.count("SELECT count(*) FROM mfa_challenges WHERE attempts > 0")
+            .await,
+        0,
+        "nothing was counted"
+    );
 
     // Once the failures age out the password alone signs in, at aal1; an app asking
     // for aal2 sends the browser to a step-up that only the passkey passes.
