@@ -307,7 +307,7 @@ impl PgStore {
         // serialises two issued at once, so the later one voids the earlier.
         lock_user(&mut tx, token.user_id.0).await?;
         void_tokens(&mut tx, token.user_id.0, &[token.purpose], token.now).await?;
-        insert_token(&mut tx, &token).await?;
+        insert_token(&mut tx, token).await?;
         insert_mails(&mut tx, &self.keys, mails, token.now).await?;
         if let Some(event) = event {
             insert_event(&mut tx, token.user_id.0, None, event).await?;
