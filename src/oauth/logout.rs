@@ -8,7 +8,7 @@ use serde::Deserialize;
 use crate::domain::oauth::Params;
 use crate::error::AppError;
 use crate::state::AppState;
-use crate::store::{SessionRecord, TokenStore};
+use crate::store::SessionRecord;
 
 #[derive(Deserialize)]
 struct HintClaims {

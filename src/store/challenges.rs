@@ -13,6 +13,7 @@ use super::accounts::lock_live_user;
 use super::events::{NewEvent, insert_event};
 use super::outbox::insert_mails;
 use super::passkeys::{PasskeyUse, mark_session, record_use};
+use super::pg::retry_once;
 use super::risk::RiskFlag;
 use super::sessions::{SignIn, insert_signed_in};
 use super::throttle::{AttemptKeys, refund, uncount};
@@ -487,8 +488,9 @@ impl ChallengeStore for PgStore {
     ) -> Result<CodeAttempt, StoreError> {
         let mut tx = self.pool.begin().await?;
         // The challenge row first (its lock orders parallel codes for one challenge),
-        // then the user's counter (shared with every other challenge of the user),
-        // then the address's (shared with every account tried from there); the two
+        // then the address's counter (shared with every account tried from there),
+        // then the user's (shared with every other challenge of the user), as the
+        // store's lock order has throttle rows; the two
         // counters are rows of the scope `code`, told apart by their keys' MAC
         // purposes. A refusal by either rolls both back.
         let live: Option<i32> = sqlx::query_scalar(
@@ -504,21 +506,21 @@ impl ChallengeStore for PgStore {
         let Some(before) = live else {
             return Ok(CodeAttempt::Void);
         };
-        let by_user = super::throttle::count_window(
-            &mut tx,
-            "code",
-            &keys.user,
-            now,
-            limits.per_user,
-            limits.window_secs,
-        )
-        .await?;
         let by_address = super::throttle::count_window(
             &mut tx,
             "code",
             &keys.address,
             now,
             limits.per_address,
+            limits.window_secs,
+        )
+        .await?;
+        let by_user = super::throttle::count_window(
+            &mut tx,
+            "code",
+            &keys.user,
+            now,
+            limits.per_user,
             limits.window_secs,
         )
         .await?;
@@ -581,6 +583,24 @@ impl ChallengeStore for PgStore {
         completion: &Completion,
         notices: &Notices,
     ) -> Result<Option<Completed>, StoreError> {
+        retry_once(|| {
+            self.complete_challenge_once(challenge_id, user_id, proof, keys, completion, notices)
+        })
+        .await
+    }
+}
+
+/// The transactions behind the methods above that `retry_once` may run twice.
+impl PgStore {
+    async fn complete_challenge_once(
+        &self,
+        challenge_id: Uuid,
+        user_id: UserId,
+        proof: &Proof,
+        keys: &CodeKeys,
+        completion: &Completion,
+        notices: &Notices,
+    ) -> Result<Option<Completed>, StoreError> {
         let now = match completion {
             Completion::SignIn(s) => s.session.now,
             Completion::StepUp { event, .. } => event.at,
@@ -631,12 +651,6 @@ impl ChallengeStore for PgStore {
                 }
             }
         }
-        // A code counted before it was checked is taken back; a passkey was never
-        // counted.
-        if !matches!(proof, Proof::Passkey(_)) {
-            uncount(&mut tx, "code", &keys.user).await?;
-            uncount(&mut tx, "code", &keys.address).await?;
-        }
         match completion {
             Completion::SignIn(sign_in) => {
                 insert_signed_in(&mut tx, &self.keys, sign_in).await?;
@@ -680,6 +694,13 @@ impl ChallengeStore for PgStore {
         let completed = Completed {
             recovery_codes_left,
         };
+        // A code counted before it was checked is taken back; a passkey was never
+        // counted. Last, so the throttle rows (shared by everyone behind one address)
+        // are locked only for the moment before the commit (the store's lock order).
+        if !matches!(proof, Proof::Passkey(_)) {
+            uncount(&mut tx, "code", &keys.address).await?;
+            uncount(&mut tx, "code", &keys.user).await?;
+        }
         insert_mails(&mut tx, &self.keys, &notices(&completed), now).await?;
         tx.commit().await?;
         Ok(Some(completed))

@@ -10,6 +10,7 @@ use super::accounts::lock_live_user;
 use super::events::{NewEvent, insert_event};
 use super::mfa::{KeepSession, factor_changed};
 use super::outbox::insert_mails;
+use super::pg::retry_once;
 use super::risk::RiskFlag;
 use super::sessions::{SignIn, insert_signed_in};
 use super::{PgStore, StoreError};
@@ -402,8 +403,32 @@ impl PasskeyStore for PgStore {
         event: &NewEvent,
         mails: &[OutboundMail],
     ) -> Result<(), StoreError> {
+        retry_once(|| {
+            self.passkey_clone_suspected_once(passkey_id, user_id, current, reason, event, mails)
+        })
+        .await
+    }
+}
+
+/// The transactions behind the methods above that `retry_once` may run twice.
+impl PgStore {
+    async fn passkey_clone_suspected_once(
+        &self,
+        passkey_id: Uuid,
+        user_id: UserId,
+        current: Option<SessionId>,
+        reason: &RiskFlag,
+        event: &NewEvent,
+        mails: &[OutboundMail],
+    ) -> Result<(), StoreError> {
         let now = event.at;
         let mut tx = self.pool.begin().await?;
+        // The user row first (the store's lock order): a removal of this passkey or
+        // a sign-out everywhere of the same person queues instead of deadlocking.
+        sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(user_id.0)
+            .execute(&mut *tx)
+            .await?;
         let marked = sqlx::query(
             "UPDATE passkeys SET clone_suspected_at = $3
              WHERE id = $1 AND user_id = $2 AND clone_suspected_at IS NULL",

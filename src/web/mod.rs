@@ -108,7 +108,7 @@ impl RouteInfo {
     /// decoded path is tried when the raw one matches nothing).
     pub fn of(req: &actix_web::HttpRequest) -> Option<&'static RouteInfo> {
         req.match_pattern()
-            .or_else(|| req.resource_map().match_pattern(req.match_info().path()))
+            .or_else(|| req.resource_map().match_pattern(req.match_info().as_str()))
             .and_then(|p| Self::of_pattern(&p))
     }
 }
