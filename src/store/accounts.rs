@@ -48,6 +48,18 @@ impl std::fmt::Debug for UserRecord {
     }
 }
 
+/// Locks a user's row (the store's lock order: first), whether or not enabled.
+pub(super) async fn lock_user(
+    conn: &mut sqlx::PgConnection,
+    user_id: uuid::Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(user_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Locks the user's row for the rest of the caller's transaction, if the user is
 /// enabled (and, given `password_hash`, still has that password). Every sign-in,
 /// challenge completion and factor change takes this lock first, so they queue in

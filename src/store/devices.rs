@@ -317,10 +317,7 @@ impl PgStore {
         // The user row first (the store's lock order): a sign-in finishing in a
         // trusted browser, or a password change, of the same person queues
         // instead of deadlocking with this on the sessions and devices.
-        sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
-            .bind(user_id.0)
-            .execute(&mut *tx)
-            .await?;
+        super::accounts::lock_user(&mut tx, user_id.0).await?;
         // A person signing devices out may be under attack: no browser keeps
         // skipping the code (the one they use signs in again with a code too).
         super::risk::untrust_all(&mut tx, user_id.0).await?;

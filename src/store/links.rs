@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::accounts::lock_user;
 use super::challenges::void_challenges;
 use super::events::{NewEvent, insert_event};
 use super::outbox::insert_mails;
@@ -143,15 +144,6 @@ async fn lock_link_owner(
     .bind(purpose)
     .execute(conn)
     .await?;
-    Ok(())
-}
-
-/// Locks a user's row (the store's lock order: first), whether or not enabled.
-async fn lock_user(conn: &mut sqlx::PgConnection, user_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
-        .bind(user_id)
-        .execute(conn)
-        .await?;
     Ok(())
 }
 

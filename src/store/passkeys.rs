@@ -425,10 +425,7 @@ impl PgStore {
         let mut tx = self.pool.begin().await?;
         // The user row first (the store's lock order): a removal of this passkey or
         // a sign-out everywhere of the same person queues instead of deadlocking.
-        sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
-            .bind(user_id.0)
-            .execute(&mut *tx)
-            .await?;
+        super::accounts::lock_user(&mut tx, user_id.0).await?;
         let marked = sqlx::query(
             "UPDATE passkeys SET clone_suspected_at = $3
              WHERE id = $1 AND user_id = $2 AND clone_suspected_at IS NULL",
