@@ -52,6 +52,7 @@ mod risk;
 mod sessions;
 mod throttle;
 mod tokens;
+mod upstream_flows;
 
 pub use accounts::{AccountStore, NewAccount, NewUser, UserRecord};
 pub use backchannel::{BackchannelStore, QueuedLogout};
@@ -81,6 +82,10 @@ pub use risk::{
 };
 pub use sessions::{BoundCookies, NewSession, SessionRecord, SessionStore, SignIn};
 pub use throttle::{Attempt, AttemptKeys, ThrottleLimits, ThrottleStore};
+pub use upstream_flows::{
+    NewFederatedAccount, NewIdentity, NewPendingLink, NewRoundTrip, PendingLinkRecord,
+    RoundTripRecord, UpstreamFlowStore, UpstreamSessions,
+};
 pub use tokens::{
     CodeRecord, CodeVerdict, LiveRefresh, LiveToken, NewCode, NewTokens, Redemption, RefreshRecord,
     RefreshVerdict, Rotation, TokenStore,
@@ -122,6 +127,7 @@ pub trait Store:
     + RiskStore
     + DbscStore
     + PasskeyStore
+    + UpstreamFlowStore
     + Send
     + Sync
 {
@@ -146,6 +152,7 @@ impl<T> Store for T where
         + RiskStore
         + DbscStore
         + PasskeyStore
+        + UpstreamFlowStore
         + Send
         + Sync
 {
