@@ -17,7 +17,7 @@ use crate::auth::events::event_with;
 use crate::auth::login::SignInOutcome;
 use crate::auth::mailflows;
 use crate::auth::second_factor::require_fresh;
-use crate::auth::sign_in::{self, Federated};
+use crate::auth::sign_in::{self as funnel, Federated};
 use crate::crypto::{self, token_hash};
 use crate::domain::{Email, UserId};
 use crate::error::AppError;
@@ -127,7 +127,7 @@ async fn finish(
         label: up.label.clone(),
         sid: identity.sid.clone(),
     };
-    sign_in::federated(
+    funnel::federated(
         state,
         user,
         origin,
