@@ -67,9 +67,11 @@ pub async fn sign_in(
         if user.disabled {
             return Ok(Callback::Refused(Refusal::AccountUnavailable));
         }
-        if up.trust_email && identity.email_verified {
-            // The operator vouched that this upstream verifies addresses, and it
-            // says it verified this one: the documented exception.
+        // The operator vouched that this upstream verifies addresses, and it says it
+        // verified this one: the documented exception. Not onto an account whose own
+        // address was never confirmed: whoever registered it (and holds its password)
+        // may not own the address, and would share the account from then on.
+        if up.trust_email && identity.email_verified && user.verified {
             let linked = event_with(state, "upstream_linked", Some(ctx), &up.label)?;
             match state
                 .store
