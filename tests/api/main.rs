@@ -44,6 +44,7 @@ mod sweep;
 mod throttle;
 mod tls;
 mod upstream_context;
+mod upstream_flows;
 mod upstream_github;
 mod upstream_linking;
 mod upstream_logout;

@@ -225,7 +225,7 @@ async fn connecting_and_removing_need_step_up_and_the_last_way_to_sign_in_stays(
         .post_form(&remove, &[("csrf_token", &page.csrf())])
         .await;
     assert_eq!(last.status, 409, "{}", last.body);
-    assert!(last.body.contains("only way"), "{}", last.body);
+    assert!(last.body.contains("last way"), "{}", last.body);
     assert_eq!(counts(&r.down).await.identities, 1, "still linked");
 }
 

@@ -408,7 +408,7 @@ pub async fn unlink(
         }
         Unlinked::NotLinked => Err(AppError::NotFound),
         Unlinked::LastWay => Err(AppError::Conflict(format!(
-            "{} is the only way you can sign in: your account has no password, no passkey and no other connection. Add a passkey or set a password (with “Forgot your password?”) first, then remove it.",
+            "{} is the last way you can sign in: your account has no password, no passkey and no other connection. Add a passkey or set a password (with “Forgot your password?”) first, then remove it.",
             up.label
         ))),
     }
