@@ -40,3 +40,5 @@ mod sessions;
 mod sweep;
 mod throttle;
 mod tls;
+mod upstream_cli;
+mod upstream_client;
