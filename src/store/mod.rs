@@ -53,6 +53,7 @@ mod sessions;
 mod throttle;
 mod tokens;
 mod upstream_flows;
+mod upstreams;
 
 pub use accounts::{AccountStore, NewAccount, NewUser, UserRecord};
 pub use backchannel::{BackchannelStore, QueuedLogout};
@@ -89,6 +90,10 @@ pub use upstream_flows::{
 pub use tokens::{
     CodeRecord, CodeVerdict, LiveRefresh, LiveToken, NewCode, NewTokens, Redemption, RefreshRecord,
     RefreshVerdict, Rotation, TokenStore,
+};
+pub use upstreams::{
+    Connection, FederatedIdentity, NewLink, NewUpstream, Unlinked, Upstream, UpstreamKind,
+    UpstreamStore,
 };
 
 /// Storage failures, split by what the caller should tell the person.
@@ -127,6 +132,7 @@ pub trait Store:
     + RiskStore
     + DbscStore
     + PasskeyStore
+    + UpstreamStore
     + UpstreamFlowStore
     + Send
     + Sync
@@ -152,6 +158,7 @@ impl<T> Store for T where
         + RiskStore
         + DbscStore
         + PasskeyStore
+        + UpstreamStore
         + UpstreamFlowStore
         + Send
         + Sync

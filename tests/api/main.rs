@@ -43,6 +43,8 @@ mod sessions;
 mod sweep;
 mod throttle;
 mod tls;
+mod upstream_cli;
+mod upstream_client;
 mod upstream_context;
 mod upstream_flows;
 mod upstream_github;
