@@ -82,6 +82,7 @@ pub fn new_session(
             .map(|c| state.keys.mac(columns::SEEN_COUNTRY, c.as_bytes())),
         login_mark: None,
         risk_flag: None,
+        upstream: None,
     };
     Ok((token, session))
 }

@@ -81,7 +81,7 @@ pub use risk::{
     FlagOthers, FlaggedSession, REPORTED_REASON, RiskFacts, RiskFlag, RiskQuery, RiskStore,
     TrustedDevice,
 };
-pub use sessions::{BoundCookies, NewSession, SessionRecord, SessionStore, SignIn};
+pub use sessions::{BoundCookies, NewSession, SessionRecord, SessionStore, SignIn, UpstreamOrigin};
 pub use throttle::{Attempt, AttemptKeys, ThrottleLimits, ThrottleStore};
 pub use upstream_flows::{
     NewFederatedAccount, NewIdentity, NewPendingLink, NewRoundTrip, PendingLinkRecord,
