@@ -42,7 +42,6 @@ pub async fn sign_in(
     session: Option<&SessionRecord>,
     ctx: &RequestContext,
 ) -> Result<Callback, AppError> {
-    let replaces = session.map(|s| s.id);
     if let Some((identity_id, user)) = state
         .store
         .account_of_identity(up.id, &identity.subject)

@@ -161,7 +161,7 @@ pub async fn start(
         .await
     {
         Ok(url) => url,
-        Err(e) => return Ok(Err(refused_by_upstream(state, &up, &e))),
+        Err(e) => return Ok(Err(refused_by_upstream(&up, &e))),
     };
     let now = state.clock.now();
     state
@@ -183,7 +183,7 @@ pub async fn start(
 }
 
 /// Logs and counts an upstream failure, as the refusal it is.
-fn refused_by_upstream(state: &AppState, up: &Upstream, e: &UpstreamError) -> Refusal {
+fn refused_by_upstream(up: &Upstream, e: &UpstreamError) -> Refusal {
     let refusal = match e {
         UpstreamError::Unreachable(_) => Refusal::Unreachable,
         UpstreamError::Refused(_) => Refusal::Rejected,
@@ -265,7 +265,7 @@ pub async fn callback(
     {
         Ok(identity) => identity,
         Err(e) => {
-            let refusal = refused_by_upstream(state, &up, &e);
+            let refusal = refused_by_upstream(&up, &e);
             return refuse(state, &up, known_user, refusal, ctx).await;
         }
     };
