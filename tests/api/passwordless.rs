@@ -4,7 +4,7 @@
 //! pages that ask for the current password ask them for none (a fresh second factor
 //! is the proof); a reset link gives them one.
 
-use crate::helpers::{Options, PASSWORD, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{Browser, Options, PASSWORD, TestApp, spawn_app, spawn_app_with};
 use crate::otp::step_up_by_email;
 
 const ALICE: &str = "alice@example.com";
@@ -20,9 +20,10 @@ async fn without_password(app: &TestApp, email: &str) {
     assert_eq!(done.rows_affected(), 1);
 }
 
-/// The failed sign-in page with the address taken out: what an attacker compares.
-async fn failed_sign_in(app: &TestApp, email: &str, password: &str) -> (u16, String) {
-    let r = app.login(&app.browser(), email, password).await;
+/// The failed sign-in page with the address taken out: what an attacker compares
+/// (one browser, so one CSRF token on every page).
+async fn failed_sign_in(app: &TestApp, b: &Browser, email: &str, password: &str) -> (u16, String) {
+    let r = app.login(b, email, password).await;
     (r.status, r.page().replace(email, "EMAIL"))
 }
 
@@ -34,11 +35,12 @@ async fn no_password_signs_in_a_person_without_one_and_the_refusal_is_a_wrong_pa
     app.user("bob@example.com").await;
     without_password(&app, ALICE).await;
 
-    let wrong = failed_sign_in(&app, "bob@example.com", "not the password").await;
+    let b = app.browser();
+    let wrong = failed_sign_in(&app, &b, "bob@example.com", "not the password").await;
     assert_eq!(wrong.0, 401);
     for password in [PASSWORD, "not the password"] {
         assert_eq!(
-            failed_sign_in(&app, ALICE, password).await,
+            failed_sign_in(&app, &b, ALICE, password).await,
             wrong,
             "{password:?}"
         );
