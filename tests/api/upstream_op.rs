@@ -315,7 +315,14 @@ impl StandInOp {
             let c = self.config.lock().unwrap();
             (c.client_id.clone(), c.client_secret.clone())
         };
-        let mut args = vec!["--kind", "oidc", "--issuer", &self.issuer, "--client-id", &id];
+        let mut args = vec![
+            "--kind",
+            "oidc",
+            "--issuer",
+            &self.issuer,
+            "--client-id",
+            &id,
+        ];
         args.extend_from_slice(flags);
         add_upstream(down, name, &args, &secret).await;
     }
