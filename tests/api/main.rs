@@ -42,3 +42,4 @@ mod throttle;
 mod tls;
 mod upstream_cli;
 mod upstream_client;
+mod upstream_github;
