@@ -52,6 +52,7 @@ mod risk;
 mod sessions;
 mod throttle;
 mod tokens;
+mod upstreams;
 
 pub use accounts::{AccountStore, NewAccount, NewUser, UserRecord};
 pub use backchannel::{BackchannelStore, QueuedLogout};
@@ -84,6 +85,10 @@ pub use throttle::{Attempt, AttemptKeys, ThrottleLimits, ThrottleStore};
 pub use tokens::{
     CodeRecord, CodeVerdict, LiveRefresh, LiveToken, NewCode, NewTokens, Redemption, RefreshRecord,
     RefreshVerdict, Rotation, TokenStore,
+};
+pub use upstreams::{
+    Connection, FederatedIdentity, NewLink, NewUpstream, Unlinked, Upstream, UpstreamKind,
+    UpstreamStore,
 };
 
 /// Storage failures, split by what the caller should tell the person.
@@ -122,6 +127,7 @@ pub trait Store:
     + RiskStore
     + DbscStore
     + PasskeyStore
+    + UpstreamStore
     + Send
     + Sync
 {
@@ -146,6 +152,7 @@ impl<T> Store for T where
         + RiskStore
         + DbscStore
         + PasskeyStore
+        + UpstreamStore
         + Send
         + Sync
 {
