@@ -199,6 +199,10 @@ pub enum UserCommand {
         /// Mark the e-mail address as verified.
         #[arg(long)]
         verified: bool,
+        /// Create it without a password (nothing is read): the person signs in with
+        /// an upstream identity provider, or sets one with "Forgot your password?".
+        #[arg(long)]
+        no_password: bool,
     },
     /// Disable an account: every session ends at once and signing in fails.
     Disable {

@@ -74,11 +74,17 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                     email,
                     admin,
                     verified,
+                    no_password,
                 },
         } => {
-            let password = read_password()?;
+            let password = if no_password {
+                None
+            } else {
+                Some(read_password()?)
+            };
             let state = AppState::new(settings, Clock::system(), true).await?;
-            let id = auth::login::create_user(&state, &email, &password, admin, verified).await?;
+            let id = auth::login::create_user(&state, &email, password.as_deref(), admin, verified)
+                .await?;
             println!(
                 "{}",
                 serde_json::json!({ "user_id": id.to_string(), "email": email.trim().to_lowercase() })

@@ -25,11 +25,18 @@ pub fn ago(now: OffsetDateTime, t: OffsetDateTime) -> String {
 /// authenticator code", "Passkey" (`user`, the verification a passkey itself asks
 /// for, is part of the passkey, not a method of its own).
 pub fn methods(amr: &[String]) -> String {
+    methods_with(amr, None)
+}
+
+/// `methods`, naming the upstream identity provider (`fed`) by its label when it is
+/// known: "Google + authenticator code".
+pub fn methods_with(amr: &[String], upstream: Option<&str>) -> String {
     let mut words: Vec<&str> = amr
         .iter()
         .filter(|m| m.as_str() != "user")
         .map(|m| match m.as_str() {
             "pwd" => "password",
+            "fed" => upstream.unwrap_or("another identity provider"),
             "otp" => "authenticator code",
             "email" => "e-mailed code",
             "recovery" => "recovery code",
@@ -108,6 +115,11 @@ mod tests {
         assert_eq!(
             methods(&["pwd".into(), "swk".into(), "user".into()]),
             "Password + passkey"
+        );
+        assert_eq!(methods(&["fed".into()]), "Another identity provider");
+        assert_eq!(
+            methods_with(&["fed".into(), "otp".into()], Some("Google")),
+            "Google + authenticator code"
         );
     }
 }

@@ -16,6 +16,7 @@ pub mod password;
 pub mod risk;
 pub mod second_factor;
 pub mod sessions;
+pub mod sign_in;
 pub mod totp;
 
 use std::future::Future;

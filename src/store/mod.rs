@@ -80,7 +80,7 @@ pub use risk::{
     FlagOthers, FlaggedSession, REPORTED_REASON, RiskFacts, RiskFlag, RiskQuery, RiskStore,
     TrustedDevice,
 };
-pub use sessions::{BoundCookies, NewSession, SessionRecord, SessionStore, SignIn};
+pub use sessions::{BoundCookies, NewSession, SessionRecord, SessionStore, SignIn, UpstreamOrigin};
 pub use throttle::{Attempt, AttemptKeys, ThrottleLimits, ThrottleStore};
 pub use tokens::{
     CodeRecord, CodeVerdict, LiveRefresh, LiveToken, NewCode, NewTokens, Redemption, RefreshRecord,
