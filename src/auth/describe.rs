@@ -81,6 +81,9 @@ pub fn event_title(kind: &str) -> &'static str {
         "passkey_added" => "Passkey added",
         "passkey_removed" => "Passkey removed",
         "passkey_clone_suspected" => "A passkey may have been copied: it no longer signs in",
+        "upstream_linked" => "Sign-in with another provider connected",
+        "upstream_unlinked" => "Sign-in with another provider removed",
+        "upstream_refused" => "A sign-in with another provider was refused",
         "refresh_token_reused" => "An app's refresh token was used twice: its sign-in was ended",
         _ => "Account event",
     }

@@ -6,6 +6,7 @@ pub mod dbsc;
 pub mod describe;
 pub mod devices;
 pub mod events;
+pub mod federation;
 pub mod housekeeping;
 pub mod login;
 pub mod mailflows;

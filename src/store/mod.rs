@@ -52,6 +52,7 @@ mod risk;
 mod sessions;
 mod throttle;
 mod tokens;
+mod upstream_flows;
 mod upstreams;
 
 pub use accounts::{AccountStore, NewAccount, NewUser, UserRecord};
@@ -82,6 +83,10 @@ pub use risk::{
 };
 pub use sessions::{BoundCookies, NewSession, SessionRecord, SessionStore, SignIn, UpstreamOrigin};
 pub use throttle::{Attempt, AttemptKeys, ThrottleLimits, ThrottleStore};
+pub use upstream_flows::{
+    NewFederatedAccount, NewIdentity, NewPendingLink, NewRoundTrip, PendingLinkRecord,
+    RoundTripRecord, UpstreamFlowStore, UpstreamSessions,
+};
 pub use tokens::{
     CodeRecord, CodeVerdict, LiveRefresh, LiveToken, NewCode, NewTokens, Redemption, RefreshRecord,
     RefreshVerdict, Rotation, TokenStore,
@@ -128,6 +133,7 @@ pub trait Store:
     + DbscStore
     + PasskeyStore
     + UpstreamStore
+    + UpstreamFlowStore
     + Send
     + Sync
 {
@@ -153,6 +159,7 @@ impl<T> Store for T where
         + DbscStore
         + PasskeyStore
         + UpstreamStore
+        + UpstreamFlowStore
         + Send
         + Sync
 {

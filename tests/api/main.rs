@@ -48,6 +48,7 @@ mod tls;
 mod upstream_cli;
 mod upstream_client;
 mod upstream_context;
+mod upstream_flows;
 mod upstream_github;
 mod upstream_github_sign_in;
 mod upstream_linking;
