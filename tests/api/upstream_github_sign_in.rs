@@ -37,7 +37,10 @@ async fn github_signs_in_by_its_numeric_id_with_the_primary_verified_address() {
     );
     let q = query_of(&authorize);
     assert_eq!(q["code_challenge_method"], "S256", "{authorize}");
-    assert!(q.contains_key("code_challenge") && q.contains_key("state"), "{authorize}");
+    assert!(
+        q.contains_key("code_challenge") && q.contains_key("state"),
+        "{authorize}"
+    );
     assert_eq!(
         q["redirect_uri"],
         format!("{}/login/upstream/{GH}/callback", down.address)
@@ -66,7 +69,11 @@ async fn github_signs_in_by_its_numeric_id_with_the_primary_verified_address() {
         assert!(c.refused_api_calls.is_empty(), "{:?}", c.refused_api_calls);
     }
     let devices = v.down.get("/account/devices").await;
-    assert!(devices.body.contains("Signed in with GitHub"), "{}", devices.body);
+    assert!(
+        devices.body.contains("Signed in with GitHub"),
+        "{}",
+        devices.body
+    );
 
     // The same GitHub account with a new primary address is still the same person.
     gh.set(|c| {

@@ -144,7 +144,8 @@ async fn gh_token(
     let ok = id == c.client_id
         && secret == c.client_secret
         && grant.as_ref().is_some_and(|g| {
-            g.get("redirect_uri").is_none_or(|r| Some(r) == form.get("redirect_uri"))
+            g.get("redirect_uri")
+                .is_none_or(|r| Some(r) == form.get("redirect_uri"))
                 && g.get("code_challenge_method").map(String::as_str) == Some("S256")
                 && form.get("code_verifier").map(|v| s256(v)).as_ref() == g.get("code_challenge")
         });
@@ -184,15 +185,16 @@ fn gh_authorised(c: &mut GithubConfig, req: &HttpRequest) -> bool {
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("token ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("token "))
+        })
         .map(str::to_string);
     let has_agent = req.headers().contains_key("user-agent");
     let ok = has_agent && token.is_some_and(|t| c.tokens.contains(&t));
     if !ok {
-        c.refused_api_calls.push(format!(
-            "{} (user-agent: {has_agent})",
-            req.path()
-        ));
+        c.refused_api_calls
+            .push(format!("{} (user-agent: {has_agent})", req.path()));
     }
     ok
 }

@@ -41,7 +41,10 @@ async fn answer_offer(v: &Visitor, offer: &Resp, email: &str, password: &str) ->
     let mut fields = form_fields(&offer.body, "/login").expect("the offer's form");
     fields.push(("email".into(), email.into()));
     fields.push(("password".into(), password.into()));
-    let form: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let form: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     v.down.post_form("/login", &form).await
 }
 
@@ -68,7 +71,11 @@ async fn an_unverified_upstream_address_does_not_reach_the_victims_account_even_
     let offer = attacker.sign_in_with(UP, VICTIM).await;
     is_link_offer(&offer, VICTIM);
     not_signed_in_as(&rig.down, &attacker, VICTIM).await;
-    assert_eq!(counts(&rig.down).await.identities, before.identities, "nothing linked");
+    assert_eq!(
+        counts(&rig.down).await.identities,
+        before.identities,
+        "nothing linked"
+    );
 
     // Guessing at the offer's form does not link.
     let r = answer_offer(&attacker, &offer, VICTIM, "not her password").await;
@@ -78,8 +85,16 @@ async fn an_unverified_upstream_address_does_not_reach_the_victims_account_even_
     // Nor does signing in to an account of the attacker's own in that browser.
     let r = rig.down.login(&attacker.down, MALLORY, PASSWORD).await;
     assert_eq!(r.status, 303, "{}", r.body);
-    let r = attacker.down.get(&format!("/login/upstream/{UP}/link")).await;
-    assert_ne!(r.location(), "/account/connections?connected=up", "{}", r.body);
+    let r = attacker
+        .down
+        .get(&format!("/login/upstream/{UP}/link"))
+        .await;
+    assert_ne!(
+        r.location(),
+        "/account/connections?connected=up",
+        "{}",
+        r.body
+    );
     assert_eq!(identities_of(&rig.down, VICTIM).await, 0);
     assert_eq!(identities_of(&rig.down, MALLORY).await, 0);
     let after = counts(&rig.down).await;
@@ -100,7 +115,10 @@ async fn a_verified_upstream_address_does_not_reach_the_victims_account_without_
     not_signed_in_as(&rig.down, &attacker, VICTIM).await;
     // The offer spent nothing the victim needs and made nothing.
     let after = counts(&rig.down).await;
-    assert_eq!((after.users, after.identities), (before.users, before.identities));
+    assert_eq!(
+        (after.users, after.identities),
+        (before.users, before.identities)
+    );
     // A second try is the same.
     let again = Visitor::new(&rig.down).sign_in_with(UP, VICTIM).await;
     is_link_offer(&again, VICTIM);
@@ -148,7 +166,11 @@ async fn trust_email_and_a_verified_address_link_at_once() {
     assert_eq!(r.status, 303, "{}", r.body);
     assert_eq!(r.location(), "/account");
     assert_eq!(identities_of(&rig.down, VICTIM).await, 1);
-    assert_eq!(counts(&rig.down).await.users, before.users, "her own account");
+    assert_eq!(
+        counts(&rig.down).await.users,
+        before.users,
+        "her own account"
+    );
 }
 
 /// Presses "Connect …" for `UP` on /account/connections.
@@ -158,11 +180,17 @@ async fn press_connect(v: &Visitor) -> Resp {
     let action = format!("/account/connections/{UP}/connect");
     match form_fields(&page.body, &action) {
         Some(fields) => {
-            let form: Vec<(&str, &str)> =
-                fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let form: Vec<(&str, &str)> = fields
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             v.down.post_form(&action, &form).await
         }
-        None => v.down.post_form(&action, &[("csrf_token", &page.csrf())]).await,
+        None => {
+            v.down
+                .post_form(&action, &[("csrf_token", &page.csrf())])
+                .await
+        }
     }
 }
 
@@ -203,19 +231,38 @@ async fn connecting_and_removing_a_provider_need_a_recent_second_factor() {
     step_up_by_email(&rig.down, &v.down, ALICE, "/account/connections").await;
     let r = press_connect(&v).await;
     assert_eq!(r.status, 303, "{}", r.body);
-    let callback = v.through_upstream(&r.location(), Some((WORK, PASSWORD))).await;
+    let callback = v
+        .through_upstream(&r.location(), Some((WORK, PASSWORD)))
+        .await;
     let r = v.open(&callback).await;
     assert_eq!(r.status, 303, "{}", r.body);
-    assert!(r.location().starts_with("/account/connections"), "{}", r.location());
+    assert!(
+        r.location().starts_with("/account/connections"),
+        "{}",
+        r.location()
+    );
     assert_eq!(identities_of(&rig.down, ALICE).await, 1, "linked to her");
-    assert_eq!(counts(&rig.down).await.users, 1, "no account for the work address");
+    assert_eq!(
+        counts(&rig.down).await.users,
+        1,
+        "no account for the work address"
+    );
     let page = v.down.get("/account/connections").await;
-    assert!(page.body.contains(crate::upstream_rig::LABEL), "{}", page.body);
+    assert!(
+        page.body.contains(crate::upstream_rig::LABEL),
+        "{}",
+        page.body
+    );
     assert!(page.body.contains("Last used"), "{}", page.body);
 
     // She has a password too: removing it is allowed while the step-up is fresh.
     let r = press_remove(&v).await;
-    assert!(r.status == 200 || r.status == 303, "{} {}", r.status, r.body);
+    assert!(
+        r.status == 200 || r.status == 303,
+        "{} {}",
+        r.status,
+        r.body
+    );
     assert_eq!(identities_of(&rig.down, ALICE).await, 0);
 }
 
@@ -251,7 +298,9 @@ async fn an_upstream_account_linked_to_someone_else_is_not_connected_to_another(
     step_up_by_email(&rig.down, &alice.down, ALICE, "/account/connections").await;
     let r = press_connect(&alice).await;
     assert_eq!(r.status, 303, "{}", r.body);
-    let callback = alice.through_upstream(&r.location(), Some((DANA, PASSWORD))).await;
+    let callback = alice
+        .through_upstream(&r.location(), Some((DANA, PASSWORD)))
+        .await;
     let r = alice.open(&callback).await;
     assert!((400..500).contains(&r.status), "{} {}", r.status, r.body);
     assert_eq!(identities_of(&rig.down, ALICE).await, 0);

@@ -47,12 +47,14 @@ async fn upstream_sid_of(down: &TestApp, v: &Visitor) -> String {
         .cookie(down.session_cookie_name())
         .expect("signed in here");
     let hash = gatehouse::crypto::token_hash(&token);
-    sqlx::query_scalar::<_, Option<String>>("SELECT upstream_sid FROM sessions WHERE token_hash = $1")
-        .bind(hash.as_slice())
-        .fetch_one(&down.db)
-        .await
-        .unwrap()
-        .expect("the session knows its upstream session")
+    sqlx::query_scalar::<_, Option<String>>(
+        "SELECT upstream_sid FROM sessions WHERE token_hash = $1",
+    )
+    .bind(hash.as_slice())
+    .fetch_one(&down.db)
+    .await
+    .unwrap()
+    .expect("the session knows its upstream session")
 }
 
 #[tokio::test]
@@ -65,7 +67,10 @@ async fn signing_out_at_the_upstream_ends_the_session_here_within_a_second_and_i
     let sid = upstream_sid_of(&rig.down, &v).await;
     let client = app_client(&rig.down);
     let tokens = sign_in_app(&rig.down, &v.down, &client, &[]).await;
-    assert_eq!(introspect(&rig.down, &client, &tokens.access).await["active"], true);
+    assert_eq!(
+        introspect(&rig.down, &client, &tokens.access).await["active"],
+        true
+    );
     // Dana in another browser, from another upstream session: not touched.
     let other = Visitor::new(&rig.down);
     assert_eq!(other.sign_in_with(UP, DANA).await.location(), "/account");
@@ -77,8 +82,15 @@ async fn signing_out_at_the_upstream_ends_the_session_here_within_a_second_and_i
     assert!(took < Duration::from_secs(1), "{took:?}");
 
     assert!(v.down.get("/account").await.is_sign_in_redirect());
-    assert_eq!(introspect(&rig.down, &client, &tokens.access).await, inactive());
-    assert_eq!(other.down.get("/account").await.status, 200, "the other one lives");
+    assert_eq!(
+        introspect(&rig.down, &client, &tokens.access).await,
+        inactive()
+    );
+    assert_eq!(
+        other.down.get("/account").await.status,
+        200,
+        "the other one lives"
+    );
     assert_eq!(live_from_upstream(&rig.down).await, 1);
 }
 
@@ -121,7 +133,10 @@ async fn signed_in_through_stand_in() -> (TestApp, StandInOp, Visitor) {
 
 async fn post_logout(down: &TestApp, form: &[(&str, &str)]) -> (u16, String) {
     let res = reqwest::Client::new()
-        .post(format!("{}/login/upstream/op/backchannel-logout", down.address))
+        .post(format!(
+            "{}/login/upstream/op/backchannel-logout",
+            down.address
+        ))
         .form(form)
         .send()
         .await
@@ -138,45 +153,79 @@ async fn a_logout_token_failing_any_check_is_refused_with_400_and_ends_nothing()
     let forged_key = RsaKey::generate(&op.key.kid);
     let bad: Vec<(&str, String)> = vec![
         ("not a JWT", "not-a-jwt".into()),
-        ("signed by another key", forged_key.sign(&good_header, &claims(&|_| {}))),
+        (
+            "signed by another key",
+            forged_key.sign(&good_header, &claims(&|_| {})),
+        ),
         ("alg none", unsigned(&claims(&|_| {}))),
         (
             "HS256 with the client secret",
             crate::upstream_rig::sign_hs256(b"s3cret-of-the-downstream", &claims(&|_| {})),
         ),
-        ("another issuer", op.logout_token(|c| c["iss"] = json!("https://other.example"))),
-        ("another audience", op.logout_token(|c| c["aud"] = json!("someone-else"))),
-        ("no events", op.logout_token(|c| {
-            c.as_object_mut().unwrap().remove("events");
-        })),
-        ("the wrong event", op.logout_token(|c| {
-            c["events"] = json!({"http://schemas.openid.net/event/something-else": {}})
-        })),
+        (
+            "another issuer",
+            op.logout_token(|c| c["iss"] = json!("https://other.example")),
+        ),
+        (
+            "another audience",
+            op.logout_token(|c| c["aud"] = json!("someone-else")),
+        ),
+        (
+            "no events",
+            op.logout_token(|c| {
+                c.as_object_mut().unwrap().remove("events");
+            }),
+        ),
+        (
+            "the wrong event",
+            op.logout_token(|c| {
+                c["events"] = json!({"http://schemas.openid.net/event/something-else": {}})
+            }),
+        ),
         ("a nonce", op.logout_token(|c| c["nonce"] = json!("n-1"))),
-        ("neither sid nor sub", op.logout_token(|c| {
-            let o = c.as_object_mut().unwrap();
-            o.remove("sid");
-            o.remove("sub");
-        })),
-        ("no jti", op.logout_token(|c| {
-            c.as_object_mut().unwrap().remove("jti");
-        })),
-        ("no iat", op.logout_token(|c| {
-            c.as_object_mut().unwrap().remove("iat");
-        })),
-        ("issued an hour from now", op.logout_token(|c| {
-            c["iat"] = json!(now() + 3600);
-            c["exp"] = json!(now() + 3720);
-        })),
-        ("expired", op.logout_token(|c| {
-            c["iat"] = json!(now() - 3600);
-            c["exp"] = json!(now() - 3000);
-        })),
+        (
+            "neither sid nor sub",
+            op.logout_token(|c| {
+                let o = c.as_object_mut().unwrap();
+                o.remove("sid");
+                o.remove("sub");
+            }),
+        ),
+        (
+            "no jti",
+            op.logout_token(|c| {
+                c.as_object_mut().unwrap().remove("jti");
+            }),
+        ),
+        (
+            "no iat",
+            op.logout_token(|c| {
+                c.as_object_mut().unwrap().remove("iat");
+            }),
+        ),
+        (
+            "issued an hour from now",
+            op.logout_token(|c| {
+                c["iat"] = json!(now() + 3600);
+                c["exp"] = json!(now() + 3720);
+            }),
+        ),
+        (
+            "expired",
+            op.logout_token(|c| {
+                c["iat"] = json!(now() - 3600);
+                c["exp"] = json!(now() - 3000);
+            }),
+        ),
     ];
     for (what, token) in &bad {
         let (status, body) = post_logout(&down, &[("logout_token", token)]).await;
         assert_eq!(status, 400, "{what}: {body}");
-        assert_eq!(v.down.get("/account").await.status, 200, "{what} ended the session");
+        assert_eq!(
+            v.down.get("/account").await.status,
+            200,
+            "{what} ended the session"
+        );
     }
     let (status, _) = post_logout(&down, &[]).await;
     assert_eq!(status, 400, "no token at all");

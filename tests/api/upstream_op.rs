@@ -207,7 +207,6 @@ pub struct OpConfig {
 pub struct StandInOp {
     pub issuer: String,
     pub key: RsaKey,
-    pub other_key: RsaKey,
     pub config: Arc<Mutex<OpConfig>>,
     handle: actix_web::dev::ServerHandle,
 }
@@ -250,7 +249,7 @@ impl StandInOp {
         let shared = web::Data::new(OpShared {
             issuer: issuer.clone(),
             key: key.clone(),
-            other_key: other_key.clone(),
+            other_key,
             config: config.clone(),
         });
         let (listener, address) = stand_in_listener();
@@ -275,7 +274,6 @@ impl StandInOp {
         Self {
             issuer: address,
             key,
-            other_key,
             config,
             handle,
         }
@@ -295,10 +293,6 @@ impl StandInOp {
         self.config.lock().unwrap().edit = Some(Arc::new(f));
     }
 
-    pub fn client_id(&self) -> String {
-        self.config.lock().unwrap().client_id.clone()
-    }
-
     pub fn last_authorization(&self) -> HashMap<String, String> {
         self.config
             .lock()
@@ -315,7 +309,14 @@ impl StandInOp {
             let c = self.config.lock().unwrap();
             (c.client_id.clone(), c.client_secret.clone())
         };
-        let mut args = vec!["--kind", "oidc", "--issuer", &self.issuer, "--client-id", &id];
+        let mut args = vec![
+            "--kind",
+            "oidc",
+            "--issuer",
+            &self.issuer,
+            "--client-id",
+            &id,
+        ];
         args.extend_from_slice(flags);
         add_upstream(down, name, &args, &secret).await;
     }

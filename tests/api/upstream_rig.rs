@@ -17,12 +17,12 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use crate::helpers::{Browser, Options, PASSWORD, Resp, TestApp, spawn_app_with};
+use crate::oauth_helpers::{Client, create_client};
+use crate::otp::unescape;
 pub use crate::upstream_github_stand_in::StandInGithub;
 pub use crate::upstream_op::{
     IssParam, OpConfig, RsaKey, Signing, StandInOp, now, sign_hs256, unsigned,
 };
-use crate::oauth_helpers::{Client, create_client};
-use crate::otp::unescape;
 
 /// The upstream's name on the downstream (part of its URIs) and what pages show.
 pub const UP: &str = "up";

@@ -14,7 +14,9 @@ use crate::upstream_rig::{
 
 const OP: &str = "op";
 
-async fn op_rig(configure: impl FnOnce(&mut crate::upstream_rig::OpConfig)) -> (TestApp, StandInOp) {
+async fn op_rig(
+    configure: impl FnOnce(&mut crate::upstream_rig::OpConfig),
+) -> (TestApp, StandInOp) {
     let down = downstream().await;
     let op = StandInOp::start().await;
     op.set(configure);
@@ -31,14 +33,21 @@ async fn attempt(down: &TestApp) -> Resp {
     v.open(&callback).await
 }
 
+/// What is wrong with a token, and the edit of its claims that makes it so.
+type Case = (&'static str, fn(&mut Value));
+
 /// Each edit of the ID token's claims is refused and leaves nothing behind.
-async fn each_refused(down: &TestApp, op: &StandInOp, cases: Vec<(&str, fn(&mut Value))>) {
+async fn each_refused(down: &TestApp, op: &StandInOp, cases: Vec<Case>) {
     let before = counts(down).await;
     for (what, edit) in cases {
         op.edit(edit);
         let r = attempt(down).await;
         assert_refused(&r, down);
-        assert_eq!(counts(down).await, before, "{what}: nothing created or linked");
+        assert_eq!(
+            counts(down).await,
+            before,
+            "{what}: nothing created or linked"
+        );
     }
 }
 
@@ -67,7 +76,9 @@ async fn an_id_token_for_another_issuer_audience_or_party_is_refused() {
         &down,
         &op,
         vec![
-            ("another issuer", |c| c["iss"] = json!("https://other.example")),
+            ("another issuer", |c| {
+                c["iss"] = json!("https://other.example")
+            }),
             ("no issuer", |c| {
                 c.as_object_mut().unwrap().remove("iss");
             }),
@@ -80,7 +91,9 @@ async fn an_id_token_for_another_issuer_audience_or_party_is_refused() {
                 c["aud"] = json!([us, "someone-else"]);
                 c["azp"] = json!("someone-else");
             }),
-            ("azp naming another party", |c| c["azp"] = json!("someone-else")),
+            ("azp naming another party", |c| {
+                c["azp"] = json!("someone-else")
+            }),
             ("no subject", |c| {
                 c.as_object_mut().unwrap().remove("sub");
             }),
@@ -100,7 +113,9 @@ async fn an_id_token_with_a_wrong_or_missing_nonce_is_refused() {
         &down,
         &op,
         vec![
-            ("another nonce", |c| c["nonce"] = json!("a-nonce-from-elsewhere")),
+            ("another nonce", |c| {
+                c["nonce"] = json!("a-nonce-from-elsewhere")
+            }),
             ("no nonce", |c| {
                 c.as_object_mut().unwrap().remove("nonce");
             }),

@@ -8,9 +8,7 @@ use crate::oauth_helpers::{
     CB, app_client, authorize_url, exchange, introspect, jwt_parts, location_params, param, pkce,
     sign_in_app,
 };
-use crate::upstream_rig::{
-LABEL, UP, Visitor, assert_refused, counts, query_of, rig, with_param,
-};
+use crate::upstream_rig::{LABEL, UP, Visitor, assert_refused, counts, query_of, rig, with_param};
 
 const DANA: &str = "dana@example.com";
 
@@ -37,15 +35,25 @@ async fn a_new_person_from_the_upstream_gets_an_account_without_a_password_and_a
     .fetch_one(&rig.down.db)
     .await
     .unwrap();
-    assert!(hash.is_none(), "no password for an account made from an upstream");
-    assert!(verified, "verified because the upstream says email_verified: true");
+    assert!(
+        hash.is_none(),
+        "no password for an account made from an upstream"
+    );
+    assert!(
+        verified,
+        "verified because the upstream says email_verified: true"
+    );
     let (subject, upstream): (String, String) = sqlx::query_as(
         "SELECT f.subject, u.name FROM federated_identities f JOIN upstreams u ON u.id = f.upstream_id",
     )
     .fetch_one(&rig.down.db)
     .await
     .unwrap();
-    assert_eq!(subject, rig.up.sub_of(DANA).await, "identity is the upstream's sub");
+    assert_eq!(
+        subject,
+        rig.up.sub_of(DANA).await,
+        "identity is the upstream's sub"
+    );
     assert_eq!(upstream, UP);
 
     // The session: aal1, amr ["fed"], tied to the upstream session it came from.
@@ -118,7 +126,10 @@ async fn starting_an_upstream_sign_in_is_a_csrf_protected_post_that_sends_state_
     );
     b.get("/login").await;
     let forged = b
-        .post_form(&format!("/login/upstream/{UP}"), &[("csrf_token", "forged")])
+        .post_form(
+            &format!("/login/upstream/{UP}"),
+            &[("csrf_token", "forged")],
+        )
         .await;
     assert!(
         (400..500).contains(&forged.status),
@@ -163,12 +174,20 @@ async fn starting_an_upstream_sign_in_is_a_csrf_protected_post_that_sends_state_
         .set_cookies()
         .into_iter()
         .find(|c| {
-            !["gatehouse_presession", "gatehouse_device", "gatehouse_session"].contains(&c.name())
+            ![
+                "gatehouse_presession",
+                "gatehouse_device",
+                "gatehouse_session",
+            ]
+            .contains(&c.name())
         })
         .unwrap_or_else(|| panic!("a cookie keeps the round trip: {:?}", r.headers));
     assert_eq!(kept.http_only(), Some(true), "{kept}");
     assert_eq!(kept.same_site(), Some(cookie::SameSite::Lax), "{kept}");
-    let max_age = kept.max_age().expect("the cookie has a lifetime").whole_seconds();
+    let max_age = kept
+        .max_age()
+        .expect("the cookie has a lifetime")
+        .whole_seconds();
     assert!((1..=600).contains(&max_age), "ten minutes at most: {kept}");
     assert_eq!(counts(&rig.down).await, before, "starting creates nothing");
 }
@@ -307,7 +326,11 @@ async fn signing_in_to_an_app_with_the_upstream_works_end_to_end() {
         ],
     );
     let r = v.down.get(&url).await;
-    assert!(r.location().starts_with("/login?return_to="), "{}", r.location());
+    assert!(
+        r.location().starts_with("/login?return_to="),
+        "{}",
+        r.location()
+    );
     let r = v.press(&r.location(), UP).await;
     assert_eq!(r.status, 303, "{}", r.body);
     let callback = v
@@ -337,5 +360,9 @@ async fn signing_in_to_an_app_with_the_upstream_works_end_to_end() {
         .fetch_one(&rig.down.db)
         .await
         .unwrap();
-    assert_eq!(id["sub"], local.to_string(), "the app sees the downstream's own sub");
+    assert_eq!(
+        id["sub"],
+        local.to_string(),
+        "the app sees the downstream's own sub"
+    );
 }
