@@ -45,6 +45,7 @@ mod sessions;
 mod sweep;
 mod throttle;
 mod tls;
+mod upstream_accounts;
 mod upstream_cli;
 mod upstream_client;
 mod upstream_context;
