@@ -43,3 +43,4 @@ mod tls;
 mod upstream_cli;
 mod upstream_client;
 mod upstream_github;
+mod upstream_store;

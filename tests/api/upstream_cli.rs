@@ -3,11 +3,13 @@
 
 use std::io::Write;
 use std::process::Stdio;
+use std::sync::Arc;
 
 use base64::Engine;
+use gatehouse::store::{PgStore, UpstreamStore};
 use serde_json::Value;
 
-use crate::helpers::{PUBLIC_URL, TestApp, random_key, spawn_app};
+use crate::helpers::{Options, PUBLIC_URL, TestApp, random_key, spawn_app, spawn_app_with};
 
 /// Runs the `gatehouse` binary as `TestApp::cli` does, with `stdin` piped in.
 /// Returns (success, stdout, stderr).
@@ -525,5 +527,60 @@ async fn keys_reencrypt_reseals_upstream_client_secrets() {
     assert_eq!(
         secrecy::ExposeSecret::expose_secret(&opened),
         "the-client-secret"
+    );
+}
+
+#[tokio::test]
+async fn housekeeping_forgets_spent_logout_token_ids_once_they_are_past_their_age() {
+    let app = spawn_app_with(Options {
+        frozen_clock: true,
+        extra: vec![("GATEHOUSE_HOUSEKEEPING_INTERVAL", "100ms".into())],
+        ..Options::default()
+    })
+    .await;
+    add_upstream(
+        &app,
+        &[
+            "--name",
+            "idp",
+            "--kind",
+            "oidc",
+            "--issuer",
+            "https://idp.example",
+            "--client-id",
+            "c",
+        ],
+        "s",
+        &[],
+    );
+    let store = PgStore::new(app.db.clone(), Arc::new(app.keys()));
+    let (up, _) = store.upstream_by_name("idp").await.unwrap().unwrap();
+    let now = app.clock.now();
+    let hour = time::Duration::hours(1);
+    assert!(
+        store
+            .spend_upstream_jti(up.id, "old", now - hour)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .spend_upstream_jti(up.id, "new", now + hour)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .spend_upstream_jti(up.id, "new", now + hour)
+            .await
+            .unwrap()
+    );
+    app.wait_until("SELECT count(*) FROM upstream_logout_jtis", 1)
+        .await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM upstream_logout_jtis WHERE jti = 'new'")
+            .await,
+        1,
+        "a jti is kept while a token with it could still be accepted"
     );
 }
