@@ -7,7 +7,7 @@ use std::sync::Arc;
 use gatehouse::domain::UserId;
 use gatehouse::store::{NewEvent, NewLink, PgStore, StoreError, Unlinked, UpstreamStore};
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{Options, TestApp, spawn_app, spawn_app_with};
 use crate::upstream_cli::add_upstream;
 
 fn event(app: &TestApp, kind: &'static str) -> NewEvent {
@@ -133,4 +133,59 @@ async fn identities_link_once_touch_and_unlink_only_while_another_way_is_left() 
         ))
         .await;
     assert_eq!(events, 3, "two links and one unlink, each with its event");
+}
+
+#[tokio::test]
+async fn housekeeping_forgets_spent_logout_token_ids_once_they_are_past_their_age() {
+    let app = spawn_app_with(Options {
+        frozen_clock: true,
+        extra: vec![("GATEHOUSE_HOUSEKEEPING_INTERVAL", "100ms".into())],
+        ..Options::default()
+    })
+    .await;
+    add_upstream(
+        &app,
+        &[
+            "--name",
+            "idp",
+            "--kind",
+            "oidc",
+            "--issuer",
+            "https://idp.example",
+            "--client-id",
+            "c",
+        ],
+        "s",
+        &[],
+    );
+    let store = PgStore::new(app.db.clone(), Arc::new(app.keys()));
+    let (up, _) = store.upstream_by_name("idp").await.unwrap().unwrap();
+    let now = app.clock.now();
+    let hour = time::Duration::hours(1);
+    assert!(
+        store
+            .spend_upstream_jti(up.id, "old", now - hour)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .spend_upstream_jti(up.id, "new", now + hour)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .spend_upstream_jti(up.id, "new", now + hour)
+            .await
+            .unwrap()
+    );
+    app.wait_until("SELECT count(*) FROM upstream_logout_jtis", 1)
+        .await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM upstream_logout_jtis WHERE jti = 'new'")
+            .await,
+        1,
+        "a jti is kept while a token with it could still be accepted"
+    );
 }
