@@ -54,5 +54,6 @@ mod upstream_github;
 mod upstream_github_sign_in;
 mod upstream_linking;
 mod upstream_logout;
+mod upstream_store;
 mod upstream_tokens;
 mod upstreams;

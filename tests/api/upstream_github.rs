@@ -43,7 +43,11 @@ async fn access_token(
             .unwrap_or_default()
     };
     let verifier_ok = hub.challenge.lock().unwrap().as_deref()
-        == Some(URL_SAFE_NO_PAD.encode(Sha256::digest(get("code_verifier"))).as_str());
+        == Some(
+            URL_SAFE_NO_PAD
+                .encode(Sha256::digest(get("code_verifier")))
+                .as_str(),
+        );
     let json_asked = req
         .headers()
         .get("accept")
@@ -55,7 +59,9 @@ async fn access_token(
         && verifier_ok
         && json_asked
     {
-        HttpResponse::Ok().json(json!({"access_token": TOKEN, "token_type": "bearer", "scope": "read:user,user:email"}))
+        HttpResponse::Ok().json(
+            json!({"access_token": TOKEN, "token_type": "bearer", "scope": "read:user,user:email"}),
+        )
     } else {
         // GitHub answers a bad exchange with 200 and an `error` member.
         HttpResponse::Ok().json(json!({"error": "bad_verification_code"}))
@@ -72,7 +78,8 @@ async fn user(req: HttpRequest) -> HttpResponse {
     if !authorized(&req) {
         return HttpResponse::Unauthorized().finish();
     }
-    HttpResponse::Ok().json(json!({"id": 583231, "login": "octocat", "email": "public@example.com"}))
+    HttpResponse::Ok()
+        .json(json!({"id": 583231, "login": "octocat", "email": "public@example.com"}))
 }
 
 async fn emails(hub: web::Data<Arc<Hub>>, req: HttpRequest) -> HttpResponse {
@@ -199,12 +206,26 @@ async fn a_bad_code_or_verifier_is_refused_and_github_down_is_unreachable() {
     let verifier = authorize(&rp, &up, &hub).await;
     let r = redeem(&rp, &up, "bad-code", &verifier).await;
     assert!(matches!(r, Err(UpstreamError::Refused(_))), "{r:?}");
-    let r = redeem(&rp, &up, "good-code", "another-verifier-of-sufficient-length-000").await;
+    let r = redeem(
+        &rp,
+        &up,
+        "good-code",
+        "another-verifier-of-sufficient-length-000",
+    )
+    .await;
     assert!(matches!(r, Err(UpstreamError::Refused(_))), "{r:?}");
     // A mix-up: a response claiming another issuer.
     let secret = SecretString::from("gh-secret");
     let r = rp
-        .redeem(&up, &secret, "good-code", Some("https://evil.example"), CB, "n", &verifier)
+        .redeem(
+            &up,
+            &secret,
+            "good-code",
+            Some("https://evil.example"),
+            CB,
+            "n",
+            &verifier,
+        )
         .await;
     assert!(matches!(r, Err(UpstreamError::Refused(_))), "{r:?}");
     *hub.down.lock().unwrap() = true;
