@@ -141,6 +141,8 @@ pub struct Prepared {
 }
 
 /// A sign-in ready for the store call that checks its proof again and commits it.
+/// The session the browser already had (if any) is revoked in that same transaction:
+/// one browser, one live session, and never a moment with neither or both.
 pub struct Made {
     pub sign_in: SignIn,
     pub browser: NewBrowserSession,
