@@ -67,10 +67,12 @@ pub async fn sign_in(
             return Ok(Callback::Refused(Refusal::AccountUnavailable));
         }
         // The operator vouched that this upstream verifies addresses, and it says it
-        // verified this one: the documented exception. Not onto an account whose own
-        // address was never confirmed: whoever registered it (and holds its password)
-        // may not own the address, and would share the account from then on.
-        if up.trust_email && identity.email_verified && user.verified {
+        // verified this one: the documented exception. Where addresses must be
+        // confirmed, not onto an account whose own address never was: whoever
+        // registered it (and holds its password) may not own the address, and would
+        // share the account from then on (account pre-hijacking).
+        let confirmed = user.verified || !state.settings.require_verified_email;
+        if up.trust_email && identity.email_verified && confirmed {
             let linked = event_with(state, "upstream_linked", Some(ctx), &up.label)?;
             match state
                 .store
