@@ -30,7 +30,8 @@ pub(super) fn client() -> anyhow::Result<reqwest::Client> {
 
 /// A request that did not get an answer: the network, TLS or a timeout.
 pub(super) fn unreachable(what: &str, e: &reqwest::Error) -> UpstreamError {
-    // `without_url`: a URL may carry a code or a state in its query.
+    // Only the kind of failure: the error's own text names the URL, whose query may
+    // carry a code or a state.
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {

@@ -372,3 +372,82 @@ async fn the_upstreams_logout_token_verifies_once_and_names_the_session() {
         rig.rp.verify_logout_token(&rig.store, &other, token).await
     ));
 }
+
+/// A bare OpenID provider that counts how often its discovery document and key set
+/// are fetched (its key set is empty: every `kid` is unknown to it).
+async fn counting_provider() -> (String, Arc<[std::sync::atomic::AtomicUsize; 2]>) {
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    use std::sync::atomic::Ordering;
+    let hits: Arc<[std::sync::atomic::AtomicUsize; 2]> = Arc::default();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (h, b) = (hits.clone(), base.clone());
+    let server = HttpServer::new(move || {
+        let (h1, h2, b) = (h.clone(), h.clone(), b.clone());
+        App::new()
+            .route(
+                "/.well-known/openid-configuration",
+                web::get().to(move || {
+                    h1[0].fetch_add(1, Ordering::SeqCst);
+                    let b = b.clone();
+                    async move {
+                        HttpResponse::Ok().json(serde_json::json!({
+                            "issuer": b,
+                            "authorization_endpoint": format!("{b}/authorize"),
+                            "token_endpoint": format!("{b}/token"),
+                            "jwks_uri": format!("{b}/jwks"),
+                        }))
+                    }
+                }),
+            )
+            .route(
+                "/jwks",
+                web::get().to(move || {
+                    h2[1].fetch_add(1, Ordering::SeqCst);
+                    async { HttpResponse::Ok().json(serde_json::json!({"keys": []})) }
+                }),
+            )
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap();
+    tokio::spawn(server.run());
+    (base, hits)
+}
+
+#[tokio::test]
+async fn discovery_is_cached_and_unknown_kids_refetch_the_keys_at_most_once_in_a_while() {
+    use std::sync::atomic::Ordering;
+    let (base, hits) = counting_provider().await;
+    let rig_up = Upstream {
+        id: uuid::Uuid::new_v4(),
+        name: "bare".into(),
+        kind: gatehouse::store::UpstreamKind::Oidc,
+        preset: None,
+        label: "Bare".into(),
+        trust_email: false,
+        issuer: Some(base.clone()),
+        base_url: None,
+        api_url: None,
+        client_id: "c".into(),
+        scopes: "openid".into(),
+        created_at: time::OffsetDateTime::now_utc(),
+    };
+    let rp = upstream::Client::new(Clock::system()).unwrap();
+    let enc = |v: Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(&v).unwrap());
+    for i in 0..10 {
+        let token = format!(
+            "{}.{}.{}",
+            enc(serde_json::json!({"alg": "RS256", "kid": format!("made-up-{i}")})),
+            enc(serde_json::json!({"iss": base, "sub": "x", "aud": "c"})),
+            URL_SAFE_NO_PAD.encode([0u8; 256]),
+        );
+        assert!(refused(rp.verify_id_token(&rig_up, &token, "n").await));
+    }
+    assert_eq!(hits[0].load(Ordering::SeqCst), 1, "one discovery fetch");
+    assert_eq!(
+        hits[1].load(Ordering::SeqCst),
+        2,
+        "the key set once, and once more for the first unknown kid only"
+    );
+}

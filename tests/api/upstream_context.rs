@@ -46,7 +46,11 @@ async fn a_federated_sign_in_from_far_away_right_after_one_at_home_asks_for_a_se
     let r = far.sign_in_with(UP, ALICE).await;
     assert_eq!(r.status, 303, "{}", r.body);
     assert_eq!(r.location(), "/login/verify", "a second factor is demanded");
-    assert_eq!(live_sessions(&rig.down).await, 1, "no session before the code");
+    assert_eq!(
+        live_sessions(&rig.down).await,
+        1,
+        "no session before the code"
+    );
     assert_eq!(far.down.get("/account").await.status, 303);
 
     // Gatehouse's own second factor: the e-mailed code (she has no authenticator).
@@ -98,6 +102,14 @@ async fn a_federated_sign_in_from_far_away_right_after_one_at_home_asks_for_a_se
     assert!(from_upstream, "the session is tied to its upstream session");
     assert!(flagged, "flagged with its reasons");
     let devices = home.down.get("/account/devices").await;
-    assert!(devices.body.contains(&format!("Signed in with {LABEL}")), "{}", devices.body);
-    assert!(devices.body.contains("Sydney, Australia"), "{}", devices.body);
+    assert!(
+        devices.body.contains(&format!("Signed in with {LABEL}")),
+        "{}",
+        devices.body
+    );
+    assert!(
+        devices.body.contains("Sydney, Australia"),
+        "{}",
+        devices.body
+    );
 }

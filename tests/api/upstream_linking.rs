@@ -5,7 +5,7 @@
 
 use crate::helpers::{PASSWORD, Resp, TestApp};
 use crate::otp::step_up_by_email;
-use crate::upstream_rig::{UP, Visitor, counts, form_fields, rig};
+use crate::upstream_rig::{UP, Visitor, counts, create_user, form_fields, rig};
 
 const VICTIM: &str = "victim@example.com";
 const MALLORY: &str = "mallory@example.com";
@@ -62,7 +62,7 @@ async fn identities_of(down: &TestApp, email: &str) -> i64 {
 async fn an_unverified_upstream_address_does_not_reach_the_victims_account_even_with_trust_email() {
     // U1: the "nOAuth" takeover, with the operator's --trust-email on.
     let rig = rig(&["--trust-email"]).await;
-    rig.down.user(VICTIM).await;
+    create_user(&rig.down, VICTIM, true);
     rig.down.user(MALLORY).await;
     rig.up.person(VICTIM, false);
     let before = counts(&rig.down).await;
@@ -106,7 +106,7 @@ async fn an_unverified_upstream_address_does_not_reach_the_victims_account_even_
 async fn a_verified_upstream_address_does_not_reach_the_victims_account_without_trust_email() {
     // U1: the address alone, verified or not, is never the identity.
     let rig = rig(&[]).await;
-    rig.down.user(VICTIM).await;
+    create_user(&rig.down, VICTIM, true);
     rig.up.person(VICTIM, true);
     let before = counts(&rig.down).await;
     let attacker = Visitor::new(&rig.down);
@@ -129,7 +129,7 @@ async fn a_verified_upstream_address_does_not_reach_the_victims_account_without_
 async fn the_owner_links_by_proving_her_own_password_then_signs_in_directly() {
     // U1: the link is made only after that account's own credentials.
     let rig = rig(&[]).await;
-    rig.down.user(VICTIM).await;
+    create_user(&rig.down, VICTIM, true);
     rig.up.person(VICTIM, true);
     let owner = Visitor::new(&rig.down);
     let offer = owner.sign_in_with(UP, VICTIM).await;
@@ -158,7 +158,7 @@ async fn the_owner_links_by_proving_her_own_password_then_signs_in_directly() {
 async fn trust_email_and_a_verified_address_link_at_once() {
     // U1: the documented exception.
     let rig = rig(&["--trust-email"]).await;
-    rig.down.user(VICTIM).await;
+    create_user(&rig.down, VICTIM, true);
     rig.up.person(VICTIM, true);
     let before = counts(&rig.down).await;
     let v = Visitor::new(&rig.down);

@@ -169,7 +169,13 @@ pub enum Signing {
     Hs256ClientSecret,
     /// HS256 keyed with the published key's modulus (the key-confusion attack).
     Hs256PublicKey,
+    /// RS256 with a new key (`NEXT_KID`), published once `publish_next` is set: a
+    /// provider rotating its keys.
+    NextKey,
 }
+
+/// The `kid` of the stand-in's next key.
+pub const NEXT_KID: &str = "op-key-2";
 
 /// What the stand-in puts in the authorization response's `iss` (RFC 9207).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,6 +196,10 @@ pub struct OpConfig {
     pub sid: Option<String>,
     pub signing: Signing,
     pub advertise_iss: bool,
+    /// The JWKS also lists the next key.
+    pub publish_next: bool,
+    /// How many times the JWKS was fetched.
+    pub jwks_fetches: usize,
     pub iss_param: IssParam,
     /// Edits the ID token's claims after they are made right.
     pub edit: Option<Edit>,
@@ -207,7 +217,6 @@ pub struct OpConfig {
 pub struct StandInOp {
     pub issuer: String,
     pub key: RsaKey,
-    pub other_key: RsaKey,
     pub config: Arc<Mutex<OpConfig>>,
     handle: actix_web::dev::ServerHandle,
 }
@@ -238,6 +247,8 @@ impl StandInOp {
             sid: Some("op-session-1".into()),
             signing: Signing::Good,
             advertise_iss: false,
+            publish_next: false,
+            jwks_fetches: 0,
             iss_param: IssParam::Right,
             edit: None,
             deny: None,
@@ -250,7 +261,7 @@ impl StandInOp {
         let shared = web::Data::new(OpShared {
             issuer: issuer.clone(),
             key: key.clone(),
-            other_key: other_key.clone(),
+            other_key,
             config: config.clone(),
         });
         let (listener, address) = stand_in_listener();
@@ -275,7 +286,6 @@ impl StandInOp {
         Self {
             issuer: address,
             key,
-            other_key,
             config,
             handle,
         }
@@ -293,10 +303,6 @@ impl StandInOp {
     /// Claims the ID token gets edited with from now on.
     pub fn edit(&self, f: impl Fn(&mut Value) + Send + Sync + 'static) {
         self.config.lock().unwrap().edit = Some(Arc::new(f));
-    }
-
-    pub fn client_id(&self) -> String {
-        self.config.lock().unwrap().client_id.clone()
     }
 
     pub fn last_authorization(&self) -> HashMap<String, String> {
@@ -374,7 +380,22 @@ async fn op_discovery(op: web::Data<OpShared>) -> HttpResponse {
 }
 
 async fn op_jwks(op: web::Data<OpShared>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "keys": [op.key.jwk()] }))
+    let mut c = op.config.lock().unwrap();
+    c.jwks_fetches += 1;
+    let mut keys = vec![op.key.jwk()];
+    if c.publish_next {
+        keys.push(op.next_key().jwk());
+    }
+    HttpResponse::Ok().json(json!({ "keys": keys }))
+}
+
+impl OpShared {
+    fn next_key(&self) -> RsaKey {
+        RsaKey {
+            kid: NEXT_KID.into(),
+            ..self.other_key.clone()
+        }
+    }
 }
 
 async fn op_authorize(
@@ -467,6 +488,7 @@ async fn op_token(
         Signing::None => unsigned(&claims),
         Signing::Hs256ClientSecret => sign_hs256(c.client_secret.as_bytes(), &claims),
         Signing::Hs256PublicKey => sign_hs256(&op.key.n, &claims),
+        Signing::NextKey => rs(&op.next_key(), NEXT_KID),
     };
     HttpResponse::Ok()
         .insert_header(("cache-control", "no-store"))

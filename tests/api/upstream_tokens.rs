@@ -33,8 +33,11 @@ async fn attempt(down: &TestApp) -> Resp {
     v.open(&callback).await
 }
 
+/// What is wrong with a token, and the edit of its claims that makes it so.
+type Case = (&'static str, fn(&mut Value));
+
 /// Each edit of the ID token's claims is refused and leaves nothing behind.
-async fn each_refused(down: &TestApp, op: &StandInOp, cases: Vec<(&str, fn(&mut Value))>) {
+async fn each_refused(down: &TestApp, op: &StandInOp, cases: Vec<Case>) {
     let before = counts(down).await;
     for (what, edit) in cases {
         op.edit(edit);
@@ -264,4 +267,44 @@ async fn an_upstream_gone_before_the_sign_in_starts_gives_a_502() {
     let r = v.press("/login", OP).await;
     assert_eq!(r.status, 502, "{} {}", r.location(), r.body);
     assert_eq!(counts(&down).await, before);
+}
+
+#[tokio::test]
+async fn a_key_the_upstream_rotated_in_is_fetched_once_and_accepted() {
+    // U3: the JWKS is cached; an unknown `kid` refetches it (once), so a provider
+    // rotating its keys keeps working and a forged `kid` costs one fetch at most.
+    let (down, op) = op_rig(|_| {}).await;
+    let before = counts(&down).await;
+    signs_in(&down, &op, before).await;
+    let fetched = op.config.lock().unwrap().jwks_fetches;
+    assert!(fetched >= 1);
+    // Cached: the next sign-in does not fetch it again.
+    attempt(&down).await;
+    assert_eq!(
+        op.config.lock().unwrap().jwks_fetches,
+        fetched,
+        "the JWKS is cached"
+    );
+
+    op.set(|c| {
+        c.publish_next = true;
+        c.signing = Signing::NextKey;
+    });
+    let r = attempt(&down).await;
+    assert_eq!(r.status, 303, "the rotated-in key is fetched: {}", r.body);
+    assert_eq!(r.location(), "/account");
+    assert_eq!(op.config.lock().unwrap().jwks_fetches, fetched + 1);
+
+    // A kid nobody published, again and again: refused, and not a fetch per try.
+    op.set(|c| c.signing = Signing::UnknownKid);
+    let sessions = counts(&down).await.sessions;
+    for _ in 0..3 {
+        assert_refused(&attempt(&down).await, &down);
+    }
+    assert_eq!(counts(&down).await.sessions, sessions);
+    let after = op.config.lock().unwrap().jwks_fetches;
+    assert!(
+        after <= fetched + 2,
+        "refetches are rate-limited: {after} fetches"
+    );
 }
