@@ -49,6 +49,63 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Manage the other identity providers people may sign in with.
+    Upstream {
+        #[command(subcommand)]
+        command: UpstreamCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UpstreamCommand {
+    /// Add an identity provider. The client secret is read from standard input.
+    /// Prints the redirect URI and the back-channel logout URI to register there.
+    Add {
+        /// Short name, part of the URIs registered at the provider
+        /// (a-z, 0-9, '-', '_').
+        #[arg(long)]
+        name: String,
+        /// oidc (any OpenID provider, needs --issuer), google, microsoft, gitlab
+        /// (OpenID providers with their issuer filled in), or github.
+        #[arg(long, value_name = "KIND")]
+        kind: String,
+        /// The provider's issuer (https://; its discovery document is at
+        /// ISSUER/.well-known/openid-configuration). Microsoft: the default admits
+        /// every organisation and personal accounts; give
+        /// https://login.microsoftonline.com/TENANT-ID/v2.0 for one organisation.
+        #[arg(long, value_name = "URL")]
+        issuer: Option<String>,
+        /// The client id the provider gave Gatehouse.
+        #[arg(long = "client-id", value_name = "ID")]
+        client_id: String,
+        /// Scopes to ask for (default: "openid email profile"; GitHub:
+        /// "read:user user:email").
+        #[arg(long)]
+        scopes: Option<String>,
+        /// Link at once to an existing account with the same address when the
+        /// provider says the address is verified. Only for providers that verify
+        /// addresses (e.g. Google).
+        #[arg(long = "trust-email")]
+        trust_email: bool,
+        /// What the sign-in page's button says ("Continue with …"); default: the name.
+        #[arg(long)]
+        label: Option<String>,
+        /// GitHub: the web address (default https://github.com; GitHub Enterprise:
+        /// https://ghe.example).
+        #[arg(long = "base-url", value_name = "URL")]
+        base_url: Option<String>,
+        /// GitHub: the REST API address (default https://api.github.com, or
+        /// BASE/api/v3 for GitHub Enterprise).
+        #[arg(long = "api-url", value_name = "URL")]
+        api_url: Option<String>,
+    },
+    /// Print every identity provider, one JSON object per line (never a secret).
+    List,
+    /// Remove an identity provider and every link to it.
+    Delete {
+        /// The provider's name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -142,6 +199,10 @@ pub enum UserCommand {
         /// Mark the e-mail address as verified.
         #[arg(long)]
         verified: bool,
+        /// Create it without a password (nothing is read): the person signs in with
+        /// an upstream identity provider, or sets one with "Forgot your password?".
+        #[arg(long)]
+        no_password: bool,
     },
     /// Disable an account: every session ends at once and signing in fails.
     Disable {
@@ -155,6 +216,18 @@ pub enum UserCommand {
         #[arg(long)]
         email: String,
     },
+}
+
+/// Reads a secret from standard input: one line, without its line ending.
+pub fn read_secret(prompt: &str) -> std::io::Result<String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("{prompt} (input is shown; pipe it in to avoid that): ");
+        std::io::stderr().flush()?;
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
 /// Reads one line from standard input, without its line ending.

@@ -19,6 +19,11 @@ pub struct CookiePolicy {
     /// proof from the browser's key.
     pub bound_name: &'static str,
     pub pending_name: &'static str,
+    /// A round trip to an upstream in progress (10 minutes, single use).
+    pub upstream_name: &'static str,
+    /// An upstream identity waiting for its account to be proven (10 minutes,
+    /// single use).
+    pub link_name: &'static str,
 }
 
 impl CookiePolicy {
@@ -34,6 +39,8 @@ impl CookiePolicy {
                 device_name: "gatehouse_device",
                 bound_name: "gatehouse_bound",
                 pending_name: "gatehouse_pending",
+                upstream_name: "gatehouse_upstream",
+                link_name: "gatehouse_link",
             }
         } else {
             Self {
@@ -43,6 +50,8 @@ impl CookiePolicy {
                 device_name: "__Host-gatehouse_device",
                 bound_name: "__Host-gatehouse_bound",
                 pending_name: "__Host-gatehouse_pending",
+                upstream_name: "__Host-gatehouse_upstream",
+                link_name: "__Host-gatehouse_link",
             }
         }
     }
@@ -97,6 +106,23 @@ impl CookiePolicy {
 
     pub fn clear_pending(&self) -> Cookie<'static> {
         let mut c = self.base(self.pending_name, String::new());
+        c.set_max_age(time::Duration::ZERO);
+        c.set_expires(OffsetDateTime::UNIX_EPOCH);
+        c
+    }
+
+    /// A short, single-use cookie binding an upstream round trip (`upstream_name`)
+    /// or a waiting link (`link_name`) to this browser. `SameSite=Lax` is what lets
+    /// it come back on the upstream's redirect (a top-level GET).
+    pub fn upstream_cookie(&self, name: &'static str, value: &str) -> Cookie<'static> {
+        let mut c = self.base(name, value.to_string());
+        c.set_max_age(time::Duration::minutes(10));
+        c
+    }
+
+    /// Spends one of the cookies `upstream_cookie` sets.
+    pub fn clear_upstream(&self, name: &'static str) -> Cookie<'static> {
+        let mut c = self.base(name, String::new());
         c.set_max_age(time::Duration::ZERO);
         c.set_expires(OffsetDateTime::UNIX_EPOCH);
         c

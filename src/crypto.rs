@@ -30,6 +30,7 @@ pub mod columns {
     pub const DEVICE_LABEL: &str = "devices.label";
     pub const TOTP_SECRET: &str = "totp_credentials.secret";
     pub const SIGNING_KEY: &str = "signing_keys.private";
+    pub const UPSTREAM_CLIENT_SECRET: &str = "upstreams.client_secret";
     pub const MAIL_TEXT: &str = "mail_outbox.text_body";
     pub const MAIL_HTML: &str = "mail_outbox.html_body";
     /// HMAC purposes of `sessions.ip_mac` and `sessions.country_mac`.

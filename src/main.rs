@@ -4,7 +4,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use gatehouse::auth::operators;
 use gatehouse::cli::{
-    Cli, ClientCommand, Command, KeysCommand, SessionsCommand, UserCommand, read_password,
+    Cli, ClientCommand, Command, KeysCommand, SessionsCommand, UpstreamCommand, UserCommand,
+    read_password, read_secret,
 };
 use gatehouse::clock::Clock;
 use gatehouse::settings::{RawSettings, Settings};
@@ -73,11 +74,17 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                     email,
                     admin,
                     verified,
+                    no_password,
                 },
         } => {
-            let password = read_password()?;
+            let password = if no_password {
+                None
+            } else {
+                Some(read_password()?)
+            };
             let state = AppState::new(settings, Clock::system(), true).await?;
-            let id = auth::login::create_user(&state, &email, &password, admin, verified).await?;
+            let id = auth::login::create_user(&state, &email, password.as_deref(), admin, verified)
+                .await?;
             println!(
                 "{}",
                 serde_json::json!({ "user_id": id.to_string(), "email": email.trim().to_lowercase() })
@@ -216,6 +223,73 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                     report.unreadable
                 );
             }
+        }
+        Command::Upstream { command } => upstream(command, settings).await?,
+    }
+    Ok(())
+}
+
+async fn upstream(command: UpstreamCommand, settings: Settings) -> anyhow::Result<()> {
+    use gatehouse::upstream::admin;
+    match command {
+        UpstreamCommand::Add {
+            name,
+            kind,
+            issuer,
+            client_id,
+            scopes,
+            trust_email,
+            label,
+            base_url,
+            api_url,
+        } => {
+            let client_secret = read_secret("Client secret")?.into();
+            let state = AppState::new(settings, Clock::system(), true).await?;
+            let added = admin::add(
+                &state,
+                admin::AddUpstream {
+                    name,
+                    kind,
+                    issuer,
+                    client_id,
+                    client_secret,
+                    scopes,
+                    trust_email,
+                    label,
+                    base_url,
+                    api_url,
+                },
+            )
+            .await?;
+            let u = &added.upstream;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "name": u.name,
+                    "kind": u.kind.as_str(),
+                    "preset": u.preset,
+                    "label": u.label,
+                    "issuer": u.issuer,
+                    "base_url": u.base_url,
+                    "api_url": u.api_url,
+                    "client_id": u.client_id,
+                    "scopes": u.scopes,
+                    "trust_email": u.trust_email,
+                    "redirect_uri": added.redirect_uri,
+                    "backchannel_logout_uri": added.backchannel_logout_uri,
+                })
+            );
+        }
+        UpstreamCommand::List => {
+            let state = AppState::new(settings, Clock::system(), false).await?;
+            for line in admin::list(&state).await? {
+                println!("{line}");
+            }
+        }
+        UpstreamCommand::Delete { name } => {
+            let state = AppState::new(settings, Clock::system(), false).await?;
+            admin::delete(&state, &name).await?;
+            println!("{}", serde_json::json!({ "deleted": name }));
         }
     }
     Ok(())

@@ -52,6 +52,10 @@ pub struct Metrics {
     /// Back-channel logout deliveries by outcome (`delivered`, `failed` and retried,
     /// `refused` for good by the receiver's 4xx, `given_up` after every retry).
     pub backchannel: IntCounterVec,
+    /// Upstream sign-in callbacks by outcome (`completed`, or why one was refused:
+    /// `bad_state`, `cancelled`, `unreachable`, `refused`, …) and upstream logout
+    /// tokens (`logout_accepted`, `logout_refused`).
+    pub upstream_callbacks: IntCounterVec,
 }
 
 /// The method label: one of the methods Gatehouse serves, or `other`.
@@ -210,6 +214,14 @@ impl Metrics {
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(sign_ins.clone()))?;
+        let upstream_callbacks = IntCounterVec::new(
+            Opts::new(
+                "upstream_callbacks_total",
+                "Upstream sign-in callbacks and logout tokens by outcome",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(upstream_callbacks.clone()))?;
         registry.register(Box::new(second_factor.clone()))?;
         registry.register(Box::new(registrations.clone()))?;
         registry.register(Box::new(risk_decisions.clone()))?;
@@ -240,6 +252,7 @@ impl Metrics {
             http_requests,
             http_duration,
             sign_ins,
+            upstream_callbacks,
             second_factor,
             registrations,
             risk_decisions,

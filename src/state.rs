@@ -44,6 +44,8 @@ pub struct AppState {
     pub webauthn: Option<Arc<webauthn_rs::Webauthn>>,
     /// Requests in progress on this node (bounded by `http_max_in_flight`).
     pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// The client for upstream identity providers, with its discovery and key caches.
+    pub upstreams: Arc<crate::upstream::Client>,
 }
 
 impl AppState {
@@ -91,7 +93,12 @@ impl AppState {
                 "GATEHOUSE_PUBLIC_URL names an address, not a host name: passkeys are not offered"
             );
         }
+        let upstreams = Arc::new(
+            crate::upstream::Client::new(clock.clone())
+                .context("building the HTTP client for upstream identity providers")?,
+        );
         Ok(Self {
+            upstreams,
             cookies: CookiePolicy::from_settings(&settings),
             settings: Arc::new(settings),
             store,

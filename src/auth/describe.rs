@@ -25,11 +25,18 @@ pub fn ago(now: OffsetDateTime, t: OffsetDateTime) -> String {
 /// authenticator code", "Passkey" (`user`, the verification a passkey itself asks
 /// for, is part of the passkey, not a method of its own).
 pub fn methods(amr: &[String]) -> String {
+    methods_with(amr, None)
+}
+
+/// `methods`, naming the upstream identity provider (`fed`) by its label when it is
+/// known: "Google + authenticator code".
+pub fn methods_with(amr: &[String], upstream: Option<&str>) -> String {
     let mut words: Vec<&str> = amr
         .iter()
         .filter(|m| m.as_str() != "user")
         .map(|m| match m.as_str() {
             "pwd" => "password",
+            "fed" => upstream.unwrap_or("another identity provider"),
             "otp" => "authenticator code",
             "email" => "e-mailed code",
             "recovery" => "recovery code",
@@ -74,6 +81,9 @@ pub fn event_title(kind: &str) -> &'static str {
         "passkey_added" => "Passkey added",
         "passkey_removed" => "Passkey removed",
         "passkey_clone_suspected" => "A passkey may have been copied: it no longer signs in",
+        "upstream_linked" => "Sign-in with another provider connected",
+        "upstream_unlinked" => "Sign-in with another provider removed",
+        "upstream_refused" => "A sign-in with another provider was refused",
         "refresh_token_reused" => "An app's refresh token was used twice: its sign-in was ended",
         _ => "Account event",
     }
@@ -108,6 +118,11 @@ mod tests {
         assert_eq!(
             methods(&["pwd".into(), "swk".into(), "user".into()]),
             "Password + passkey"
+        );
+        assert_eq!(methods(&["fed".into()]), "Another identity provider");
+        assert_eq!(
+            methods_with(&["fed".into(), "otp".into()], Some("Google")),
+            "Google + authenticator code"
         );
     }
 }

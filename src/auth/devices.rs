@@ -97,6 +97,9 @@ pub struct DeviceRow {
     pub trusted_until: Option<OffsetDateTime>,
     /// Bound to a key the browser keeps in hardware (DBSC).
     pub device_bound: bool,
+    /// The label of the upstream identity provider it was signed in with ("Signed in
+    /// with Google" on the device list), while that upstream exists.
+    pub upstream: Option<String>,
 }
 
 /// Opens a sealed column; a value no held key opens shows as absent (it is never an
@@ -135,7 +138,7 @@ pub fn describe_session(
         signed_in_at: s.auth_time,
         last_active_at: s.last_seen_at,
         expires_at: s.idle_expires_at.min(s.absolute_expires_at),
-        methods: super::describe::methods(&s.amr),
+        methods: super::describe::methods_with(&s.amr, s.upstream_label.as_deref()),
         second_factor_at: (s.aal == "aal2").then_some(s.aal_reached_at),
         current: current == Some(SessionId(s.id)),
         risk: s.risk_flagged.then(|| {
@@ -145,6 +148,7 @@ pub fn describe_session(
         remembered: s.remember_me,
         trusted_until: s.device_trusted_until.filter(|t| *t > state.clock.now()),
         device_bound: s.dbsc_bound,
+        upstream: s.upstream_label.clone(),
     }
 }
 

@@ -4,55 +4,25 @@
 //! password is checked, and the same work is done whether or not the account exists,
 //! so neither parallelism nor timing tells an attacker more than one try in sequence.
 
-use crate::auth::devices::{self, DeviceCookie};
-use crate::auth::events::{event, event_with};
-use crate::auth::second_factor::{self, PendingSignIn};
-use crate::auth::sessions::{self, lifetimes};
-use crate::auth::{RequestContext, after_answer, mailflows, risk};
-use crate::crypto::columns;
-use crate::domain::risk::{Assessment, Decision};
-use crate::domain::{Email, EmailError, Password, PasswordError, SessionId, SessionToken, UserId};
+use crate::auth::events::event;
+use crate::auth::sign_in::{self, Proven, Via, Weighed};
+use crate::auth::{RequestContext, after_answer, mailflows};
+use crate::domain::{Email, EmailError, Password, PasswordError, SessionId, UserId};
 use crate::error::AppError;
 use crate::hasher::Slot;
 use crate::mail::messages;
 use crate::state::AppState;
 use crate::store::{
-    Attempt, AttemptKeys, NewAccount, NewUser, SignIn, StoreError, ThrottleLimits, UserRecord,
+    Attempt, AttemptKeys, NewAccount, NewUser, StoreError, ThrottleLimits, UserRecord,
 };
+
+// Finishing a sign-in is one module's work; these names stay here for the pages.
+pub use crate::auth::sign_in::{DENIED, NewBrowserSession, SignInOutcome, remembered_for};
 
 /// The per-IP window of DESIGN.md "Precise rules": N failures in 5 minutes.
 pub const IP_WINDOW_SECS: i32 = 300;
 /// The per-account backoff cap: 15 minutes.
 pub const MAX_BACKOFF_SECS: i32 = 900;
-
-/// A new session for the browser: set this cookie.
-pub struct NewBrowserSession {
-    pub token: SessionToken,
-    /// `Some` for "keep me signed in": the cookie's Max-Age.
-    pub persist_for: Option<std::time::Duration>,
-    /// The device cookie to (re)set: a year from now.
-    pub device: DeviceCookie,
-}
-
-pub enum SignInOutcome {
-    SignedIn(NewBrowserSession),
-    /// The password was right; a second factor must follow at `/login/verify`.
-    SecondFactor(PendingSignIn),
-    /// Wrong e-mail or password, unknown account, disabled account: one answer.
-    Failed,
-    Throttled {
-        retry_after_secs: u64,
-    },
-    /// The password was right but the address is not confirmed yet (and must be).
-    Unverified {
-        email: String,
-    },
-    /// The e-mail is not even syntactically an address (nothing was counted).
-    Malformed(EmailError),
-    /// The password was right, but the contextual checks blocked the sign-in (the
-    /// owner was told by mail).
-    Denied,
-}
 
 fn limits(state: &AppState) -> ThrottleLimits {
     ThrottleLimits {
@@ -61,27 +31,6 @@ fn limits(state: &AppState) -> ThrottleLimits {
         ip_window_secs: IP_WINDOW_SECS,
         max_backoff_secs: MAX_BACKOFF_SECS,
     }
-}
-
-/// Hands the new session to the browser. The session the browser already had (if
-/// any) was revoked in the same transaction that created this one: one browser, one
-/// live session, and never a moment with neither or both.
-fn browser_session(
-    state: &AppState,
-    token: SessionToken,
-    remember_me: bool,
-    device: DeviceCookie,
-) -> NewBrowserSession {
-    NewBrowserSession {
-        token,
-        persist_for: remembered_for(state, remember_me),
-        device,
-    }
-}
-
-/// The session cookie's Max-Age: "keep me signed in" outlives the browser.
-pub fn remembered_for(state: &AppState, remember_me: bool) -> Option<std::time::Duration> {
-    remember_me.then(|| lifetimes(&state.settings, true).1)
 }
 
 /// A place in the argon2 queue, or 503 when it is full (nothing has been counted or
@@ -134,164 +83,27 @@ pub async fn sign_in(
             email: user.email.clone(),
         });
     }
-    // The contextual checks, after the password and before any session exists.
-    let assessment = risk::assess_sign_in(state, user, ctx, Some(checked.attempt())).await?;
-    if assessment.decision == Decision::Deny {
-        risk_denial(
-            state,
-            &checked.user,
-            Some(checked.attempt()),
-            ctx,
-            &assessment,
-        )
-        .await?;
-        state.metrics.sign_ins.with_label_values(&["denied"]).inc();
-        return Ok(SignInOutcome::Denied);
-    }
-    let demand = if assessment.decision == Decision::SecondFactor {
-        let flag = assessment
-            .flag()
-            .map(|(names, wording)| {
-                risk::seal_flag(state, columns::CHALLENGE_RISK_FLAG, names, &wording)
-            })
-            .transpose()?;
-        Some((assessment.summary(), flag))
-    } else if second_factor::always_required(state, user.id).await? && !assessment.trusted_browser {
-        Some(("authenticator app set up".to_string(), None))
-    } else {
-        None
-    };
-    if let Some((reason, risk_flag)) = demand {
-        let pending = second_factor::demand(
-            state,
-            &checked,
-            second_factor::Demand {
-                remember_me,
-                return_to,
-                reason,
-                risk_flag,
-            },
-            ctx,
-        )
-        .await?;
-        let Some(pending) = pending else {
-            state.metrics.sign_ins.with_label_values(&["failure"]).inc();
-            return Ok(SignInOutcome::Failed);
-        };
-        state
-            .metrics
-            .sign_ins
-            .with_label_values(&["second_factor"])
-            .inc();
-        return Ok(SignInOutcome::SecondFactor(pending));
-    }
-    let (token, mut session) = sessions::new_session(state, user.id, remember_me, ctx, &["pwd"])?;
-    session.login_mark = crate::domain::oauth::login_mark_hash(return_to.as_deref());
-    let (device, cookie) = devices::device_for_sign_in(state, user.id, &user.email, ctx).await?;
-    let signed_in = if assessment.trusted_browser {
-        event_with(
-            state,
-            "signed_in",
-            Some(ctx),
-            "Trusted browser: no code asked for",
-        )?
-    } else if assessment.signals.is_empty() {
-        event(state, "signed_in", Some(ctx))?
-    } else {
-        event_with(state, "signed_in", Some(ctx), &assessment.summary())?
-    };
-    let sign_in = SignIn {
-        session,
-        replaces,
-        device,
-        event: signed_in,
-        flag_others: risk::flag_other_countries(state, &user.email, ctx)?,
-    };
-    let created = state
-        .store
-        .sign_in_succeeded(&checked.attempt, &user.password_hash, &sign_in)
-        .await?;
-    if !created {
-        // The password was reset or the user disabled while argon2 ran.
-        state.metrics.sign_ins.with_label_values(&["failure"]).inc();
-        return Ok(SignInOutcome::Failed);
-    }
-    state.metrics.sign_ins.with_label_values(&["success"]).inc();
-    tracing::info!(user_id = %user.id, "signed in");
-    Ok(SignInOutcome::SignedIn(browser_session(
-        state,
-        token,
-        remember_me,
-        cookie,
-    )))
-}
-
-/// What a person is told when the contextual checks blocked their sign-in.
-pub const DENIED: &str = "This sign-in was blocked because it looked unusual. If this is you, try again later from your usual network, or choose a new password with \"Forgot your password?\".";
-
-/// Blocked-sign-in mails per user per 15 minutes: someone holding the password must
-/// not be able to flood the owner's inbox.
-const DENIAL_MAILS_PER_WINDOW: i32 = 3;
-
-/// Records a sign-in the checks blocked, and tells the owner (within an allowance).
-/// A password attempt's counts are taken back: the password was right, not a guess.
-pub(crate) async fn risk_denial(
-    state: &AppState,
-    user: &UserRecord,
-    attempt: Option<&AttemptKeys>,
-    ctx: &RequestContext,
-    assessment: &Assessment,
-) -> Result<(), AppError> {
-    let key = state
-        .keys
-        .mac(columns::THROTTLE_RISK_MAIL, user.id.0.as_bytes());
-    let allowed = state
-        .store
-        .count_in_window(
-            "code-mail",
-            &key,
-            state.clock.now(),
-            DENIAL_MAILS_PER_WINDOW,
-            risk::FAILURE_WINDOW_SECS,
-        )
-        .await?
-        == Attempt::Allowed;
-    let agent = crate::domain::Agent::parse(ctx.user_agent.as_deref());
-    let (place, ip) = (ctx.location.place(), ctx.ip.to_string());
-    let when = super::describe::when(state.clock.now());
-    let mails: Vec<_> = allowed
-        .then(|| {
-            messages::sign_in_blocked(
-                &state.settings,
-                &user.email,
-                &messages::SignInFacts {
-                    device: &agent.label,
-                    place: &place,
-                    ip: &ip,
-                    when: &when,
-                },
-                &assessment.reasons(),
-            )
-        })
-        .into_iter()
-        .collect();
-    let denied = event_with(state, "sign_in_denied", Some(ctx), &assessment.summary())?;
-    state
-        .store
-        .sign_in_denied(attempt, user.id, &denied, &mails)
-        .await?;
-    tracing::info!(user_id = %user.id, "sign-in blocked by the contextual checks");
-    Ok(())
+    // The contextual checks, after the password and before any session exists;
+    // then the one way every sign-in becomes a session.
+    sign_in::after_password(state, &checked, remember_me, return_to, replaces, ctx).await
 }
 
 /// A password that was checked and found right, with the throttle counts it holds.
 pub struct CheckedPassword {
     pub user: UserRecord,
+    /// The hash the password matched: the session or challenge it leads to is made
+    /// only if it is still the account's.
+    hash: String,
     /// The counts and provisional failure event it holds, taken back on success.
     attempt: AttemptKeys,
 }
 
 impl CheckedPassword {
+    /// The stored hash the password matched.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
     /// The throttle counts this check holds.
     pub fn attempt(&self) -> &AttemptKeys {
         &self.attempt
@@ -351,7 +163,14 @@ pub async fn check_password(
         Some(pw) => {
             match state
                 .hasher
-                .verify(slot, &pw, user.as_ref().map(|u| u.password_hash.as_str()))
+                // An unknown account and an account without a password both
+                // cost the dummy hash's work and match nothing: the same answer,
+                // the same time, as a wrong password.
+                .verify(
+                    slot,
+                    &pw,
+                    user.as_ref().and_then(|u| u.password_hash.as_deref()),
+                )
                 .await
             {
                 Ok(matched) => matched,
@@ -366,10 +185,14 @@ pub async fn check_password(
         None => false,
     };
     Ok(match user {
-        Some(user) if matched && !user.disabled => PasswordCheck::Right(CheckedPassword {
-            user,
-            attempt: keys,
-        }),
+        Some(user) if matched && !user.disabled => match user.password_hash.clone() {
+            Some(hash) => PasswordCheck::Right(CheckedPassword {
+                user,
+                hash,
+                attempt: keys,
+            }),
+            None => PasswordCheck::Wrong,
+        },
         _ => PasswordCheck::Wrong,
     })
 }
@@ -429,7 +252,7 @@ pub async fn register(
     let user = NewUser {
         id: user_id,
         email: email.clone(),
-        password_hash,
+        password_hash: Some(password_hash),
         is_admin: false,
         verified: false,
         now,
@@ -502,18 +325,26 @@ pub async fn register(
             .inc();
         return Ok(RegisterOutcome::CheckInbox);
     }
-    let (token, session) = sessions::new_session(state, user_id, false, ctx, &["pwd"])?;
-    let (device, cookie) = devices::device_for_sign_in(state, user_id, email.as_str(), ctx).await?;
-    let sign_in = SignIn {
-        session,
-        replaces,
-        device,
-        event: event(state, "signed_in", Some(ctx))?,
-        flag_others: None,
-    };
+    let made = sign_in::make(
+        state,
+        user_id,
+        email.as_str(),
+        ctx,
+        Proven {
+            via: Via::Password,
+            amr: &["pwd"],
+            remember_me: false,
+            return_to: None,
+            replaces,
+            weighed: Weighed::Usual,
+            risk_flag: None,
+            upstream: None,
+        },
+    )
+    .await?;
     let account = NewAccount {
         user,
-        session: Some(sign_in),
+        session: Some(made.sign_in),
         token: None,
         mails: &[],
         event: registered,
@@ -526,9 +357,7 @@ pub async fn register(
                 .with_label_values(&["created"])
                 .inc();
             tracing::info!(user_id = %user_id, "account registered");
-            Ok(RegisterOutcome::SignedIn(browser_session(
-                state, token, false, cookie,
-            )))
+            Ok(RegisterOutcome::SignedIn(made.browser))
         }
         Err(StoreError::Conflict) => {
             state
@@ -542,22 +371,29 @@ pub async fn register(
     }
 }
 
-/// For the `user create` command: an account with no session.
+/// For the `user create` command: an account with no session. `password`: `None`
+/// for an account without one (it signs in through an upstream, or sets one with
+/// "Forgot your password?").
 pub async fn create_user(
     state: &AppState,
     email: &str,
-    password: &str,
+    password: Option<&str>,
     is_admin: bool,
     verified: bool,
 ) -> anyhow::Result<UserId> {
     let email = Email::parse(email).map_err(|e| anyhow::anyhow!("--email: {e}"))?;
-    let password =
-        Password::new_password(password).map_err(|e| anyhow::anyhow!("password: {e}"))?;
-    let slot = state
-        .hasher
-        .reserve()
-        .ok_or_else(|| anyhow::anyhow!("password hashing is busy"))?;
-    let password_hash = state.hasher.hash(slot, &password).await?;
+    let password_hash = match password {
+        Some(password) => {
+            let password =
+                Password::new_password(password).map_err(|e| anyhow::anyhow!("password: {e}"))?;
+            let slot = state
+                .hasher
+                .reserve()
+                .ok_or_else(|| anyhow::anyhow!("password hashing is busy"))?;
+            Some(state.hasher.hash(slot, &password).await?)
+        }
+        None => None,
+    };
     let id = UserId::new();
     let user = NewUser {
         id,

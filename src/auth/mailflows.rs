@@ -302,17 +302,24 @@ pub async fn request_email_change(
     }
     let current = Email::parse(current_email)
         .map_err(|e| AppError::Unexpected(anyhow::anyhow!("stored e-mail invalid: {e}")))?;
-    // The password is checked under the sign-in throttle: a stolen session cookie
-    // must not become an unlimited password oracle.
-    match login::check_password(state, &current, current_password, ctx).await? {
-        PasswordCheck::Throttled { retry_after_secs } => {
-            return Ok(ChangeRequest::Throttled { retry_after_secs });
+    // A person without a password (one who came from an upstream) has none to
+    // re-enter: the fresh second factor demanded above is the proof. Asking for
+    // nothing more gives nobody a way in: that second factor is the app or passkey
+    // when there is one, else a code mailed to the current address, whose holder
+    // could set a password by "Forgot your password?" anyway.
+    if super::password::has_password(state, user_id).await? {
+        // The password is checked under the sign-in throttle: a stolen session
+        // cookie must not become an unlimited password oracle.
+        match login::check_password(state, &current, current_password, ctx).await? {
+            PasswordCheck::Throttled { retry_after_secs } => {
+                return Ok(ChangeRequest::Throttled { retry_after_secs });
+            }
+            PasswordCheck::Wrong => return Ok(ChangeRequest::WrongPassword),
+            PasswordCheck::Right(checked) if checked.user.id == user_id => {
+                checked.refund(state).await?
+            }
+            PasswordCheck::Right(_) => return Ok(ChangeRequest::WrongPassword),
         }
-        PasswordCheck::Wrong => return Ok(ChangeRequest::WrongPassword),
-        PasswordCheck::Right(checked) if checked.user.id == user_id => {
-            checked.refund(state).await?
-        }
-        PasswordCheck::Right(_) => return Ok(ChangeRequest::WrongPassword),
     }
     if let Attempt::Blocked { retry_after_secs } = mail_allowance(state, &new_email, ctx).await? {
         return Ok(ChangeRequest::Throttled { retry_after_secs });

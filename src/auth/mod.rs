@@ -6,6 +6,7 @@ pub mod dbsc;
 pub mod describe;
 pub mod devices;
 pub mod events;
+pub mod federation;
 pub mod housekeeping;
 pub mod login;
 pub mod mailflows;
@@ -16,6 +17,7 @@ pub mod password;
 pub mod risk;
 pub mod second_factor;
 pub mod sessions;
+pub mod sign_in;
 pub mod totp;
 
 use std::future::Future;

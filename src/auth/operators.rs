@@ -47,6 +47,8 @@ pub async fn list_sessions(
                 "last_active_at": rfc3339(r.last_active_at),
                 "expires_at": rfc3339(r.expires_at),
                 "methods": r.methods,
+                // The label of the upstream it was signed in with (null: none).
+                "signed_in_with": r.upstream,
                 "remembered": r.remembered,
                 "risk": r.risk,
             })

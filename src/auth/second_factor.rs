@@ -18,10 +18,9 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::RequestContext;
-use super::devices;
 use super::events::{event, event_with};
-use super::login::{CheckedPassword, NewBrowserSession, remembered_for};
-use super::sessions;
+use super::login::CheckedPassword;
+use super::sign_in::{self, NewBrowserSession, Proven, Via, Weighed};
 use super::totp;
 use crate::crypto::columns;
 use crate::domain::otp::{code_bytes, new_email_code};
@@ -31,7 +30,7 @@ use crate::mail::messages;
 use crate::state::AppState;
 use crate::store::{
     Attempt, ChallengeRecord, CodeAttempt, CodeKeys, CodeLimits, Completed, Completion,
-    NewChallenge, Proof, SessionRecord, SignIn,
+    NewChallenge, Proof, SessionRecord, UpstreamOrigin, UserRecord,
 };
 
 /// A half-finished sign-in or a step-up lasts this long.
@@ -148,20 +147,23 @@ pub struct Demand {
     /// The contextual checks' reasons, if they demanded it: the session is born
     /// flagged with them.
     pub risk_flag: Option<crate::store::RiskFlag>,
+    /// The upstream sign-in it completes: the session keeps that origin.
+    pub upstream: Option<UpstreamOrigin>,
 }
 
-/// Demands a second factor for a sign-in whose password was right: TOTP (or a
-/// recovery code) when the user has an authenticator app, a passkey when they have
-/// one, else a code sent by e-mail at once. This is the one entry the contextual checks use to step a sign-in up.
-/// `None` if the account changed while the password was checked (reset, disabled):
-/// the sign-in fails.
+/// Demands a second factor for a sign-in whose person was proven — by a password
+/// (`password`, whose hash must still be the account's) or by an upstream: TOTP (or
+/// a recovery code) when the user has an authenticator app, a passkey when they have
+/// one, else a code sent by e-mail at once. This is the one entry the contextual
+/// checks use to step a sign-in up. `None` if the account changed meanwhile (reset,
+/// disabled): the sign-in fails.
 pub async fn demand(
     state: &AppState,
-    checked: &CheckedPassword,
+    user: &UserRecord,
+    password: Option<&CheckedPassword>,
     d: Demand,
     ctx: &RequestContext,
 ) -> Result<Option<PendingSignIn>, AppError> {
-    let user = &checked.user;
     let now = state.clock.now();
     let token = PendingToken::generate();
     let reason = d.reason;
@@ -174,6 +176,7 @@ pub async fn demand(
         return_to: d.return_to,
         reason: reason.clone(),
         risk_flag: d.risk_flag,
+        upstream: d.upstream,
         now,
         expires_at: now + span(CHALLENGE_TTL),
     };
@@ -194,8 +197,8 @@ pub async fn demand(
     let begun = state
         .store
         .begin_second_factor(
-            checked.attempt(),
-            &user.password_hash,
+            password.map(CheckedPassword::attempt),
+            password.map(CheckedPassword::hash),
             &challenge,
             code_mac
                 .as_deref()
@@ -279,6 +282,7 @@ pub async fn step_up_challenge(
         return_to: None,
         reason: "step-up".into(),
         risk_flag: None,
+        upstream: None,
         now,
         expires_at: now + span(CHALLENGE_TTL),
     };
@@ -458,83 +462,63 @@ pub struct FinishedSignIn {
     pub return_to: Option<String>,
 }
 
-/// What a sign-in's completion needs that is read or made before its transaction.
-struct Prepared {
-    device: crate::store::DeviceLink,
-    cookie: devices::DeviceCookie,
-    signed_in: crate::store::NewEvent,
-    flag_others: Option<crate::store::FlagOthers>,
-}
-
-async fn prepare_sign_in(
-    state: &AppState,
-    ch: &ChallengeRecord,
-    ctx: &RequestContext,
-    trust_browser: bool,
-) -> Result<Prepared, AppError> {
-    let (mut device, cookie) =
-        devices::device_for_sign_in(state, ch.user_id, &ch.email, ctx).await?;
-    if trust_browser && let Some(ttl) = state.settings.mfa_trust_device {
-        device.trust_until = Some(state.clock.now() + span(ttl));
-    }
-    let signed_in = match &ch.risk_flag {
-        Some(flag) => event_with(
-            state,
-            "signed_in",
-            Some(ctx),
-            &format!("Flagged: {}", flag.summary),
-        )?,
-        None => event(state, "signed_in", Some(ctx))?,
-    };
-    let flag_others = super::risk::flag_other_countries(state, &ch.email, ctx)?;
-    Ok(Prepared {
-        device,
-        cookie,
-        signed_in,
-        flag_others,
-    })
-}
-
-/// The session a completed sign-in becomes, `aal2` with `amr` `methods` (flagged,
-/// when the contextual checks demanded the second factor).
+/// The session a completed sign-in becomes, through the one way every sign-in
+/// becomes a session: `aal2` with `amr` `methods` after the first proof (`pwd`, or
+/// `fed` for an upstream's), flagged when the contextual checks demanded the second
+/// factor, tied to the upstream session it came from.
 fn sign_in_completion(
     state: &AppState,
     ch: &ChallengeRecord,
     ctx: &RequestContext,
-    prepared: Prepared,
+    prepared: sign_in::Prepared,
     replaces: Option<SessionId>,
     methods: &[&str],
 ) -> Result<(Completion, FinishedSignIn), AppError> {
-    let (token, mut session) =
-        sessions::new_session(state, ch.user_id, ch.remember_me, ctx, methods)?;
-    session.login_mark = crate::domain::oauth::login_mark_hash(ch.return_to.as_deref());
+    let amr: Vec<&str> = std::iter::once(first_method(ch))
+        .chain(methods.iter().copied())
+        .collect();
     // The challenge sealed the wording under its own context; the session seals it
     // under its own.
-    session.risk_flag = ch
+    let risk_flag = ch
         .risk_flag
         .as_ref()
         .map(|f| reseal_flag(state, f))
         .transpose()?;
-    let sign_in = SignIn {
-        session,
-        replaces,
-        device: prepared.device,
-        event: prepared.signed_in,
-        flag_others: prepared.flag_others,
-    };
-    let finished = FinishedSignIn {
-        session: NewBrowserSession {
-            token,
-            persist_for: remembered_for(state, ch.remember_me),
-            device: prepared.cookie,
+    let made = prepared.finish(
+        state,
+        ctx,
+        Proven {
+            via: match &ch.upstream_label {
+                Some(label) if ch.upstream.is_some() => Via::Upstream(label),
+                _ => Via::Password,
+            },
+            amr: &amr,
+            remember_me: ch.remember_me,
+            return_to: ch.return_to.as_deref(),
+            replaces,
+            weighed: match &ch.risk_flag {
+                Some(flag) => Weighed::Flagged(flag.summary.clone()),
+                None => Weighed::Usual,
+            },
+            risk_flag,
+            upstream: ch.upstream.clone(),
         },
+    )?;
+    let finished = FinishedSignIn {
+        session: made.browser,
         return_to: ch.return_to.clone(),
     };
-    Ok((Completion::SignIn(Box::new(sign_in)), finished))
+    Ok((Completion::SignIn(Box::new(made.sign_in)), finished))
+}
+
+/// The proof a pending sign-in began with: a password, or an upstream's word.
+fn first_method(ch: &ChallengeRecord) -> &'static str {
+    if ch.upstream.is_some() { "fed" } else { "pwd" }
 }
 
 /// Completes a half-finished sign-in with a code. The session is born `aal2` with
-/// `amr` `["pwd", <method>]`; `replaces` is the browser's earlier session.
+/// `amr` `["pwd", <method>]` (`["fed", <method>]` after an upstream); `replaces` is
+/// the browser's earlier session.
 /// `trust_browser`: the person ticked "Trust this browser", so later sign-ins from it
 /// with nothing unusual skip the code.
 pub async fn finish_sign_in(
@@ -545,15 +529,15 @@ pub async fn finish_sign_in(
     replaces: Option<SessionId>,
     trust_browser: bool,
 ) -> Result<CodeOutcome<FinishedSignIn>, AppError> {
-    let prepared = prepare_sign_in(state, ch, ctx, trust_browser).await?;
+    let prepared = sign_in::prepare(state, ch.user_id, &ch.email, ctx, trust_browser).await?;
     attempt_code(state, ch, raw, ctx, |method| {
-        sign_in_completion(state, ch, ctx, prepared, replaces, &["pwd", method])
+        sign_in_completion(state, ch, ctx, prepared, replaces, &[method])
     })
     .await
 }
 
 /// Completes a half-finished sign-in with a verified passkey assertion (`amr`
-/// `["pwd", "hwk" | "swk", "user"]`). `None`, with nothing changed, if the challenge
+/// `["pwd", "hwk" | "swk", "user"]`, or `"fed"` first after an upstream). `None`, with nothing changed, if the challenge
 /// is gone or the use no longer holds (its counter taken by a parallel request).
 pub async fn finish_sign_in_with_passkey(
     state: &AppState,
@@ -564,11 +548,8 @@ pub async fn finish_sign_in_with_passkey(
     replaces: Option<SessionId>,
     trust_browser: bool,
 ) -> Result<Option<FinishedSignIn>, AppError> {
-    let prepared = prepare_sign_in(state, ch, ctx, trust_browser).await?;
-    let amr: Vec<&str> = std::iter::once("pwd")
-        .chain(methods.iter().copied())
-        .collect();
-    let (completion, finished) = sign_in_completion(state, ch, ctx, prepared, replaces, &amr)?;
+    let prepared = sign_in::prepare(state, ch.user_id, &ch.email, ctx, trust_browser).await?;
+    let (completion, finished) = sign_in_completion(state, ch, ctx, prepared, replaces, methods)?;
     let keys = code_keys(state, ch.user_id, ctx);
     let done = state
         .store

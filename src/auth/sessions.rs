@@ -28,8 +28,13 @@ fn span(d: Duration) -> time::Duration {
     time::Duration::seconds(i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2))
 }
 
+/// Methods that alone make a session `aal1`: a password, or an upstream identity
+/// provider's word (`fed`; what the upstream itself asked for is not known here).
+const FIRST_FACTORS: &[&str] = &["pwd", "fed"];
+
 /// A fresh token and the row that goes with it, for a sign-in proven by `amr`
-/// (RFC 8176 method names): `["pwd"]` is `aal1`; a second factor makes it `aal2`.
+/// (RFC 8176 method names): `["pwd"]` or `["fed"]` is `aal1`; a second factor makes
+/// it `aal2`.
 pub fn new_session(
     state: &AppState,
     user_id: UserId,
@@ -57,7 +62,7 @@ pub fn new_session(
         idle_expires_at: (now + span(idle)).min(absolute_expires_at),
         absolute_expires_at,
         remember_me,
-        aal: if amr.iter().any(|m| *m != "pwd") {
+        aal: if amr.iter().any(|m| !FIRST_FACTORS.contains(m)) {
             "aal2"
         } else {
             "aal1"
@@ -82,6 +87,7 @@ pub fn new_session(
             .map(|c| state.keys.mac(columns::SEEN_COUNTRY, c.as_bytes())),
         login_mark: None,
         risk_flag: None,
+        upstream: None,
     };
     Ok((token, session))
 }

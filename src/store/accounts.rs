@@ -20,7 +20,9 @@ use crate::domain::{Email, OutboundMail, UserId};
 pub struct NewUser {
     pub id: UserId,
     pub email: Email,
-    pub password_hash: String,
+    /// `None`: an account without a password (made from an upstream, or by an
+    /// operator); it signs in another way or sets one through a reset link.
+    pub password_hash: Option<String>,
     pub is_admin: bool,
     pub verified: bool,
     pub now: OffsetDateTime,
@@ -31,7 +33,8 @@ pub struct NewUser {
 pub struct UserRecord {
     pub id: UserId,
     pub email: String,
-    pub password_hash: String,
+    /// `None`: the person has no password, and no password matches.
+    pub password_hash: Option<String>,
     pub disabled: bool,
     pub verified: bool,
 }
@@ -86,7 +89,7 @@ pub(super) async fn lock_live_user(
 pub(super) struct UserRow {
     pub id: Uuid,
     pub email: String,
-    pub password_hash: String,
+    pub password_hash: Option<String>,
     pub disabled: bool,
     pub verified: bool,
 }
@@ -133,14 +136,15 @@ pub trait AccountStore: Send + Sync {
         revoked: &NewEvent,
     ) -> Result<bool, StoreError>;
     /// A signed-in person changed their password: provided the hash is still
-    /// `old_hash` (no reset or other change landed meanwhile), stores `new_hash`,
+    /// `old_hash` (`None`: still no password; no reset or other change landed
+    /// meanwhile), stores `new_hash`,
     /// keeps only `keep` (under its new token), voids pending reset and
     /// change-of-address links and half-finished sign-ins, queues the notice and
     /// records the event.
     async fn change_password(
         &self,
         user_id: UserId,
-        old_hash: &str,
+        old_hash: Option<&str>,
         new_hash: &str,
         keep: &KeepSession,
         mails: &[OutboundMail],
@@ -202,7 +206,7 @@ impl AccountStore for PgStore {
     async fn change_password(
         &self,
         user_id: UserId,
-        old_hash: &str,
+        old_hash: Option<&str>,
         new_hash: &str,
         keep: &KeepSession,
         mails: &[OutboundMail],
@@ -251,7 +255,7 @@ impl PgStore {
     async fn change_password_once(
         &self,
         user_id: UserId,
-        old_hash: &str,
+        old_hash: Option<&str>,
         new_hash: &str,
         keep: &KeepSession,
         mails: &[OutboundMail],
@@ -261,7 +265,7 @@ impl PgStore {
         let mut tx = self.pool.begin().await?;
         let changed = sqlx::query(
             "UPDATE users SET password_hash = $3, updated_at = $4
-             WHERE id = $1 AND password_hash = $2 AND disabled_at IS NULL",
+             WHERE id = $1 AND password_hash IS NOT DISTINCT FROM $2 AND disabled_at IS NULL",
         )
         .bind(user_id.0)
         .bind(old_hash)

@@ -15,7 +15,7 @@ use super::outbox::insert_mails;
 use super::passkeys::{PasskeyUse, mark_session, record_use};
 use super::pg::retry_once;
 use super::risk::RiskFlag;
-use super::sessions::{SignIn, insert_signed_in};
+use super::sessions::{SignIn, UpstreamOrigin, insert_signed_in};
 use super::throttle::{AttemptKeys, refund, uncount};
 use super::{PgStore, StoreError};
 use crate::domain::{OutboundMail, SessionId, UserId};
@@ -34,6 +34,9 @@ pub struct NewChallenge {
     /// The contextual checks' reasons, when they demanded this second factor: the
     /// session it becomes is flagged with them.
     pub risk_flag: Option<RiskFlag>,
+    /// The upstream sign-in this second factor completes: the session it becomes
+    /// keeps that origin.
+    pub upstream: Option<UpstreamOrigin>,
     pub now: OffsetDateTime,
     pub expires_at: OffsetDateTime,
 }
@@ -59,6 +62,11 @@ pub struct ChallengeRecord {
     pub has_passkey: bool,
     /// Why the contextual checks demanded it, if they did.
     pub risk_flag: Option<RiskFlag>,
+    /// The upstream sign-in it completes, if it came from one (a deleted upstream
+    /// takes its waiting challenges with it).
+    pub upstream: Option<UpstreamOrigin>,
+    /// That upstream's label, as pages and the account's history name it.
+    pub upstream_label: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -77,6 +85,9 @@ struct ChallengeRow {
     has_passkey: bool,
     risk_flag: Option<String>,
     risk_flag_enc: Option<Vec<u8>>,
+    upstream_id: Option<Uuid>,
+    upstream_sid: Option<String>,
+    upstream_label: Option<String>,
 }
 
 impl From<ChallengeRow> for ChallengeRecord {
@@ -98,18 +109,25 @@ impl From<ChallengeRow> for ChallengeRecord {
                 .risk_flag
                 .zip(r.risk_flag_enc)
                 .map(|(summary, sealed)| RiskFlag { summary, sealed }),
+            upstream: r.upstream_id.map(|upstream_id| UpstreamOrigin {
+                upstream_id,
+                sid: r.upstream_sid,
+            }),
+            upstream_label: r.upstream_label,
         }
     }
 }
 
 const CHALLENGE_SELECT: &str = "SELECT c.id, c.user_id, u.email, c.session_id, c.remember_me,
         c.return_to, c.reason, c.attempts, c.expires_at, c.risk_flag, c.risk_flag_enc,
+        c.upstream_id, c.upstream_sid, up.label AS upstream_label,
         (c.email_code_mac IS NOT NULL AND c.email_code_expires_at > $2) AS email_code_live,
         EXISTS (SELECT 1 FROM totp_credentials t
                 WHERE t.user_id = c.user_id AND t.confirmed_at IS NOT NULL) AS has_totp,
         EXISTS (SELECT 1 FROM passkeys p
                 WHERE p.user_id = c.user_id AND p.clone_suspected_at IS NULL) AS has_passkey
-     FROM mfa_challenges c JOIN users u ON u.id = c.user_id";
+     FROM mfa_challenges c JOIN users u ON u.id = c.user_id
+     LEFT JOIN upstreams up ON up.id = c.upstream_id";
 
 /// Limits on code guessing (DESIGN.md "Precise rules", "Wrong second-factor codes
 /// per client address").
@@ -271,16 +289,17 @@ pub(super) async fn void_challenges(
 
 #[async_trait]
 pub trait ChallengeStore: Send + Sync {
-    /// Starts a half-finished sign-in after the right password: takes back the
-    /// password attempt's throttle counts (it was right) and — provided the password
-    /// hash is still `password_hash` and the user enabled — creates the challenge,
+    /// Starts a half-finished sign-in after the right password (or an upstream's
+    /// word): takes back the password attempt's throttle counts (it was right; an
+    /// upstream sign-in has none) and — provided the password hash is still
+    /// `password_hash` (when one was checked) and the user enabled — creates the challenge,
     /// queues `mails` (an e-mailed code) and records `event`, in one transaction.
     /// `email_code` is the code's MAC and expiry when one is sent at once; it and
     /// its mails are dropped if the user has an authenticator app or a passkey.
     async fn begin_second_factor(
         &self,
-        attempt: &AttemptKeys,
-        password_hash: &str,
+        attempt: Option<&AttemptKeys>,
+        password_hash: Option<&str>,
         challenge: &NewChallenge,
         email_code: Option<(&[u8], OffsetDateTime)>,
         mails: &[OutboundMail],
@@ -347,15 +366,15 @@ pub trait ChallengeStore: Send + Sync {
 impl ChallengeStore for PgStore {
     async fn begin_second_factor(
         &self,
-        attempt: &AttemptKeys,
-        password_hash: &str,
+        attempt: Option<&AttemptKeys>,
+        password_hash: Option<&str>,
         c: &NewChallenge,
         email_code: Option<(&[u8], OffsetDateTime)>,
         mails: &[OutboundMail],
         event: &NewEvent,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let current = lock_live_user(&mut tx, c.user_id, Some(password_hash)).await?;
+        let current = lock_live_user(&mut tx, c.user_id, password_hash).await?;
         if current {
             // The service's rule checked again under the user's lock, so that no
             // enrolment slips in between: a person with an authenticator app or a
@@ -371,8 +390,8 @@ impl ChallengeStore for PgStore {
                 "INSERT INTO mfa_challenges
                      (id, kind, user_id, token_hash, remember_me, return_to, reason,
                       created_at, expires_at, email_code_mac, email_code_expires_at, risk_flag,
-                      risk_flag_enc)
-                 VALUES ($1, 'sign_in', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                      risk_flag_enc, upstream_id, upstream_sid)
+                 VALUES ($1, 'sign_in', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
             )
             .bind(c.id)
             .bind(c.user_id.0)
@@ -386,12 +405,16 @@ impl ChallengeStore for PgStore {
             .bind(email_code.map(|(_, at)| at))
             .bind(c.risk_flag.as_ref().map(|f| &f.summary))
             .bind(c.risk_flag.as_ref().map(|f| &f.sealed))
+            .bind(c.upstream.as_ref().map(|u| u.upstream_id))
+            .bind(c.upstream.as_ref().and_then(|u| u.sid.as_deref()))
             .execute(&mut *tx)
             .await?;
             insert_mails(&mut tx, &self.keys, mails, c.now).await?;
             insert_event(&mut tx, c.user_id.0, None, event).await?;
         }
-        refund(&mut tx, attempt).await?;
+        if let Some(attempt) = attempt {
+            refund(&mut tx, attempt).await?;
+        }
         tx.commit().await?;
         Ok(current)
     }

@@ -131,6 +131,9 @@ pub struct SessionDetail {
     pub device_trusted_until: Option<OffsetDateTime>,
     /// Bound to a key the browser keeps (DBSC).
     pub dbsc_bound: bool,
+    /// The label of the upstream identity provider it was signed in with, if any
+    /// (and the upstream still exists).
+    pub upstream_label: Option<String>,
 }
 
 /// Locks every live session of a user in key order (the store's lock order for
@@ -246,8 +249,10 @@ impl DeviceStore for PgStore {
                     s.ip_enc, s.user_agent_enc, s.location_enc, s.risk_flagged, s.risk_reason, s.risk_reason_enc,
                     d.first_seen_at AS device_first_seen_at,
                     d.trusted_until AS device_trusted_until,
-                    s.dbsc_bound_at IS NOT NULL AS dbsc_bound
+                    s.dbsc_bound_at IS NOT NULL AS dbsc_bound,
+                    up.label AS upstream_label
              FROM sessions s LEFT JOIN devices d ON d.id = s.device_id
+             LEFT JOIN upstreams up ON up.id = s.upstream_id
              WHERE s.user_id = $1 AND s.revoked_at IS NULL
                AND s.idle_expires_at > $2 AND s.absolute_expires_at > $2
              ORDER BY s.last_seen_at DESC, s.created_at DESC, s.id",

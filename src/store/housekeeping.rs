@@ -50,11 +50,13 @@ pub struct SweepCounts {
     pub signing_keys: u64,
     /// Back-channel logouts delivered or given up.
     pub backchannel: u64,
+    /// Spent `jti`s of upstream logout tokens past their age limit.
+    pub upstream_jtis: u64,
 }
 
 impl SweepCounts {
     /// (name, count) pairs, for metrics and logs.
-    pub fn by_kind(&self) -> [(&'static str, u64); 13] {
+    pub fn by_kind(&self) -> [(&'static str, u64); 14] {
         [
             ("sessions", self.sessions),
             ("devices", self.devices),
@@ -69,6 +71,7 @@ impl SweepCounts {
             ("oauth_grants", self.oauth_grants),
             ("signing_keys", self.signing_keys),
             ("backchannel", self.backchannel),
+            ("upstream_jtis", self.upstream_jtis),
         ]
     }
 }
@@ -282,6 +285,14 @@ impl PgStore {
                     &[now],
                 )
                 .await?,
+            upstream_jtis: drain(
+                conn,
+                "upstream_logout_jtis",
+                "upstream_id, jti",
+                "expires_at < $1",
+                &[now],
+            )
+            .await?,
             enrolments: drain(
                 conn,
                 "totp_credentials",

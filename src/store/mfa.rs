@@ -30,6 +30,9 @@ pub struct Factors {
     /// suspected of being copied).
     pub passkeys: i64,
     pub usable_passkeys: i64,
+    /// Whether the person has a password (an account made from an upstream, or
+    /// without one by an operator, has none until it sets one).
+    pub has_password: bool,
 }
 
 /// The current session of the person making a factor change: it stays, under a
@@ -209,6 +212,7 @@ impl MfaStore for PgStore {
             i64,
             i64,
             i64,
+            bool,
         ) = sqlx::query_as(
             "SELECT (SELECT confirmed_at FROM totp_credentials WHERE user_id = $1),
                     (SELECT created_at FROM totp_credentials
@@ -216,7 +220,8 @@ impl MfaStore for PgStore {
                     (SELECT count(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL),
                     (SELECT count(*) FROM passkeys WHERE user_id = $1),
                     (SELECT count(*) FROM passkeys
-                      WHERE user_id = $1 AND clone_suspected_at IS NULL)",
+                      WHERE user_id = $1 AND clone_suspected_at IS NULL),
+                    EXISTS (SELECT 1 FROM users WHERE id = $1 AND password_hash IS NOT NULL)",
         )
         .bind(user_id.0)
         .fetch_one(&self.pool)
@@ -227,6 +232,7 @@ impl MfaStore for PgStore {
             recovery_codes_left: row.2,
             passkeys: row.3,
             usable_passkeys: row.4,
+            has_password: row.5,
         })
     }
 

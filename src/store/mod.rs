@@ -52,6 +52,8 @@ mod risk;
 mod sessions;
 mod throttle;
 mod tokens;
+mod upstream_flows;
+mod upstreams;
 
 pub use accounts::{AccountStore, NewAccount, NewUser, UserRecord};
 pub use backchannel::{BackchannelStore, QueuedLogout};
@@ -79,11 +81,19 @@ pub use risk::{
     FlagOthers, FlaggedSession, REPORTED_REASON, RiskFacts, RiskFlag, RiskQuery, RiskStore,
     TrustedDevice,
 };
-pub use sessions::{BoundCookies, NewSession, SessionRecord, SessionStore, SignIn};
+pub use sessions::{BoundCookies, NewSession, SessionRecord, SessionStore, SignIn, UpstreamOrigin};
 pub use throttle::{Attempt, AttemptKeys, ThrottleLimits, ThrottleStore};
 pub use tokens::{
     CodeRecord, CodeVerdict, LiveRefresh, LiveToken, NewCode, NewTokens, Redemption, RefreshRecord,
     RefreshVerdict, Rotation, TokenStore,
+};
+pub use upstream_flows::{
+    NewFederatedAccount, NewIdentity, NewPendingLink, NewRoundTrip, PendingLinkRecord,
+    RoundTripRecord, UpstreamFlowStore, UpstreamSessions,
+};
+pub use upstreams::{
+    Connection, FederatedIdentity, NewLink, NewUpstream, Unlinked, Upstream, UpstreamKind,
+    UpstreamStore,
 };
 
 /// Storage failures, split by what the caller should tell the person.
@@ -122,6 +132,8 @@ pub trait Store:
     + RiskStore
     + DbscStore
     + PasskeyStore
+    + UpstreamStore
+    + UpstreamFlowStore
     + Send
     + Sync
 {
@@ -146,6 +158,8 @@ impl<T> Store for T where
         + RiskStore
         + DbscStore
         + PasskeyStore
+        + UpstreamStore
+        + UpstreamFlowStore
         + Send
         + Sync
 {

@@ -113,6 +113,12 @@ const TABLES: &[SealedTable] = &[
         sealed: &[("private_enc", columns::SIGNING_KEY)],
         macs: &[],
     },
+    SealedTable {
+        table: "upstreams",
+        key: "id",
+        sealed: &[("client_secret_enc", columns::UPSTREAM_CLIENT_SECRET)],
+        macs: &[],
+    },
 ];
 
 /// What one pass over the tables did.

@@ -41,6 +41,18 @@ pub struct NewSession {
     /// Why the contextual checks stepped this sign-in up: the session is born
     /// flagged with it.
     pub risk_flag: Option<RiskFlag>,
+    /// The upstream session it was made from, for a sign-in through another
+    /// identity provider: that upstream's back-channel logout ends it.
+    pub upstream: Option<UpstreamOrigin>,
+}
+
+/// Where an upstream sign-in came from: the upstream (`upstreams.id`) and, when its
+/// ID token carried one, the upstream's session id (`sid`, OIDC Back-Channel Logout
+/// 1.0 §2.4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamOrigin {
+    pub upstream_id: Uuid,
+    pub sid: Option<String>,
 }
 
 /// A sign-in to complete: the session, the browser's earlier session it replaces,
@@ -168,15 +180,17 @@ impl From<SessionRow> for SessionRecord {
     }
 }
 
-/// The session columns and their parameters `$1`–`$19`, as bound by `bind_session`.
+/// The session columns and their parameters `$1`–`$21`, as bound by `bind_session`.
 const SESSION_COLUMNS: &str = "(id, token_hash, user_id, created_at, last_seen_at,
      idle_timeout_secs, idle_expires_at, absolute_expires_at, remember_me,
      auth_time, aal, aal_reached_at, amr, ip_enc, user_agent_enc,
      location_enc, ip_mac, country_mac, device_id, login_mark,
-     risk_flagged, risk_reason, risk_flagged_at, risk_reason_enc)";
+     risk_flagged, risk_reason, risk_flagged_at, risk_reason_enc,
+     upstream_id, upstream_sid)";
 const SESSION_VALUES: &str =
     "$1, $2, $3, $4, $4, $5, $6, $7, $8, $4, $9, $4, $10, $11, $12, $13, $14,
-     $15, $16, $17, $18::text IS NOT NULL, $18, CASE WHEN $18::text IS NOT NULL THEN $4 END, $19";
+     $15, $16, $17, $18::text IS NOT NULL, $18, CASE WHEN $18::text IS NOT NULL THEN $4 END, $19,
+     $20, $21";
 
 fn bind_session<'q>(q: PgQuery<'q>, s: &'q NewSession, device: DeviceId) -> PgQuery<'q> {
     q.bind(s.id.0)
@@ -198,6 +212,8 @@ fn bind_session<'q>(q: PgQuery<'q>, s: &'q NewSession, device: DeviceId) -> PgQu
         .bind(&s.login_mark)
         .bind(s.risk_flag.as_ref().map(|f| &f.summary))
         .bind(s.risk_flag.as_ref().map(|f| &f.sealed))
+        .bind(s.upstream.as_ref().map(|u| u.upstream_id))
+        .bind(s.upstream.as_ref().and_then(|u| u.sid.as_deref()))
 }
 
 /// Creates a signed-in session inside the caller's transaction: links its device
@@ -333,6 +349,11 @@ pub trait SessionStore: Send + Sync {
         password_hash: &str,
         sign_in: &SignIn,
     ) -> Result<bool, StoreError>;
+    /// Completes a sign-in proven without a password here (an upstream identity
+    /// provider's), in one transaction: provided the user is enabled, links the
+    /// device, creates the session, revokes the browser's earlier session and
+    /// records the sign-in. Returns whether the session was created.
+    async fn signed_in(&self, sign_in: &SignIn) -> Result<bool, StoreError>;
     /// The live session behind a cookie token hash: not revoked, not expired, user not
     /// disabled. One indexed read.
     async fn live_session(
@@ -364,6 +385,10 @@ impl SessionStore for PgStore {
         sign_in: &SignIn,
     ) -> Result<bool, StoreError> {
         retry_once(|| self.sign_in_succeeded_once(attempt, password_hash, sign_in)).await
+    }
+
+    async fn signed_in(&self, sign_in: &SignIn) -> Result<bool, StoreError> {
+        retry_once(|| self.signed_in_once(sign_in)).await
     }
 
     async fn live_session(
@@ -471,5 +496,16 @@ impl PgStore {
         refund(&mut tx, attempt).await?;
         tx.commit().await?;
         Ok(current)
+    }
+
+    async fn signed_in_once(&self, sign_in: &SignIn) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The user row first, as every sign-in: a disabling that committed first wins.
+        if !lock_live_user(&mut tx, sign_in.session.user_id, None).await? {
+            return Ok(false);
+        }
+        insert_signed_in(&mut tx, &self.keys, sign_in).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }

@@ -299,7 +299,9 @@ impl ThrottleStore for PgStore {
             row.disabled,
             row.verified,
         ) {
-            (Some(id), Some(email), Some(password_hash), Some(disabled), Some(verified)) => {
+            // An account without a password is still an account: its sign-in fails
+            // like a wrong password (the hasher runs its dummy hash for it).
+            (Some(id), Some(email), password_hash, Some(disabled), Some(verified)) => {
                 Some(UserRecord {
                     id: UserId(id),
                     email,

@@ -48,6 +48,7 @@ struct AccountTemplate {
     totp_on: bool,
     recovery_left: i64,
     passkeys: i64,
+    has_password: bool,
     apps: Vec<crate::oauth::consents::AllowedApp>,
 }
 
@@ -70,6 +71,7 @@ pub async fn account(
         totp_on: factors.totp_confirmed_at.is_some(),
         recovery_left: factors.recovery_codes_left,
         passkeys: factors.passkeys,
+        has_password: factors.has_password,
         apps,
     };
     html(StatusCode::OK, &page)
@@ -99,6 +101,9 @@ pub async fn withdraw_app(
 struct PasswordTemplate {
     ctx: PageCtx,
     error: Option<String>,
+    /// Whether the person has a password to change (else the page sets a first one,
+    /// and asks for no current password).
+    has_password: bool,
 }
 
 pub async fn password_page(
@@ -111,6 +116,7 @@ pub async fn password_page(
     let page = PasswordTemplate {
         ctx: PageCtx::new(&state, &nonce, &csrf, Some(session.email.clone())),
         error: None,
+        has_password: password::has_password(&state, session.user_id).await?,
     };
     html(StatusCode::OK, &page)
 }
@@ -119,6 +125,8 @@ pub async fn password_page(
 pub struct PasswordForm {
     #[serde(default)]
     csrf_token: String,
+    /// Absent when the person has no password yet (the page does not ask for one).
+    #[serde(default)]
     current_password: String,
     new_password: String,
     new_password_again: String,
@@ -179,6 +187,7 @@ pub async fn password_submit(
     let page = PasswordTemplate {
         ctx: PageCtx::new(&state, &nonce, &csrf, Some(session.email.clone())),
         error: Some(error),
+        has_password: password::has_password(&state, session.user_id).await?,
     };
     html(status, &page)
 }

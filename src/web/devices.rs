@@ -42,6 +42,8 @@ struct DeviceView {
     /// "until 2027-01-05 09:30 UTC" for a trusted browser.
     trusted_until: Option<String>,
     device_bound: bool,
+    /// "Signed in with Google", for a session made through an upstream.
+    signed_in_with: Option<String>,
 }
 
 /// A trusted browser as the page prints it.
@@ -76,15 +78,17 @@ fn view(now: time::OffsetDateTime, d: DeviceRow) -> DeviceView {
         } else {
             describe::ago(now, d.last_active_at)
         },
-        methods: d.methods,
+        methods: d.methods.clone(),
+        // "Password only (aal1)", "Google only (aal1)".
         assurance: match d.second_factor_at {
             Some(t) => format!("Second factor proven {} (aal2)", describe::when(t)),
-            None => "Password only (aal1)".into(),
+            None => format!("{} only (aal1)", d.methods),
         },
         current: d.current,
         risk: d.risk,
         trusted_until: d.trusted_until.map(describe::when),
         device_bound: d.device_bound,
+        signed_in_with: d.upstream.map(|label| format!("Signed in with {label}")),
     }
 }
 

@@ -457,10 +457,14 @@ mod tests {
             assert!(leaves.contains(&path), "{path} must allow any form-action");
         }
         assert!(!leaves.contains(&"/account/password"));
-        assert!(
-            !leaves.contains(&"/register"),
-            "registration always lands on /account"
-        );
+        // Their "Continue with …" and "Connect" forms lead to an upstream.
+        for path in [
+            "/register",
+            "/login/upstream/{name}",
+            "/account/connections",
+        ] {
+            assert!(leaves.contains(&path), "{path} must allow any form-action");
+        }
         let operational: Vec<_> = crate::web::ROUTES
             .iter()
             .filter(|r| r.operational)

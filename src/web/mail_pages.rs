@@ -6,7 +6,7 @@ use askama::Template;
 use serde::Deserialize;
 
 use crate::auth::mailflows::{self, ChangeOutcome, ChangeRequest, MailRequest, ResetOutcome};
-use crate::auth::{RequestContext, second_factor};
+use crate::auth::{RequestContext, password, second_factor};
 use crate::error::AppError;
 use crate::state::AppState;
 use crate::web::edge::CspNonce;
@@ -347,6 +347,8 @@ struct ChangeEmailTemplate<'a> {
     current: &'a str,
     new_email: &'a str,
     error: Option<String>,
+    /// Whether to ask for the current password (a person without one is not).
+    has_password: bool,
 }
 
 pub async fn change_email_page(
@@ -361,6 +363,7 @@ pub async fn change_email_page(
         current: &session.email,
         new_email: "",
         error: None,
+        has_password: password::has_password(&state, session.user_id).await?,
     };
     html(StatusCode::OK, &page)
 }
@@ -370,6 +373,8 @@ pub struct ChangeEmailForm {
     #[serde(default)]
     csrf_token: String,
     new_email: String,
+    /// Absent when the person has no password (the page does not ask for one).
+    #[serde(default)]
     current_password: String,
 }
 
@@ -415,6 +420,7 @@ pub async fn change_email_submit(
         current: &session.email,
         new_email: form.new_email.trim(),
         error: Some(error),
+        has_password: password::has_password(&state, session.user_id).await?,
     };
     html(StatusCode::BAD_REQUEST, &page)
 }

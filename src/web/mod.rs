@@ -17,6 +17,7 @@ pub mod ops;
 pub mod pages;
 pub mod passkeys;
 pub mod second_factor;
+pub mod upstreams;
 
 use actix_web::web;
 
@@ -150,7 +151,17 @@ route_table! {
         get => second_factor::verify_page,
         post => second_factor::verify_submit,
     }
-    "/register" [Public] { get => pages::register_page, post => pages::register_submit }
+    // Its "Continue with …" forms lead to an upstream.
+    "/register" [Public, leaves_site] { get => pages::register_page, post => pages::register_submit }
+    // Sign-in with an upstream: a CSRF-protected POST leaves for the upstream; its
+    // callback and the link offer may end at an app (a waiting /oauth2/authorize).
+    "/login/upstream/{name}" [Public, leaves_site] { post => upstreams::start }
+    "/login/upstream/{name}/callback" [Public, leaves_site] { get => upstreams::callback }
+    "/login/upstream/{name}/link" [Public, leaves_site] { get => upstreams::link_finish }
+    // Called by the upstream, not a browser: no session, no CSRF, JSON errors.
+    "/login/upstream/{name}/backchannel-logout" [Public, problem] {
+        post => upstreams::backchannel_logout,
+    }
     "/logout" [Public] { post => pages::logout }
     "/step-up" [Proving, leaves_site] {
         get => second_factor::step_up_page,
@@ -180,6 +191,9 @@ route_table! {
     "/account/devices/{session_id}/revoke" [Session] { post => devices::revoke_device }
     "/account/trusted/{device_id}/remove" [Session] { post => devices::untrust_device }
     "/account/activity" [Session] { get => devices::activity_page }
+    "/account/connections" [Session, leaves_site] { get => upstreams::connections }
+    "/account/connections/{name}/connect" [Session, leaves_site] { post => upstreams::connect }
+    "/account/connections/{name}/remove" [Session] { post => upstreams::remove }
     "/verify-email" [Public] {
         get => mail_pages::verify_email_page,
         post => mail_pages::verify_email,

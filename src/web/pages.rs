@@ -13,6 +13,7 @@ use crate::state::AppState;
 use crate::web::edge::CspNonce;
 use crate::web::extract::{Csrf, MaybeSession, SessionToEnd};
 use crate::web::forms::{StrictForm, StrictQuery};
+use crate::web::upstreams::{UpstreamButton, buttons as upstream_buttons};
 
 /// What every page's layout needs.
 pub struct PageCtx {
@@ -192,6 +193,8 @@ struct LoginTemplate<'a> {
     error: Option<String>,
     /// Whether "Sign in with a passkey" is offered (the server has a host name).
     passkeys: bool,
+    /// "Continue with …", one form per upstream.
+    upstreams: Vec<UpstreamButton>,
 }
 
 pub async fn login_page(
@@ -213,6 +216,7 @@ pub async fn login_page(
         return_to,
         error: None,
         passkeys: crate::auth::passkeys::available(&state),
+        upstreams: upstream_buttons(&state).await?,
     };
     html(StatusCode::OK, &page)
 }
@@ -279,10 +283,8 @@ pub async fn login_submit(
             None,
         ),
         SignInOutcome::Unverified { email } => {
-            let page = UnverifiedTemplate {
-                ctx: PageCtx::new(&state, &nonce, &csrf, None),
-                email,
-            };
+            let page =
+                UnverifiedTemplate::new(PageCtx::new(&state, &nonce, &csrf, None), email, None);
             return html(StatusCode::FORBIDDEN, &page);
         }
     };
@@ -293,6 +295,7 @@ pub async fn login_submit(
         return_to: safe_return_to(form.return_to.as_deref()),
         error: Some(error),
         passkeys: crate::auth::passkeys::available(&state),
+        upstreams: upstream_buttons(&state).await?,
     };
     let mut res = html(status, &page)?;
     if let Some(secs) = retry_after
@@ -305,9 +308,17 @@ pub async fn login_submit(
 
 #[derive(Template)]
 #[template(path = "pages/unverified.html")]
-struct UnverifiedTemplate {
+pub struct UnverifiedTemplate {
     ctx: PageCtx,
     email: String,
+    /// The upstream the person came through (`None`: a password).
+    via: Option<String>,
+}
+
+impl UnverifiedTemplate {
+    pub fn new(ctx: PageCtx, email: String, via: Option<String>) -> Self {
+        Self { ctx, email, via }
+    }
 }
 
 #[derive(Template)]
@@ -318,6 +329,7 @@ struct RegisterTemplate<'a> {
     email_error: Option<String>,
     password_error: Option<String>,
     error: Option<String>,
+    upstreams: Vec<UpstreamButton>,
 }
 
 pub async fn register_page(
@@ -335,6 +347,7 @@ pub async fn register_page(
         email_error: None,
         password_error: None,
         error: None,
+        upstreams: upstream_buttons(&state).await?,
     };
     html(StatusCode::OK, &page)
 }
@@ -362,6 +375,7 @@ pub async fn register_submit(
         email_error: None,
         password_error: None,
         error: None,
+        upstreams: upstream_buttons(&state).await?,
     };
     let replaces = previous.0.map(|s| s.id);
     let status = match login::register(&state, &form.email, &form.password, &ctx, replaces).await? {

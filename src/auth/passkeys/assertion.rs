@@ -71,7 +71,7 @@ pub async fn finish_sign_in(
     let user = UserRecord {
         id: UserId(owner.passkey.user_id),
         email: owner.email.clone(),
-        password_hash: String::new(),
+        password_hash: None,
         disabled: owner.disabled,
         verified: owner.verified,
     };
@@ -85,54 +85,49 @@ pub async fn finish_sign_in(
     // assertion is no failure of its own.
     let assessment = risk::assess_sign_in(state, &user, ctx, None).await?;
     if assessment.decision == Decision::Deny {
-        crate::auth::login::risk_denial(state, &user, None, ctx, &assessment).await?;
+        sign_in::risk_denial(state, &user, None, ctx, &assessment).await?;
         state.metrics.sign_ins.with_label_values(&["denied"]).inc();
-        return Err(AppError::Forbidden(crate::auth::login::DENIED.into()));
+        return Err(AppError::Forbidden(sign_in::DENIED.into()));
     }
     let used = passkey_use(state, &owner.passkey, passkey, &result)?;
-    let (token, mut session) =
-        sessions::new_session(state, user.id, req.remember_me, ctx, &methods(&result))?;
-    session.login_mark = crate::domain::oauth::login_mark_hash(req.return_to.as_deref());
-    let signed_in = if assessment.decision == Decision::SecondFactor {
-        // What the checks would have asked a code for, the passkey proved: the
-        // session is born flagged with their reasons, and proven.
-        if let Some((names, wording)) = assessment.flag() {
-            session.risk_flag = Some(risk::seal_flag(
-                state,
-                columns::SESSION_RISK_REASON,
-                names,
-                &wording,
-            )?);
-        }
-        event_with(
-            state,
-            "signed_in",
-            Some(ctx),
-            &format!("Passkey; flagged: {}", assessment.summary()),
-        )?
+    // What the checks would have asked a code for, the passkey proved: the session
+    // is born flagged with their reasons, and proven.
+    let (weighed, risk_flag) = if assessment.decision == Decision::SecondFactor {
+        let flag = assessment
+            .flag()
+            .map(|(names, wording)| {
+                risk::seal_flag(state, columns::SESSION_RISK_REASON, names, &wording)
+            })
+            .transpose()?;
+        (Weighed::Flagged(assessment.summary()), flag)
     } else {
-        event_with(state, "signed_in", Some(ctx), "Passkey")?
+        (Weighed::Usual, None)
     };
-    let (device, cookie) = devices::device_for_sign_in(state, user.id, &user.email, ctx).await?;
-    let sign_in = SignIn {
-        session,
-        replaces: req.replaces,
-        device,
-        event: signed_in,
-        flag_others: risk::flag_other_countries(state, &user.email, ctx)?,
-    };
-    if !state.store.passkey_signed_in(&used, &sign_in).await? {
+    let amr = methods(&result);
+    let made = sign_in::make(
+        state,
+        user.id,
+        &user.email,
+        ctx,
+        Proven {
+            via: Via::Passkey,
+            amr: &amr,
+            remember_me: req.remember_me,
+            return_to: req.return_to.as_deref(),
+            replaces: req.replaces,
+            weighed,
+            risk_flag,
+            upstream: None,
+        },
+    )
+    .await?;
+    if !state.store.passkey_signed_in(&used, &made.sign_in).await? {
         counted(state, what, "raced");
         return Err(AppError::Conflict(RACED.into()));
     }
     counted(state, what, "done");
-    state.metrics.sign_ins.with_label_values(&["success"]).inc();
-    tracing::info!(user_id = %user.id, "signed in with a passkey");
-    Ok(NewBrowserSession {
-        token,
-        persist_for: remembered_for(state, req.remember_me),
-        device: cookie,
-    })
+    sign_in::succeeded(state, user.id, "passkey");
+    Ok(made.browser)
 }
 
 /// Options for finishing a half-finished sign-in with one of the user's passkeys.

@@ -24,11 +24,10 @@ use webauthn_rs::prelude::{
 use webauthn_rs_proto::ResidentKeyRequirement;
 
 use super::RequestContext;
-use super::devices;
 use super::events::{event, event_with};
-use super::login::{NewBrowserSession, remembered_for};
+use super::risk;
 use super::second_factor::{self, FinishedSignIn};
-use super::{risk, sessions};
+use super::sign_in::{self, NewBrowserSession, Proven, Via, Weighed};
 use crate::crypto::columns;
 use crate::domain::risk::Decision;
 use crate::domain::{SessionId, SessionToken, UserId};
@@ -38,7 +37,7 @@ use crate::settings::Settings;
 use crate::state::AppState;
 use crate::store::{
     Attempt, CeremonyRecord, ChallengeRecord, NewCeremony, NewPasskey, PasskeyRecord, PasskeyUse,
-    SessionRecord, SignIn, StoreError, UserRecord,
+    SessionRecord, StoreError, UserRecord,
 };
 
 /// The passkeys page.
