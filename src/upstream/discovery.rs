@@ -91,8 +91,9 @@ impl IssuerRule {
         match self {
             IssuerRule::Exact(i) => i == issuer,
             IssuerRule::Google => issuer == GOOGLE,
+            // `/consumers` names its one tenant rather than the template.
             IssuerRule::EntraTemplate { before, after } => {
-                issuer == format!("{before}{ENTRA_TEMPLATE}{after}")
+                issuer == format!("{before}{ENTRA_TEMPLATE}{after}") || self.names_response(issuer)
             }
         }
     }
@@ -423,6 +424,9 @@ mod tests {
         let r = IssuerRule::of(&up("https://login.microsoftonline.com/common/v2.0")).unwrap();
         assert!(r.names_document("https://login.microsoftonline.com/{tenantid}/v2.0"));
         assert!(!r.names_document("https://login.microsoftonline.com/common/v2.0"));
+        assert!(r.names_document(
+            "https://login.microsoftonline.com/9188040d-6c67-4c5b-b112-36a304b66dad/v2.0"
+        ));
         let tid = "72f988bf-86f1-41af-91ab-2d7cd011db47";
         let iss = format!("https://login.microsoftonline.com/{tid}/v2.0");
         assert!(r.names_token(&iss, Some(tid)));
