@@ -83,13 +83,13 @@ pub use risk::{
 };
 pub use sessions::{BoundCookies, NewSession, SessionRecord, SessionStore, SignIn, UpstreamOrigin};
 pub use throttle::{Attempt, AttemptKeys, ThrottleLimits, ThrottleStore};
-pub use upstream_flows::{
-    NewFederatedAccount, NewIdentity, NewPendingLink, NewRoundTrip, PendingLinkRecord,
-    RoundTripRecord, UpstreamFlowStore, UpstreamSessions,
-};
 pub use tokens::{
     CodeRecord, CodeVerdict, LiveRefresh, LiveToken, NewCode, NewTokens, Redemption, RefreshRecord,
     RefreshVerdict, Rotation, TokenStore,
+};
+pub use upstream_flows::{
+    NewFederatedAccount, NewIdentity, NewPendingLink, NewRoundTrip, PendingLinkRecord,
+    RoundTripRecord, UpstreamFlowStore, UpstreamSessions,
 };
 pub use upstreams::{
     Connection, FederatedIdentity, NewLink, NewUpstream, Unlinked, Upstream, UpstreamKind,

@@ -8,9 +8,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::accounts::UserRow;
-use super::events::{
-    EVENT_COLUMNS, NewEvent, bind_event, event_at, event_values, insert_event,
-};
+use super::events::{EVENT_COLUMNS, NewEvent, bind_event, event_at, event_values, insert_event};
 use super::links::{NewEmailToken, insert_token};
 use super::outbox::insert_mails;
 use super::{PgStore, StoreError, UserRecord};
@@ -214,10 +212,7 @@ impl UpstreamFlowStore for PgStore {
         Ok(row.map(|r| (r.identity_id, UserRecord::from(r.user))))
     }
 
-    async fn create_federated_account(
-        &self,
-        a: NewFederatedAccount<'_>,
-    ) -> Result<(), StoreError> {
+    async fn create_federated_account(&self, a: NewFederatedAccount<'_>) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let now = a.identity.now;
         sqlx::query(

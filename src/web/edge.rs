@@ -458,7 +458,11 @@ mod tests {
         }
         assert!(!leaves.contains(&"/account/password"));
         // Their "Continue with …" and "Connect" forms lead to an upstream.
-        for path in ["/register", "/login/upstream/{name}", "/account/connections"] {
+        for path in [
+            "/register",
+            "/login/upstream/{name}",
+            "/account/connections",
+        ] {
             assert!(leaves.contains(&path), "{path} must allow any form-action");
         }
         let operational: Vec<_> = crate::web::ROUTES

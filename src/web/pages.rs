@@ -283,7 +283,8 @@ pub async fn login_submit(
             None,
         ),
         SignInOutcome::Unverified { email } => {
-            let page = UnverifiedTemplate::new(PageCtx::new(&state, &nonce, &csrf, None), email, None);
+            let page =
+                UnverifiedTemplate::new(PageCtx::new(&state, &nonce, &csrf, None), email, None);
             return html(StatusCode::FORBIDDEN, &page);
         }
     };

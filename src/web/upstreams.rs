@@ -248,7 +248,11 @@ pub async fn callback(
                 passkeys: crate::auth::passkeys::available(&state),
             };
             let mut res = html(StatusCode::OK, &page)?;
-            let _ = res.add_cookie(&state.cookies.upstream_cookie(state.cookies.link_name, &cookie));
+            let _ = res.add_cookie(
+                &state
+                    .cookies
+                    .upstream_cookie(state.cookies.link_name, &cookie),
+            );
             res
         }
         Callback::Connected => see_other(&format!("{}?connected={name}", linking::PAGE)),
@@ -287,7 +291,10 @@ async fn sign_in_outcome(
         SignInOutcome::Throttled { retry_after_secs } => {
             return Err(AppError::RateLimited { retry_after_secs });
         }
-        SignInOutcome::Denied => (StatusCode::FORBIDDEN, crate::auth::login::DENIED.to_string()),
+        SignInOutcome::Denied => (
+            StatusCode::FORBIDDEN,
+            crate::auth::login::DENIED.to_string(),
+        ),
         SignInOutcome::Failed | SignInOutcome::Malformed(_) => (
             StatusCode::FORBIDDEN,
             format!(
@@ -317,21 +324,16 @@ pub async fn link_finish(
         .cookie(state.cookies.link_name)
         .map(|c| c.value().to_string())
         .filter(|v| !v.is_empty());
-    let mut res = match linking::finish_pending(
-        &state,
-        &name,
-        cookie.as_deref(),
-        session.0.as_ref(),
-        &ctx,
-    )
-    .await?
-    {
-        Ok(return_to) => match safe_return_to(return_to.as_deref()) {
-            Some(to) => see_other(&to),
-            None => see_other(&format!("{}?connected={name}", linking::PAGE)),
-        },
-        Err(refusal) => refusal_page(&state, &nonce, &refusal, &label_of(&state, &name).await)?,
-    };
+    let mut res =
+        match linking::finish_pending(&state, &name, cookie.as_deref(), session.0.as_ref(), &ctx)
+            .await?
+        {
+            Ok(return_to) => match safe_return_to(return_to.as_deref()) {
+                Some(to) => see_other(&to),
+                None => see_other(&format!("{}?connected={name}", linking::PAGE)),
+            },
+            Err(refusal) => refusal_page(&state, &nonce, &refusal, &label_of(&state, &name).await)?,
+        };
     let _ = res.add_cookie(&state.cookies.clear_upstream(state.cookies.link_name));
     Ok(res)
 }
@@ -474,7 +476,8 @@ pub async fn remove(
 ) -> Result<HttpResponse, AppError> {
     csrf.verify(&form.csrf_token)?;
     let label = linking::unlink(&state, &session, &path.into_inner(), &ctx).await?;
-    let info = format!("{label} is no longer connected: it cannot sign in to this account any more.");
+    let info =
+        format!("{label} is no longer connected: it cannot sign in to this account any more.");
     let page = connections_page(&state, &session, &csrf, &nonce, Some(info)).await?;
     html(StatusCode::OK, &page)
 }

@@ -871,7 +871,7 @@ async fn a_wrong_step_up_code_answers_a_page_whose_form_may_still_lead_to_the_ap
         r.body
     );
     assert!(!csp(&r).contains("form-action"), "{}", csp(&r));
-    for path in ["/account/password", "/register"] {
+    for path in ["/account/password", "/account/mfa"] {
         let other = b.get(path).await;
         assert!(
             csp(&other).contains("form-action 'self'"),

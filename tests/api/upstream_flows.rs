@@ -11,7 +11,7 @@ use crate::upstream_rig::{
 
 #[tokio::test]
 async fn a_new_person_from_the_upstream_gets_an_account_without_a_password_and_a_federated_session()
- {
+{
     let r = rig(&[]).await;
     r.up.person("newcomer@example.com", true);
     let v = Visitor::new(&r.down);
@@ -215,11 +215,7 @@ async fn connecting_and_removing_need_step_up_and_the_last_way_to_sign_in_stays(
 
     step_up_by_email(&r.down, &v.down, "solo@example.com", "/account/connections").await;
     let page = v.down.get("/account/connections").await;
-    assert!(
-        form_fields(&page.body, &remove).is_some(),
-        "{}",
-        page.body
-    );
+    assert!(form_fields(&page.body, &remove).is_some(), "{}", page.body);
     let last = v
         .down
         .post_form(&remove, &[("csrf_token", &page.csrf())])
@@ -249,11 +245,17 @@ async fn a_signed_in_person_connects_the_upstream_to_their_own_account_after_ste
     step_up_by_email(&r.down, &v.down, "bob@example.com", "/account/connections").await;
     let page = v.down.get("/account/connections").await;
     let fields = form_fields(&page.body, &connect).expect("a Connect form");
-    let form: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let form: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let out = v.down.post_form(&connect, &form).await;
     assert_eq!(out.status, 303, "{}", out.body);
     let callback = v
-        .through_upstream(&out.location(), Some(("bob-elsewhere@example.com", PASSWORD)))
+        .through_upstream(
+            &out.location(),
+            Some(("bob-elsewhere@example.com", PASSWORD)),
+        )
         .await;
     let back = v.open(&callback).await;
     assert_eq!(back.status, 303, "{}", back.body);

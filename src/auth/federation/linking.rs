@@ -23,8 +23,8 @@ use crate::domain::{Email, UserId};
 use crate::error::AppError;
 use crate::state::AppState;
 use crate::store::{
-    Attempt, Connection, NewFederatedAccount, NewIdentity, NewLink, NewPendingLink,
-    SessionRecord, StoreError, Unlinked, Upstream, UserRecord,
+    Attempt, Connection, NewFederatedAccount, NewIdentity, NewLink, NewPendingLink, SessionRecord,
+    StoreError, Unlinked, Upstream, UserRecord,
 };
 use crate::upstream::UpstreamIdentity;
 
@@ -86,7 +86,8 @@ pub async fn sign_in(
                 Err(e) => return Err(e.into()),
             }
             tracing::info!(user_id = %user.id, upstream = %up.name, "upstream linked by a trusted verified address");
-            let outcome = finish(state, up, identity, &user, return_to.clone(), session, ctx).await?;
+            let outcome =
+                finish(state, up, identity, &user, return_to.clone(), session, ctx).await?;
             return Ok(Callback::SignIn { outcome, return_to });
         }
         // Not linked: the identity waits for the account's own credentials.

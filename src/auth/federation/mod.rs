@@ -104,7 +104,9 @@ pub enum Callback {
         return_to: Option<String>,
     },
     /// A new account whose address must be confirmed first: mail sent.
-    CheckInbox { email: String },
+    CheckInbox {
+        email: String,
+    },
     /// The address belongs to an existing account: the person must prove it. The
     /// browser gets `cookie` for the waiting link.
     OfferLink {
@@ -152,12 +154,17 @@ pub async fn start(
     let cookie = crypto::random_token();
     let state_param = derived(state, STATE, &cookie);
     let nonce = derived(state, NONCE, &cookie);
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(
-        derived(state, VERIFIER, &cookie).as_bytes(),
-    ));
+    let challenge =
+        URL_SAFE_NO_PAD.encode(Sha256::digest(derived(state, VERIFIER, &cookie).as_bytes()));
     let url = match state
         .upstreams
-        .authorization_url(&up, &redirect_uri(state, name), &state_param, &nonce, &challenge)
+        .authorization_url(
+            &up,
+            &redirect_uri(state, name),
+            &state_param,
+            &nonce,
+            &challenge,
+        )
         .await
     {
         Ok(url) => url,
@@ -217,7 +224,10 @@ pub async fn callback(
     // The round trip is spent whatever follows: a callback works once (U2).
     let trip = match (cookie, params.state.as_deref()) {
         (Some(cookie), Some(sent))
-            if crypto::constant_time_eq(sent.as_bytes(), derived(state, STATE, cookie).as_bytes()) =>
+            if crypto::constant_time_eq(
+                sent.as_bytes(),
+                derived(state, STATE, cookie).as_bytes(),
+            ) =>
         {
             state
                 .store
@@ -248,8 +258,9 @@ pub async fn callback(
     let Some(code) = params.code.as_deref().filter(|c| !c.is_empty()) else {
         return refuse(state, &up, known_user, Refusal::Rejected, ctx).await;
     };
-    let secret = open_client_secret(&state.keys, &sealed)
-        .map_err(|_| AppError::Unexpected(anyhow::anyhow!("an upstream's client secret does not open")))?;
+    let secret = open_client_secret(&state.keys, &sealed).map_err(|_| {
+        AppError::Unexpected(anyhow::anyhow!("an upstream's client secret does not open"))
+    })?;
     let identity = match state
         .upstreams
         .redeem(
@@ -270,7 +281,9 @@ pub async fn callback(
         }
     };
     let outcome = match connecting {
-        Some(session_id) => linking::connect(state, &up, &identity, session, session_id, ctx).await?,
+        Some(session_id) => {
+            linking::connect(state, &up, &identity, session, session_id, ctx).await?
+        }
         None => linking::sign_in(state, &up, &identity, trip.return_to, session, ctx).await?,
     };
     match &outcome {
