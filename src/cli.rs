@@ -75,8 +75,9 @@ pub enum UpstreamCommand {
         /// https://login.microsoftonline.com/TENANT-ID/v2.0 for one organisation.
         #[arg(long, value_name = "URL")]
         issuer: Option<String>,
-        /// The client id the provider gave Gatehouse.
-        #[arg(long = "client-id", value_name = "ID")]
+        /// The client id the provider gave Gatehouse. It may begin with `-` (another
+        /// Gatehouse's ids are random base64url), so such a value is taken as it is.
+        #[arg(long = "client-id", value_name = "ID", allow_hyphen_values = true)]
         client_id: String,
         /// Scopes to ask for (default: "openid email profile"; GitHub:
         /// "read:user user:email").
@@ -170,7 +171,8 @@ pub enum ClientCommand {
     List,
     /// Remove an app, with every token and consent it had.
     Delete {
-        /// The client_id.
+        /// The client_id (it may begin with `-`: ids are random base64url).
+        #[arg(allow_hyphen_values = true)]
         id: String,
     },
 }

@@ -366,3 +366,29 @@ async fn signing_in_to_an_app_with_the_upstream_works_end_to_end() {
         "the app sees the downstream's own sub"
     );
 }
+
+#[tokio::test]
+async fn a_client_id_beginning_with_a_hyphen_is_taken_as_it_is() {
+    // Another Gatehouse's client ids are random base64url: one in 64 begins with `-`.
+    let down = crate::upstream_rig::downstream().await;
+    let (ok, _, err) = crate::upstream_rig::upstream_add(
+        &down,
+        &[
+            "--name",
+            "hyphen",
+            "--kind",
+            "oidc",
+            "--issuer",
+            "http://127.0.0.1:9",
+            "--client-id",
+            "-e-Q8AmWe4ZD73wSP8QR6Q",
+        ],
+        "a-secret",
+    );
+    assert!(ok, "{err}");
+    let id: String = sqlx::query_scalar("SELECT client_id FROM upstreams WHERE name = 'hyphen'")
+        .fetch_one(&down.db)
+        .await
+        .unwrap();
+    assert_eq!(id, "-e-Q8AmWe4ZD73wSP8QR6Q");
+}
