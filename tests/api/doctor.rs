@@ -1,7 +1,7 @@
 //! `gatehouse doctor`: one line per check, the fix named, no secret printed, exit
 //! status 0 only when every check passes.
 
-use crate::helpers::{drop_database, fresh_database, spawn_app};
+use crate::helpers::{TestApp, drop_database, fresh_database, spawn_app};
 
 /// Runs `gatehouse doctor` with the app's settings and `extra`; the test's SMTP sink
 /// keeps answering on the other worker meanwhile.
@@ -97,7 +97,8 @@ async fn doctor_names_a_closed_smtp_port_without_the_relay_password() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_names_an_unreadable_geoip_file() {
     let app = spawn_app().await;
-    let (ok, out, _) = doctor(&app,
+    let (ok, out, _) = doctor(
+        &app,
         &[("GATEHOUSE_GEOIP_DB", "/nonexistent/GeoLite2-City.mmdb")],
     );
     assert!(!ok);
@@ -125,9 +126,7 @@ async fn doctor_refuses_trusting_every_address_as_a_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_names_a_plain_http_public_url_outside_dev_mode() {
     let app = spawn_app().await;
-    let (ok, out, _) = doctor(&app,
-        &[("GATEHOUSE_PUBLIC_URL", "http://id.example.com")],
-    );
+    let (ok, out, _) = doctor(&app, &[("GATEHOUSE_PUBLIC_URL", "http://id.example.com")]);
     assert!(!ok);
     assert!(
         failed_line(&out, "public URL").contains("https://"),

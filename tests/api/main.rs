@@ -14,6 +14,7 @@ mod concurrency;
 mod cors;
 mod csrf;
 mod dbsc;
+mod dev_server;
 mod devices;
 mod doctor;
 mod example_rp;
