@@ -54,6 +54,9 @@ pub enum Command {
         #[command(subcommand)]
         command: UpstreamCommand,
     },
+    /// Check this deployment (settings, database, mail, GeoIP, clock, keys): one line
+    /// per check with what to fix; exit status 0 only when all pass.
+    Doctor,
 }
 
 #[derive(Subcommand, Debug)]

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod clock;
 pub mod cookies;
 pub mod crypto;
+pub mod doctor;
 pub mod domain;
 pub mod error;
 pub mod geoip;

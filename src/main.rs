@@ -38,6 +38,9 @@ fn load_settings(cli: &Cli) -> Result<Settings, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Doctor) {
+        return doctor(&cli).await;
+    }
     let settings = match load_settings(&cli) {
         Ok(s) => s,
         Err(line) => {
@@ -51,6 +54,27 @@ async fn main() -> ExitCode {
             eprintln!("gatehouse: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `gatehouse doctor`: its lines on standard output, no log (settings that do not load
+/// are one failed check, not an error).
+async fn doctor(cli: &Cli) -> ExitCode {
+    let (path, given) = match &cli.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from("gatehouse.toml"), false),
+    };
+    let checks = match RawSettings::load(&path, given).and_then(RawSettings::into_settings) {
+        Ok(settings) => gatehouse::doctor::run(&settings).await,
+        Err(e) => vec![gatehouse::doctor::settings_failure(&e)],
+    };
+    for check in &checks {
+        println!("{}", check.line());
+    }
+    if checks.iter().all(|c| c.outcome.is_ok()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -225,6 +249,8 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
         }
         Command::Upstream { command } => upstream(command, settings).await?,
+        // Answered by `doctor` above, before settings are loaded.
+        Command::Doctor => {}
     }
     Ok(())
 }

@@ -186,6 +186,9 @@ pub struct Settings {
     /// Administrators' sessions must be bound to a browser key (DBSC) within a
     /// minute of signing in, or they stop working (`GATEHOUSE_DBSC_REQUIRE_FOR_ADMINS`).
     pub dbsc_require_for_admins: bool,
+    /// Live sessions one person may hold (`GATEHOUSE_MAX_SESSIONS_PER_USER`); a new
+    /// one past it ends the least recently active. 0: no cap.
+    pub max_sessions_per_user: u32,
 }
 
 /// The PEM files Gatehouse serves HTTPS with: a certificate chain (leaf first) and
@@ -250,6 +253,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "GATEHOUSE_HTTP_KEEP_ALIVE",
     "GATEHOUSE_HTTP_MAX_CONNECTIONS",
     "GATEHOUSE_HTTP_MAX_IN_FLIGHT",
+    "GATEHOUSE_MAX_SESSIONS_PER_USER",
 ];
 
 /// Raw key → value pairs, already merged from the file and the environment.
@@ -617,6 +621,10 @@ impl RawSettings {
                 d
             },
             dbsc_require_for_admins: self.bool("GATEHOUSE_DBSC_REQUIRE_FOR_ADMINS", false)?,
+            max_sessions_per_user: match self.get("GATEHOUSE_MAX_SESSIONS_PER_USER") {
+                None | Some("0") => 0,
+                Some(_) => self.count("GATEHOUSE_MAX_SESSIONS_PER_USER", 0, 10_000)?,
+            },
         })
     }
 }

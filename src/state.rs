@@ -77,6 +77,7 @@ impl AppState {
         let forget = live.clone();
         let store: Arc<dyn Store> = Arc::new(
             PgStore::new(pool, keys.clone())
+                .with_session_cap(settings.max_sessions_per_user)
                 .with_revocation_hook(Arc::new(move |what| forget.revoked(what))),
         );
         let metrics = Arc::new(Metrics::new().context("registering metrics")?);

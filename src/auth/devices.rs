@@ -168,6 +168,23 @@ pub async fn list(state: &AppState, viewer: &SessionRecord) -> Result<Vec<Device
     Ok(rows)
 }
 
+/// What the device list tells the person, once each, of the sessions the cap on live
+/// sessions ended (`GATEHOUSE_MAX_SESSIONS_PER_USER`).
+pub async fn cap_notices(state: &AppState, user_id: UserId) -> Result<Vec<String>, AppError> {
+    let sealed = state.store.take_cap_notices(user_id).await?;
+    let cap = state.settings.max_sessions_per_user;
+    Ok(sealed
+        .iter()
+        .map(|ua| {
+            let user_agent = open_text(state, columns::SESSION_USER_AGENT, ua.as_ref());
+            let label = Agent::parse(user_agent.as_deref()).label;
+            format!(
+                "You were signed out on {label} because you reached the limit of {cap} sessions."
+            )
+        })
+        .collect())
+}
+
 /// The outcome of a revocation the person asked for.
 pub enum Revoked {
     /// Other sessions ended; this browser stays signed in.

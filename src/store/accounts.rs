@@ -171,7 +171,7 @@ impl AccountStore for PgStore {
         .await?;
         insert_event(&mut tx, user.id.0, None, &a.event).await?;
         if let Some(sign_in) = &a.session {
-            insert_signed_in(&mut tx, &self.keys, sign_in).await?;
+            insert_signed_in(&mut tx, self, sign_in).await?;
         }
         if let Some(token) = &a.token {
             insert_token(&mut tx, token).await?;

@@ -676,7 +676,7 @@ impl PgStore {
         }
         match completion {
             Completion::SignIn(sign_in) => {
-                insert_signed_in(&mut tx, &self.keys, sign_in).await?;
+                insert_signed_in(&mut tx, self, sign_in).await?;
                 if let Proof::Passkey(u) = proof {
                     mark_session(&mut tx, sign_in.session.id, u.passkey_id).await?;
                 }

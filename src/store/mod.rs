@@ -38,6 +38,7 @@ mod backchannel;
 mod challenges;
 mod dbsc;
 mod devices;
+pub mod doctor;
 mod events;
 mod housekeeping;
 mod links;

@@ -388,7 +388,7 @@ impl PasskeyStore for PgStore {
         if !lock_live_user(&mut tx, u.user_id, None).await? || !record_use(&mut tx, u).await? {
             return Ok(false);
         }
-        insert_signed_in(&mut tx, &self.keys, sign_in).await?;
+        insert_signed_in(&mut tx, self, sign_in).await?;
         mark_session(&mut tx, sign_in.session.id, u.passkey_id).await?;
         tx.commit().await?;
         Ok(true)

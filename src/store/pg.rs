@@ -146,6 +146,8 @@ pub struct PgStore {
     /// own caches forget at once, before the answer goes out (other nodes hear of it
     /// through the triggers' notification, this one too, a moment later).
     on_revoke: Option<Arc<dyn Fn(Revoked) + Send + Sync>>,
+    /// Live sessions one person may hold; 0: no cap (`GATEHOUSE_MAX_SESSIONS_PER_USER`).
+    pub(super) max_sessions_per_user: u32,
 }
 
 /// What a revocation through this node touched, as its own caches need to know.
@@ -165,7 +167,15 @@ impl PgStore {
             pool,
             keys,
             on_revoke: None,
+            max_sessions_per_user: 0,
         }
+    }
+
+    /// Caps the live sessions of one person: a sign-in past `cap` ends the least
+    /// recently active ones (0: no cap).
+    pub fn with_session_cap(mut self, cap: u32) -> Self {
+        self.max_sessions_per_user = cap;
+        self
     }
 
     pub fn with_revocation_hook(mut self, hook: Arc<dyn Fn(Revoked) + Send + Sync>) -> Self {

@@ -221,9 +221,10 @@ fn bind_session<'q>(q: PgQuery<'q>, s: &'q NewSession, device: DeviceId) -> PgQu
 /// browser's earlier session and records the sign-in.
 pub(super) async fn insert_signed_in(
     conn: &mut sqlx::PgConnection,
-    keys: &Keys,
+    store: &PgStore,
     s: &SignIn,
 ) -> Result<(), StoreError> {
+    let keys: &Keys = &store.keys;
     let session = &s.session;
     let (device, _) = link_device(
         conn,
@@ -256,6 +257,9 @@ pub(super) async fn insert_signed_in(
     for old in replaced {
         move_grants_to(conn, SessionId(old), session).await?;
         revoke_replaced(conn, SessionId(old), session.now).await?;
+    }
+    if store.max_sessions_per_user > 0 {
+        end_sessions_past_cap(conn, session, store.max_sessions_per_user).await?;
     }
     if let Some(flag) = &s.flag_others {
         let born_flagged = session.risk_flag.is_some();
@@ -335,8 +339,59 @@ pub(super) async fn revoke_replaced(
     Ok(())
 }
 
+/// Why a session ended when its person signed in once more than the cap allows.
+pub const CAP_REASON: &str = "session limit reached";
+
+/// Ends the person's live sessions past the cap (the new one counts, and stays): the
+/// least recently active first, each through the same revocation as any other (the
+/// `sessions_ended` trigger revokes its tokens, queues its back-channel logouts and
+/// tells every node's caches), with an event, and marked for the device list's
+/// notice. The caller holds the user row's lock, so two sign-ins cannot both keep a
+/// session the other counted.
+async fn end_sessions_past_cap(
+    conn: &mut sqlx::PgConnection,
+    new: &NewSession,
+    cap: u32,
+) -> Result<(), sqlx::Error> {
+    let past: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM sessions WHERE id IN (
+             SELECT id FROM sessions
+             WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL
+               AND idle_expires_at > $3 AND absolute_expires_at > $3
+             ORDER BY last_seen_at DESC, created_at DESC, id
+             OFFSET $4)
+         ORDER BY id FOR NO KEY UPDATE",
+    )
+    .bind(new.user_id.0)
+    .bind(new.id.0)
+    .bind(new.now)
+    .bind(i64::from(cap) - 1)
+    .fetch_all(&mut *conn)
+    .await?;
+    for old in past {
+        sqlx::query(
+            "WITH r AS (
+                 UPDATE sessions SET revoked_at = $2, revoked_reason = $3, cap_notice_due = true
+                 WHERE id = $1 AND revoked_at IS NULL
+                 RETURNING id, user_id
+             )
+             INSERT INTO security_events (id, user_id, session_id, kind, actor, at, detail)
+             SELECT gen_random_uuid(), r.user_id, r.id, 'session_revoked', 'system', $2, $3 FROM r",
+        )
+        .bind(old)
+        .bind(new.now)
+        .bind(CAP_REASON)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 pub trait SessionStore: Send + Sync {
+    /// The sealed user agents of the person's sessions the cap ended that the device
+    /// list has not told them of yet; marks them told.
+    async fn take_cap_notices(&self, user_id: UserId) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
     /// Completes a sign-in in one transaction: takes back the attempt's throttle
     /// counts and provisional failure event (the password was right), then — provided
     /// the user's password hash is still `password_hash` and the user is enabled (a
@@ -378,6 +433,17 @@ pub trait SessionStore: Send + Sync {
 
 #[async_trait]
 impl SessionStore for PgStore {
+    async fn take_cap_notices(&self, user_id: UserId) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "UPDATE sessions SET cap_notice_due = false
+             WHERE user_id = $1 AND cap_notice_due
+             RETURNING user_agent_enc",
+        )
+        .bind(user_id.0)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn sign_in_succeeded(
         &self,
         attempt: &AttemptKeys,
@@ -489,7 +555,7 @@ impl PgStore {
         // SHARE) do not conflict with it.
         let current = lock_live_user(&mut tx, sign_in.session.user_id, Some(password_hash)).await?;
         if current {
-            insert_signed_in(&mut tx, &self.keys, sign_in).await?;
+            insert_signed_in(&mut tx, self, sign_in).await?;
         }
         // Last, so the throttle rows (shared by everyone behind one address) are
         // locked only for the moment before the commit.

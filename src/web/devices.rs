@@ -99,6 +99,8 @@ struct DevicesTemplate {
     devices: Vec<DeviceView>,
     trusted: Vec<TrustedView>,
     notice: Option<&'static str>,
+    /// Sessions the cap on live sessions ended since the list was last opened.
+    cap_notices: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -124,6 +126,7 @@ pub async fn devices_page(
         }
         _ => None,
     };
+    let cap_notices = devices::cap_notices(&state, session.user_id).await?;
     let trusted = devices::trusted(&state, session.user_id)
         .await?
         .into_iter()
@@ -141,6 +144,7 @@ pub async fn devices_page(
         devices: rows.into_iter().map(|d| view(now, d)).collect(),
         trusted,
         notice,
+        cap_notices,
     };
     html(StatusCode::OK, &page)
 }
