@@ -570,7 +570,7 @@ impl PgStore {
         if !lock_live_user(&mut tx, sign_in.session.user_id, None).await? {
             return Ok(false);
         }
-        insert_signed_in(&mut tx, &self.keys, sign_in).await?;
+        insert_signed_in(&mut tx, self, sign_in).await?;
         tx.commit().await?;
         Ok(true)
     }
