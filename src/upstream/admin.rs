@@ -5,6 +5,7 @@
 use anyhow::{Context, anyhow, bail};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::discovery::is_multi_tenant;
 use super::{Upstream, UpstreamKind, seal_client_secret};
 use crate::settings::is_loopback_host;
 use crate::state::AppState;
@@ -107,6 +108,19 @@ pub fn check_url(flag: &str, text: &str, dev: bool) -> anyhow::Result<String> {
     Ok(text.trim().to_string())
 }
 
+/// `--trust-email` links at once on the upstream's word that an address is verified.
+/// A multi-tenant issuer (Entra's `common`, `organizations`, `consumers`) speaks for
+/// every tenant, and any tenant's administrator can give a user any address, marked
+/// verified (the "nOAuth" takeovers): that word is worth nothing, so it is refused.
+fn check_trust_email(issuer: Option<&str>, trust_email: bool) -> anyhow::Result<()> {
+    if trust_email && issuer.is_some_and(is_multi_tenant) {
+        bail!(
+            "--trust-email: refused for a multi-tenant issuer (any tenant's administrator can set any address); give --issuer https://login.microsoftonline.com/TENANT-ID/v2.0 for one organisation"
+        );
+    }
+    Ok(())
+}
+
 /// RFC 6749 §3.3 scope tokens, separated by single spaces.
 fn check_scopes(text: &str, kind: UpstreamKind) -> anyhow::Result<String> {
     let tokens: Vec<&str> = text.split_whitespace().collect();
@@ -184,6 +198,7 @@ pub async fn add(state: &AppState, a: AddUpstream) -> anyhow::Result<Added> {
             (None, Some(base), Some(api))
         }
     };
+    check_trust_email(issuer.as_deref(), a.trust_email)?;
     let client_id = printable("--client-id", &a.client_id, 512)?;
     if client_id.contains(char::is_whitespace) {
         bail!("--client-id: must not contain spaces");
@@ -301,6 +316,20 @@ mod tests {
         assert!(check_url("--issuer", "https://u:p@idp.example", false).is_err());
         assert!(check_url("--issuer", "ftp://idp.example", false).is_err());
         assert!(check_url("--issuer", "idp.example", false).is_err());
+    }
+
+    #[test]
+    fn trust_email_is_refused_for_a_multi_tenant_issuer() {
+        // U1: on a multi-tenant issuer every tenant vouches for addresses.
+        for multi in ["common", "organizations", "consumers"] {
+            let issuer = format!("https://login.microsoftonline.com/{multi}/v2.0");
+            assert!(check_trust_email(Some(&issuer), true).is_err(), "{multi}");
+            assert!(check_trust_email(Some(&issuer), false).is_ok(), "{multi}");
+        }
+        let one = "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0";
+        assert!(check_trust_email(Some(one), true).is_ok());
+        assert!(check_trust_email(Some("https://accounts.google.com"), true).is_ok());
+        assert!(check_trust_email(None, true).is_ok());
     }
 
     #[test]

@@ -74,10 +74,7 @@ impl IssuerRule {
         if issuer == GOOGLE {
             return Ok(IssuerRule::Google);
         }
-        if let Some(rest) = issuer.strip_prefix("https://login.microsoftonline.com/")
-            && let Some(tenant) = rest.strip_suffix("/v2.0")
-            && matches!(tenant, "common" | "organizations" | "consumers")
-        {
+        if is_multi_tenant(issuer) {
             return Ok(IssuerRule::EntraTemplate {
                 before: "https://login.microsoftonline.com/".into(),
                 after: "/v2.0".into(),
@@ -120,6 +117,16 @@ impl IssuerRule {
             }
         }
     }
+}
+
+/// Whether `issuer` is one of Entra's multi-tenant endpoints, whose tokens come from
+/// whichever tenant the person belongs to (each tenant's administrators type its
+/// users' addresses themselves).
+pub(super) fn is_multi_tenant(issuer: &str) -> bool {
+    issuer
+        .strip_prefix("https://login.microsoftonline.com/")
+        .and_then(|rest| rest.strip_suffix("/v2.0"))
+        .is_some_and(|tenant| matches!(tenant, "common" | "organizations" | "consumers"))
 }
 
 /// An Entra tenant id: a GUID.

@@ -285,6 +285,17 @@ async fn bad_upstream_input_is_refused_with_a_clear_error_and_nothing_is_written
             "--client-id",
         ),
         ("--name x --kind google --client-id c", "", "secret"),
+        // U1: a multi-tenant issuer vouches for every tenant's typed-in addresses.
+        (
+            "--name x --kind microsoft --trust-email --client-id c",
+            "s",
+            "--trust-email",
+        ),
+        (
+            "--name x --kind oidc --issuer https://login.microsoftonline.com/organizations/v2.0 --trust-email --client-id c",
+            "s",
+            "--trust-email",
+        ),
         (
             "--name taken --kind google --client-id c",
             "s",
