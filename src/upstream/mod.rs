@@ -202,8 +202,8 @@ impl Client {
         oidc::check_id_token(&claims, &rule, up, nonce, self.clock.now())
     }
 
-    /// OIDC Back-Channel Logout 1.0 §2.6: signature, `iss`, `aud`, `iat` (and `exp`
-    /// when given), `events`, no `nonce`, `sid` and/or `sub`, and last the `jti`,
+    /// OIDC Back-Channel Logout 1.0 §2.6: signature, `iss`, `aud`, `azp`, `iat`, `exp`
+    /// (required, §2.4), `events`, no `nonce`, `sid` and/or `sub`, and last the `jti`,
     /// spent through the store (a replay is refused).
     pub async fn verify_logout_token(
         &self,

@@ -154,6 +154,21 @@ fn check_issuer_and_audience<'a>(
     Ok(aud)
 }
 
+/// OIDC Core §3.1.3.7 steps 4–5: with several audiences `azp` must be present, and
+/// when present it must be our client id. Logout tokens are held to the same rule
+/// (Back-Channel Logout 1.0 §2.6 step 3 validates them as ID tokens are).
+fn check_azp(
+    claims: &Map<String, Value>,
+    aud: &[&str],
+    up: &Upstream,
+) -> Result<(), UpstreamError> {
+    match string(claims, "azp") {
+        Some(azp) if azp != up.client_id => Err(UpstreamError::refused("azp is not our client id")),
+        None if aud.len() > 1 => Err(UpstreamError::refused("several audiences and no azp")),
+        _ => Ok(()),
+    }
+}
+
 /// `iat` present and not in the future (beyond the leeway); `exp`, when `required`
 /// or present, not past; `nbf`, when present, reached.
 fn check_times(
@@ -187,17 +202,7 @@ pub(super) fn check_id_token(
     now: OffsetDateTime,
 ) -> Result<UpstreamIdentity, UpstreamError> {
     let aud = check_issuer_and_audience(claims, rule, up)?;
-    // §3.1.3.7 steps 4–5: with several audiences `azp` must be present, and when
-    // present it must be our client id.
-    match string(claims, "azp") {
-        Some(azp) if azp != up.client_id => {
-            return Err(UpstreamError::refused("azp is not our client id"));
-        }
-        None if aud.len() > 1 => {
-            return Err(UpstreamError::refused("several audiences and no azp"));
-        }
-        _ => {}
-    }
+    check_azp(claims, &aud, up)?;
     check_times(claims, now.unix_timestamp(), true)?;
     // §3.1.3.7 step 11: the nonce of this browser's request, so a token from
     // another sign-in cannot be replayed into this one.
@@ -227,9 +232,11 @@ pub(super) fn check_logout_token(
     up: &Upstream,
     now: OffsetDateTime,
 ) -> Result<(String, LogoutClaims), UpstreamError> {
-    check_issuer_and_audience(claims, rule, up)?;
+    let aud = check_issuer_and_audience(claims, rule, up)?;
+    check_azp(claims, &aud, up)?;
     let now = now.unix_timestamp();
-    let iat = check_times(claims, now, false)?;
+    // §2.4: `exp` is REQUIRED in a logout token.
+    let iat = check_times(claims, now, true)?;
     if iat + LOGOUT_TOKEN_MAX_AGE + LEEWAY < now {
         return Err(UpstreamError::refused("logout token too old"));
     }
@@ -364,8 +371,8 @@ mod tests {
     fn logout(extra: Value) -> Result<(String, LogoutClaims), UpstreamError> {
         let t = now().unix_timestamp();
         let mut c = json!({
-            "iss": ISS, "sub": "u-1", "aud": "gatehouse", "iat": t, "jti": "j-1", "sid": "s-1",
-            "events": { LOGOUT_EVENT: {} }
+            "iss": ISS, "sub": "u-1", "aud": "gatehouse", "iat": t, "exp": t + 120,
+            "jti": "j-1", "sid": "s-1", "events": { LOGOUT_EVENT: {} }
         });
         for (k, v) in extra.as_object().unwrap() {
             if v.is_null() {
@@ -386,6 +393,7 @@ mod tests {
         assert_eq!(claims.sid.as_deref(), Some("s-1"));
         assert!(logout(json!({"sid": null})).is_ok());
         assert!(logout(json!({"sub": null})).is_ok());
+        assert!(logout(json!({"aud": ["other", "gatehouse"], "azp": "gatehouse"})).is_ok());
         let t = now().unix_timestamp();
         for bad in [
             json!({"iss": "https://evil.example"}),
@@ -394,6 +402,10 @@ mod tests {
             json!({"iat": t + LEEWAY + 1}),
             json!({"iat": t - LOGOUT_TOKEN_MAX_AGE - LEEWAY - 1}),
             json!({"exp": t - LEEWAY - 1}),
+            // §2.4: exp is required; the azp rule is the ID token's.
+            json!({"exp": null}),
+            json!({"azp": "other"}),
+            json!({"aud": ["other", "gatehouse"]}),
             json!({"events": null}),
             json!({"events": {"other": {}}}),
             json!({"events": {LOGOUT_EVENT: "yes"}}),
