@@ -176,17 +176,21 @@ fn check_times(
     now: i64,
     exp_required: bool,
 ) -> Result<i64, UpstreamError> {
+    // Saturating: the upstream chooses these numbers, and an `exp` near i64::MAX
+    // must not wrap round (a panic in debug builds, a past time in release ones).
     let iat = seconds(claims, "iat")?.ok_or_else(|| UpstreamError::refused("no iat"))?;
-    if iat > now + LEEWAY {
+    if iat > now.saturating_add(LEEWAY) {
         return Err(UpstreamError::refused("iat is in the future"));
     }
     match seconds(claims, "exp")? {
-        Some(exp) if exp + LEEWAY < now => return Err(UpstreamError::refused("expired")),
+        Some(exp) if exp.saturating_add(LEEWAY) < now => {
+            return Err(UpstreamError::refused("expired"));
+        }
         None if exp_required => return Err(UpstreamError::refused("no exp")),
         _ => {}
     }
     if let Some(nbf) = seconds(claims, "nbf")?
-        && nbf > now + LEEWAY
+        && nbf > now.saturating_add(LEEWAY)
     {
         return Err(UpstreamError::refused("nbf not reached"));
     }
@@ -237,7 +241,7 @@ pub(super) fn check_logout_token(
     let now = now.unix_timestamp();
     // §2.4: `exp` is REQUIRED in a logout token.
     let iat = check_times(claims, now, true)?;
-    if iat + LOGOUT_TOKEN_MAX_AGE + LEEWAY < now {
+    if iat.saturating_add(LOGOUT_TOKEN_MAX_AGE + LEEWAY) < now {
         return Err(UpstreamError::refused("logout token too old"));
     }
     // §2.4: `events` holds the back-channel logout event, whose value is an object.
@@ -363,6 +367,17 @@ mod tests {
                 "{bad}"
             );
         }
+        // Far-future and far-past times neither wrap round nor panic.
+        assert!(check(json!({"exp": i64::MAX})).is_ok());
+        assert!(check(json!({"exp": 1e300})).is_ok());
+        assert!(matches!(
+            check(json!({"exp": i64::MIN})),
+            Err(UpstreamError::Refused(_))
+        ));
+        assert!(matches!(
+            check(json!({"nbf": i64::MAX})),
+            Err(UpstreamError::Refused(_))
+        ));
         // Within the leeway, and several audiences with the right azp.
         assert!(check(json!({"exp": t - LEEWAY + 1, "iat": t + LEEWAY})).is_ok());
         assert!(check(json!({"aud": ["other", "gatehouse"], "azp": "gatehouse"})).is_ok());
