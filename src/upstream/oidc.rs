@@ -162,10 +162,13 @@ fn check_azp(
     aud: &[&str],
     up: &Upstream,
 ) -> Result<(), UpstreamError> {
-    match string(claims, "azp") {
-        Some(azp) if azp != up.client_id => Err(UpstreamError::refused("azp is not our client id")),
+    // A present `azp` that is not a string names no client at all: refused rather
+    // than read as absent.
+    match claims.get("azp") {
+        Some(Value::String(azp)) if *azp == up.client_id => Ok(()),
+        Some(_) => Err(UpstreamError::refused("azp is not our client id")),
         None if aud.len() > 1 => Err(UpstreamError::refused("several audiences and no azp")),
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
 
@@ -353,6 +356,9 @@ mod tests {
             json!({"aud": ["other", "gatehouse"]}),
             json!({"aud": ["other", "gatehouse"], "azp": "other"}),
             json!({"azp": "other"}),
+            json!({"azp": 7}),
+            json!({"azp": ["gatehouse"]}),
+            json!({"aud": ["other", "gatehouse"], "azp": false}),
             json!({"exp": t - LEEWAY - 1}),
             json!({"exp": null}),
             json!({"iat": t + LEEWAY + 1}),
@@ -420,6 +426,7 @@ mod tests {
             // §2.4: exp is required; the azp rule is the ID token's.
             json!({"exp": null}),
             json!({"azp": "other"}),
+            json!({"azp": 7}),
             json!({"aud": ["other", "gatehouse"]}),
             json!({"events": null}),
             json!({"events": {"other": {}}}),
