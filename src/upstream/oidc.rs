@@ -200,6 +200,18 @@ fn check_times(
     Ok(iat)
 }
 
+/// The longest `sid` taken from an upstream (as for `sub` and `jti`).
+const MAX_SID: usize = 255;
+
+/// An upstream's address, as stored: none at all when it is longer than an address
+/// can be (RFC 5321 §4.5.3.1: a path of 256 octets, 254 for the address itself), so
+/// an upstream cannot fill rows with whatever it likes.
+pub(super) fn usable_email(email: Option<&str>) -> Option<String> {
+    email
+        .filter(|e| !e.is_empty() && e.len() <= 254)
+        .map(str::to_string)
+}
+
 /// OIDC Core §3.1.3.7 steps 2–11 on a token whose signature checked out.
 pub(super) fn check_id_token(
     claims: &Map<String, Value>,
@@ -220,13 +232,22 @@ pub(super) fn check_id_token(
     let subject = string(claims, "sub")
         .filter(|s| !s.is_empty() && s.len() <= 255)
         .ok_or_else(|| UpstreamError::refused("no usable sub"))?;
+    // `sid` is stored with the session and indexed; an upstream gets no say in how
+    // large that row is.
+    let sid = match claims.get("sid") {
+        None => None,
+        Some(Value::String(sid)) if !sid.is_empty() && sid.len() <= MAX_SID => Some(sid.clone()),
+        Some(_) => return Err(UpstreamError::refused("sid is not a usable string")),
+    };
+    let email = usable_email(string(claims, "email"));
     // Only a JSON `true` says the address is verified (OIDC Core §5.1).
-    let email_verified = claims.get("email_verified") == Some(&Value::Bool(true));
+    let email_verified =
+        email.is_some() && claims.get("email_verified") == Some(&Value::Bool(true));
     Ok(UpstreamIdentity {
         subject: subject.to_string(),
-        email: string(claims, "email").map(str::to_string),
+        email,
         email_verified,
-        sid: string(claims, "sid").map(str::to_string),
+        sid,
     })
 }
 
@@ -262,9 +283,13 @@ pub(super) fn check_logout_token(
     let sub = string(claims, "sub")
         .filter(|s| !s.is_empty())
         .map(str::to_string);
+    // No session here has a longer `sid` (see `check_id_token`).
     let sid = string(claims, "sid")
         .filter(|s| !s.is_empty())
         .map(str::to_string);
+    if sid.as_ref().is_some_and(|s| s.len() > MAX_SID) {
+        return Err(UpstreamError::refused("sid too long"));
+    }
     if sub.is_none() && sid.is_none() {
         return Err(UpstreamError::refused(
             "logout token names neither sub nor sid",
@@ -373,6 +398,22 @@ mod tests {
                 "{bad}"
             );
         }
+        // Upstream-chosen sizes: a sid longer than 255 is refused, an address
+        // longer than 254 is no address (and so not a verified one).
+        assert!(check(json!({"sid": "s".repeat(255)})).is_ok());
+        for bad in [json!({"sid": "s".repeat(256)}), json!({"sid": 7})] {
+            assert!(
+                matches!(check(bad.clone()), Err(UpstreamError::Refused(_))),
+                "{bad}"
+            );
+        }
+        let long = format!("{}@example.com", "a".repeat(243));
+        assert_eq!(long.len(), 255);
+        let id = check(json!({"email": long})).unwrap();
+        assert_eq!(id.email, None);
+        assert!(!id.email_verified);
+        let fits = format!("{}@example.com", "a".repeat(242));
+        assert_eq!(check(json!({"email": fits.clone()})).unwrap().email, Some(fits));
         // Far-future and far-past times neither wrap round nor panic.
         assert!(check(json!({"exp": i64::MAX})).is_ok());
         assert!(check(json!({"exp": 1e300})).is_ok());
@@ -431,6 +472,7 @@ mod tests {
             json!({"events": null}),
             json!({"events": {"other": {}}}),
             json!({"events": {LOGOUT_EVENT: "yes"}}),
+            json!({"sid": "s".repeat(256)}),
             json!({"nonce": "n"}),
             json!({"sub": null, "sid": null}),
             json!({"jti": null}),
