@@ -87,7 +87,12 @@ fn check_name(name: &str) -> anyhow::Result<()> {
 /// no query, fragment or user info (OIDC Discovery §2 for issuers).
 pub fn check_url(flag: &str, text: &str, dev: bool) -> anyhow::Result<String> {
     let url = url::Url::parse(text).map_err(|_| anyhow!("{flag}: {text:?} is not a URL"))?;
-    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+    // `https://:secret@idp.example` has an empty user name but a password.
+    if url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
         bail!("{flag}: must not have a query, fragment or user info");
     }
     let host = url
@@ -314,6 +319,7 @@ mod tests {
         assert!(check_url("--issuer", "http://idp.example", true).is_err());
         assert!(check_url("--issuer", "https://idp.example/?a=b", false).is_err());
         assert!(check_url("--issuer", "https://u:p@idp.example", false).is_err());
+        assert!(check_url("--issuer", "https://:p@idp.example", false).is_err());
         assert!(check_url("--issuer", "ftp://idp.example", false).is_err());
         assert!(check_url("--issuer", "idp.example", false).is_err());
     }
