@@ -12,6 +12,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use super::http::send_json;
+use crate::settings::is_loopback_host;
 use super::{
     DISCOVERY_TTL, JWKS_REFETCH_INTERVAL, JWKS_TTL, Upstream, UpstreamError, UpstreamKind,
 };
@@ -143,13 +144,14 @@ pub(super) fn discovery_url(issuer: &str) -> String {
     )
 }
 
-/// An endpoint named by a discovery document must be `https://`, unless the
-/// issuer itself is plain `http://` (which `upstream add` allows only on loopback in
-/// dev mode).
-fn endpoint_ok(issuer: &str, endpoint: &str) -> bool {
-    match url::Url::parse(endpoint) {
+/// Whether Gatehouse may talk to `url` (an issuer, an endpoint its discovery names,
+/// a GitHub base): `https://`, or plain `http://` only to a loopback host in dev
+/// mode. Checked at every use, not only by `upstream add`: a row written by a dev-mode
+/// command, or a discovery document, must not send codes and secrets in the clear.
+pub(super) fn transport_ok(url: &str, dev: bool) -> bool {
+    match url::Url::parse(url) {
         Ok(u) if u.scheme() == "https" => true,
-        Ok(u) if u.scheme() == "http" => issuer.starts_with("http://"),
+        Ok(u) if u.scheme() == "http" => dev && u.host().is_some_and(|h| is_loopback_host(&h)),
         _ => false,
     }
 }
@@ -181,12 +183,18 @@ impl Cache {
         &self,
         http: &reqwest::Client,
         up: &Upstream,
+        dev: bool,
     ) -> Result<Arc<Discovery>, UpstreamError> {
         if up.kind != UpstreamKind::Oidc {
             return Err(UpstreamError::refused("not an OpenID Connect upstream"));
         }
         let rule = IssuerRule::of(up)?;
         let issuer = up.issuer.clone().unwrap_or_default();
+        if !transport_ok(&issuer, dev) {
+            return Err(UpstreamError::refused(
+                "issuer is not https (plain http only on loopback in dev mode)",
+            ));
+        }
         if let Ok(docs) = self.docs.read()
             && let Some((at, d)) = docs.get(&issuer)
             && at.elapsed() < DISCOVERY_TTL
@@ -208,9 +216,9 @@ impl Cache {
             )));
         }
         for endpoint in [&d.authorization_endpoint, &d.token_endpoint, &d.jwks_uri] {
-            if !endpoint_ok(&issuer, endpoint) {
+            if !transport_ok(endpoint, dev) {
                 return Err(UpstreamError::refused(format!(
-                    "discovery names an endpoint that is not https: {endpoint:?}"
+                    "discovery names an endpoint that is not https (plain http only on loopback in dev mode): {endpoint:?}"
                 )));
             }
         }
@@ -478,6 +486,21 @@ mod tests {
         // No kid: only an unambiguous key answers.
         assert!(pick_key(&keys, None, Algorithm::ES256).is_some());
         assert!(pick_key(&keys[..1], None, Algorithm::RS256).is_some());
+    }
+
+    #[test]
+    fn plain_http_is_spoken_only_to_loopback_in_dev_mode() {
+        assert!(transport_ok("https://idp.example/token", false));
+        assert!(transport_ok("https://idp.example/token", true));
+        assert!(transport_ok("http://127.0.0.1:8080/token", true));
+        assert!(transport_ok("http://localhost:8080/token", true));
+        assert!(transport_ok("http://[::1]:8080/token", true));
+        assert!(!transport_ok("http://127.0.0.1:8080/token", false));
+        // An http issuer does not open the door to http endpoints elsewhere.
+        assert!(!transport_ok("http://idp.example/token", true));
+        assert!(!transport_ok("http://10.0.0.1/token", true));
+        assert!(!transport_ok("ftp://idp.example/token", true));
+        assert!(!transport_ok("not a url", true));
     }
 
     #[test]

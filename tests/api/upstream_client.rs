@@ -75,7 +75,7 @@ async fn rig() -> Rig {
         store,
         up,
         secret,
-        rp: upstream::Client::new(Clock::system()).unwrap(),
+        rp: upstream::Client::new(Clock::system(), true).unwrap(),
     }
 }
 
@@ -433,7 +433,7 @@ async fn discovery_is_cached_and_unknown_kids_refetch_the_keys_at_most_once_in_a
         scopes: "openid".into(),
         created_at: time::OffsetDateTime::now_utc(),
     };
-    let rp = upstream::Client::new(Clock::system()).unwrap();
+    let rp = upstream::Client::new(Clock::system(), true).unwrap();
     let enc = |v: Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(&v).unwrap());
     for i in 0..10 {
         let token = format!(
@@ -450,4 +450,32 @@ async fn discovery_is_cached_and_unknown_kids_refetch_the_keys_at_most_once_in_a
         2,
         "the key set once, and once more for the first unknown kid only"
     );
+}
+
+#[tokio::test]
+async fn outside_dev_mode_a_plain_http_issuer_is_refused_without_being_asked_anything() {
+    // The row may come from a dev-mode `upstream add`; the server checks again.
+    use std::sync::atomic::Ordering;
+    let (base, hits) = counting_provider().await;
+    let up = Upstream {
+        id: uuid::Uuid::new_v4(),
+        name: "plain".into(),
+        kind: gatehouse::store::UpstreamKind::Oidc,
+        preset: None,
+        label: "Plain".into(),
+        trust_email: false,
+        issuer: Some(base.clone()),
+        base_url: None,
+        api_url: None,
+        client_id: "c".into(),
+        scopes: "openid".into(),
+        created_at: time::OffsetDateTime::now_utc(),
+    };
+    let rp = upstream::Client::new(Clock::system(), false).unwrap();
+    assert!(refused(rp.authorization_url(&up, CB, "s", "n", "c").await));
+    assert_eq!(hits[0].load(Ordering::SeqCst), 0, "no discovery fetched");
+    // In dev mode the same loopback issuer is used.
+    let dev = upstream::Client::new(Clock::system(), true).unwrap();
+    assert!(dev.authorization_url(&up, CB, "s", "n", "c").await.is_ok());
+    assert_eq!(hits[0].load(Ordering::SeqCst), 1);
 }
