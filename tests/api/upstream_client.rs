@@ -355,22 +355,48 @@ async fn the_upstreams_logout_token_verifies_once_and_names_the_session() {
         rig.rp.verify_logout_token(&rig.store, &rig.up, token).await
     ));
     // An ID token is not a logout token (a nonce, no event).
-    let id_token = rig
-        .id_token(&rig.idp.signed_in("bob@example.com").await, "n")
-        .await;
+    let bob = rig.idp.signed_in("bob@example.com").await;
+    let id_token = rig.id_token(&bob, "n").await;
     assert!(refused(
         rig.rp
             .verify_logout_token(&rig.store, &rig.up, &id_token)
             .await
     ));
-    // Addressed to another client: refused, and its jti not spent.
+    // A fresh logout token (Bob signs out), checked as if addressed to another
+    // client: refused, and its jti not spent.
+    let csrf = bob.get("/account").await.csrf();
+    assert_eq!(
+        bob.post_form("/logout", &[("csrf_token", &csrf)])
+            .await
+            .status,
+        303
+    );
+    let mut fresh = None;
+    for _ in 0..100 {
+        fresh = rig.receiver.received().into_iter().find(|t| t != token);
+        if fresh.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let fresh = fresh.expect("Bob's logout token arrives");
     let other = Upstream {
         client_id: "another-client".into(),
         ..rig.up.clone()
     };
+    let spent = "SELECT count(*) FROM upstream_logout_jtis";
+    let before = rig.us.count(spent).await;
     assert!(refused(
-        rig.rp.verify_logout_token(&rig.store, &other, token).await
+        rig.rp.verify_logout_token(&rig.store, &other, &fresh).await
     ));
+    assert_eq!(rig.us.count(spent).await, before, "no jti spent");
+    // Addressed to us it still verifies: nothing above used it up.
+    let claims = rig
+        .rp
+        .verify_logout_token(&rig.store, &rig.up, &fresh)
+        .await
+        .expect("the fresh logout token verifies for its own client");
+    assert!(claims.sid.is_some());
 }
 
 /// A bare OpenID provider that counts how often its discovery document and key set
