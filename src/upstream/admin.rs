@@ -7,6 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::discovery::is_multi_tenant;
 use super::{Upstream, UpstreamKind, seal_client_secret};
+use crate::auth::events::admin_event;
 use crate::settings::is_loopback_host;
 use crate::state::AppState;
 use crate::store::{NewUpstream, StoreError};
@@ -248,6 +249,15 @@ pub async fn add(state: &AppState, a: AddUpstream) -> anyhow::Result<Added> {
         Err(StoreError::Conflict) => bail!("an upstream named {:?} exists already", a.name),
         Err(e) => return Err(anyhow::Error::new(e).context("adding the upstream")),
     };
+    // No account is changed by an addition, so there is no one's activity to record
+    // it on; the operator's log has it.
+    tracing::info!(
+        actor = "admin",
+        upstream = %upstream.name,
+        kind = upstream.kind.as_str(),
+        trust_email = upstream.trust_email,
+        "upstream added"
+    );
     Ok(Added {
         redirect_uri: redirect_uri(state, &upstream.name),
         backchannel_logout_uri: backchannel_logout_uri(state, &upstream.name),
@@ -283,16 +293,29 @@ pub async fn list(state: &AppState) -> anyhow::Result<Vec<serde_json::Value>> {
         .collect())
 }
 
-/// Deletes an upstream; its links go with it. Error when there is none of that name.
+/// Deletes an upstream; its links go with it, and each person who had one gets an
+/// `upstream_unlinked` event by actor `admin` naming it. Error when there is none of
+/// that name.
 pub async fn delete(state: &AppState, name: &str) -> anyhow::Result<()> {
+    let Some((up, _)) = state
+        .store
+        .upstream_by_name(name)
+        .await
+        .context("reading the upstream")?
+    else {
+        bail!("no upstream is named {name:?}");
+    };
+    let event = admin_event(state, "upstream_unlinked", Some(&up.label))
+        .map_err(|e| anyhow!("recording the event: {e}"))?;
     if !state
         .store
-        .delete_upstream(name)
+        .delete_upstream(name, &event)
         .await
         .context("deleting the upstream")?
     {
         bail!("no upstream is named {name:?}");
     }
+    tracing::info!(actor = "admin", upstream = %name, "upstream deleted");
     Ok(())
 }
 
