@@ -12,10 +12,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use super::http::send_json;
-use crate::settings::is_loopback_host;
 use super::{
     DISCOVERY_TTL, JWKS_REFETCH_INTERVAL, JWKS_TTL, Upstream, UpstreamError, UpstreamKind,
 };
+use crate::settings::is_loopback_host;
 
 /// The parts of a discovery document (OIDC Discovery 1.0 §3) Gatehouse uses.
 #[derive(Clone, Debug, Deserialize)]

@@ -413,7 +413,10 @@ mod tests {
         assert_eq!(id.email, None);
         assert!(!id.email_verified);
         let fits = format!("{}@example.com", "a".repeat(242));
-        assert_eq!(check(json!({"email": fits.clone()})).unwrap().email, Some(fits));
+        assert_eq!(
+            check(json!({"email": fits.clone()})).unwrap().email,
+            Some(fits)
+        );
         // Far-future and far-past times neither wrap round nor panic.
         assert!(check(json!({"exp": i64::MAX})).is_ok());
         assert!(check(json!({"exp": 1e300})).is_ok());
