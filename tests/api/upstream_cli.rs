@@ -404,7 +404,8 @@ async fn deleting_an_upstream_takes_its_links_with_it_and_tells_each_person() {
     // The person's activity says an administrator removed that way to sign in.
     let events: Vec<(String, String, Option<String>)> = sqlx::query_as(
         "SELECT e.kind, e.actor, e.detail FROM security_events e
-         JOIN users u ON u.id = e.user_id WHERE u.email = 'linked@example.com'",
+         JOIN users u ON u.id = e.user_id
+         WHERE u.email = 'linked@example.com' AND e.actor = 'admin'",
     )
     .fetch_all(&app.db)
     .await
