@@ -95,7 +95,7 @@ impl AppState {
             );
         }
         let upstreams = Arc::new(
-            crate::upstream::Client::new(clock.clone())
+            crate::upstream::Client::new(clock.clone(), settings.dev)
                 .context("building the HTTP client for upstream identity providers")?,
         );
         Ok(Self {

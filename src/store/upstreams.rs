@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::accounts::lock_user;
-use super::events::{NewEvent, insert_event};
+use super::events::{EVENT_COLUMNS, NewEvent, bind_event, event_values, insert_event};
 use super::pg::retry_once;
 use super::{PgStore, StoreError};
 use crate::domain::UserId;
@@ -138,9 +138,10 @@ pub trait UpstreamStore: Send + Sync {
     async fn upstream_by_id(&self, id: Uuid) -> Result<Option<(Upstream, Vec<u8>)>, StoreError>;
     /// Adds an upstream; `Conflict` when the name is taken.
     async fn add_upstream(&self, new: &NewUpstream) -> Result<Upstream, StoreError>;
-    /// Deletes an upstream and, by cascade, every identity linked through it.
+    /// Deletes an upstream and, by cascade, every identity linked through it,
+    /// recording `event` for each person who had one, in the same transaction.
     /// Whether it existed.
-    async fn delete_upstream(&self, name: &str) -> Result<bool, StoreError>;
+    async fn delete_upstream(&self, name: &str, event: &NewEvent) -> Result<bool, StoreError>;
     /// The identity known for (upstream, subject).
     async fn federated_identity(
         &self,
@@ -292,13 +293,35 @@ impl UpstreamStore for PgStore {
         Ok(row.split()?.0)
     }
 
-    async fn delete_upstream(&self, name: &str) -> Result<bool, StoreError> {
-        let n = sqlx::query("DELETE FROM upstreams WHERE name = $1")
-            .bind(name)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(n > 0)
+    async fn delete_upstream(&self, name: &str, event: &NewEvent) -> Result<bool, StoreError> {
+        retry_once(|| async move {
+            let mut tx = self.pool.begin().await?;
+            let id: Option<Uuid> =
+                sqlx::query_scalar("SELECT id FROM upstreams WHERE name = $1 FOR UPDATE")
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some(id) = id else {
+                return Ok(false);
+            };
+            // Each person loses a way to sign in: their activity page says so.
+            let sql = format!(
+                "INSERT INTO security_events {EVENT_COLUMNS}
+                 SELECT gen_random_uuid(), f.user_id, NULL, {}
+                 FROM federated_identities f WHERE f.upstream_id = $1",
+                event_values(1)
+            );
+            bind_event(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id), event)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM upstreams WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
     }
 
     async fn federated_identity(

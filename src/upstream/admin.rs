@@ -5,7 +5,9 @@
 use anyhow::{Context, anyhow, bail};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::discovery::is_multi_tenant;
 use super::{Upstream, UpstreamKind, seal_client_secret};
+use crate::auth::events::admin_event;
 use crate::settings::is_loopback_host;
 use crate::state::AppState;
 use crate::store::{NewUpstream, StoreError};
@@ -86,7 +88,12 @@ fn check_name(name: &str) -> anyhow::Result<()> {
 /// no query, fragment or user info (OIDC Discovery §2 for issuers).
 pub fn check_url(flag: &str, text: &str, dev: bool) -> anyhow::Result<String> {
     let url = url::Url::parse(text).map_err(|_| anyhow!("{flag}: {text:?} is not a URL"))?;
-    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+    // `https://:secret@idp.example` has an empty user name but a password.
+    if url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
         bail!("{flag}: must not have a query, fragment or user info");
     }
     let host = url
@@ -105,6 +112,19 @@ pub fn check_url(flag: &str, text: &str, dev: bool) -> anyhow::Result<String> {
     }
     // As given (an issuer is compared exactly), less surrounding whitespace.
     Ok(text.trim().to_string())
+}
+
+/// `--trust-email` links at once on the upstream's word that an address is verified.
+/// A multi-tenant issuer (Entra's `common`, `organizations`, `consumers`) speaks for
+/// every tenant, and any tenant's administrator can give a user any address, marked
+/// verified (the "nOAuth" takeovers): that word is worth nothing, so it is refused.
+fn check_trust_email(issuer: Option<&str>, trust_email: bool) -> anyhow::Result<()> {
+    if trust_email && issuer.is_some_and(is_multi_tenant) {
+        bail!(
+            "--trust-email: refused for a multi-tenant issuer (any tenant's administrator can set any address); give --issuer https://login.microsoftonline.com/TENANT-ID/v2.0 for one organisation"
+        );
+    }
+    Ok(())
 }
 
 /// RFC 6749 §3.3 scope tokens, separated by single spaces.
@@ -184,6 +204,7 @@ pub async fn add(state: &AppState, a: AddUpstream) -> anyhow::Result<Added> {
             (None, Some(base), Some(api))
         }
     };
+    check_trust_email(issuer.as_deref(), a.trust_email)?;
     let client_id = printable("--client-id", &a.client_id, 512)?;
     if client_id.contains(char::is_whitespace) {
         bail!("--client-id: must not contain spaces");
@@ -228,6 +249,15 @@ pub async fn add(state: &AppState, a: AddUpstream) -> anyhow::Result<Added> {
         Err(StoreError::Conflict) => bail!("an upstream named {:?} exists already", a.name),
         Err(e) => return Err(anyhow::Error::new(e).context("adding the upstream")),
     };
+    // No account is changed by an addition, so there is no one's activity to record
+    // it on; the operator's log has it.
+    tracing::info!(
+        actor = "admin",
+        upstream = %upstream.name,
+        kind = upstream.kind.as_str(),
+        trust_email = upstream.trust_email,
+        "upstream added"
+    );
     Ok(Added {
         redirect_uri: redirect_uri(state, &upstream.name),
         backchannel_logout_uri: backchannel_logout_uri(state, &upstream.name),
@@ -263,16 +293,29 @@ pub async fn list(state: &AppState) -> anyhow::Result<Vec<serde_json::Value>> {
         .collect())
 }
 
-/// Deletes an upstream; its links go with it. Error when there is none of that name.
+/// Deletes an upstream; its links go with it, and each person who had one gets an
+/// `upstream_unlinked` event by actor `admin` naming it. Error when there is none of
+/// that name.
 pub async fn delete(state: &AppState, name: &str) -> anyhow::Result<()> {
+    let Some((up, _)) = state
+        .store
+        .upstream_by_name(name)
+        .await
+        .context("reading the upstream")?
+    else {
+        bail!("no upstream is named {name:?}");
+    };
+    let event = admin_event(state, "upstream_unlinked", Some(&up.label))
+        .map_err(|e| anyhow!("recording the event: {e}"))?;
     if !state
         .store
-        .delete_upstream(name)
+        .delete_upstream(name, &event)
         .await
         .context("deleting the upstream")?
     {
         bail!("no upstream is named {name:?}");
     }
+    tracing::info!(actor = "admin", upstream = %name, "upstream deleted");
     Ok(())
 }
 
@@ -299,8 +342,23 @@ mod tests {
         assert!(check_url("--issuer", "http://idp.example", true).is_err());
         assert!(check_url("--issuer", "https://idp.example/?a=b", false).is_err());
         assert!(check_url("--issuer", "https://u:p@idp.example", false).is_err());
+        assert!(check_url("--issuer", "https://:p@idp.example", false).is_err());
         assert!(check_url("--issuer", "ftp://idp.example", false).is_err());
         assert!(check_url("--issuer", "idp.example", false).is_err());
+    }
+
+    #[test]
+    fn trust_email_is_refused_for_a_multi_tenant_issuer() {
+        // U1: on a multi-tenant issuer every tenant vouches for addresses.
+        for multi in ["common", "organizations", "consumers"] {
+            let issuer = format!("https://login.microsoftonline.com/{multi}/v2.0");
+            assert!(check_trust_email(Some(&issuer), true).is_err(), "{multi}");
+            assert!(check_trust_email(Some(&issuer), false).is_ok(), "{multi}");
+        }
+        let one = "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0";
+        assert!(check_trust_email(Some(one), true).is_ok());
+        assert!(check_trust_email(Some("https://accounts.google.com"), true).is_ok());
+        assert!(check_trust_email(None, true).is_ok());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use super::http::send_json;
 use super::{
     DISCOVERY_TTL, JWKS_REFETCH_INTERVAL, JWKS_TTL, Upstream, UpstreamError, UpstreamKind,
 };
+use crate::settings::is_loopback_host;
 
 /// The parts of a discovery document (OIDC Discovery 1.0 §3) Gatehouse uses.
 #[derive(Clone, Debug, Deserialize)]
@@ -74,10 +75,7 @@ impl IssuerRule {
         if issuer == GOOGLE {
             return Ok(IssuerRule::Google);
         }
-        if let Some(rest) = issuer.strip_prefix("https://login.microsoftonline.com/")
-            && let Some(tenant) = rest.strip_suffix("/v2.0")
-            && matches!(tenant, "common" | "organizations" | "consumers")
-        {
+        if is_multi_tenant(issuer) {
             return Ok(IssuerRule::EntraTemplate {
                 before: "https://login.microsoftonline.com/".into(),
                 after: "/v2.0".into(),
@@ -122,6 +120,16 @@ impl IssuerRule {
     }
 }
 
+/// Whether `issuer` is one of Entra's multi-tenant endpoints, whose tokens come from
+/// whichever tenant the person belongs to (each tenant's administrators type its
+/// users' addresses themselves).
+pub(super) fn is_multi_tenant(issuer: &str) -> bool {
+    issuer
+        .strip_prefix("https://login.microsoftonline.com/")
+        .and_then(|rest| rest.strip_suffix("/v2.0"))
+        .is_some_and(|tenant| matches!(tenant, "common" | "organizations" | "consumers"))
+}
+
 /// An Entra tenant id: a GUID.
 fn is_tenant_id(s: &str) -> bool {
     uuid::Uuid::parse_str(s).is_ok_and(|u| u.hyphenated().to_string() == s.to_ascii_lowercase())
@@ -136,13 +144,14 @@ pub(super) fn discovery_url(issuer: &str) -> String {
     )
 }
 
-/// An endpoint named by a discovery document must be `https://`, unless the
-/// issuer itself is plain `http://` (which `upstream add` allows only on loopback in
-/// dev mode).
-fn endpoint_ok(issuer: &str, endpoint: &str) -> bool {
-    match url::Url::parse(endpoint) {
+/// Whether Gatehouse may talk to `url` (an issuer, an endpoint its discovery names,
+/// a GitHub base): `https://`, or plain `http://` only to a loopback host in dev
+/// mode. Checked at every use, not only by `upstream add`: a row written by a dev-mode
+/// command, or a discovery document, must not send codes and secrets in the clear.
+pub(super) fn transport_ok(url: &str, dev: bool) -> bool {
+    match url::Url::parse(url) {
         Ok(u) if u.scheme() == "https" => true,
-        Ok(u) if u.scheme() == "http" => issuer.starts_with("http://"),
+        Ok(u) if u.scheme() == "http" => dev && u.host().is_some_and(|h| is_loopback_host(&h)),
         _ => false,
     }
 }
@@ -174,12 +183,18 @@ impl Cache {
         &self,
         http: &reqwest::Client,
         up: &Upstream,
+        dev: bool,
     ) -> Result<Arc<Discovery>, UpstreamError> {
         if up.kind != UpstreamKind::Oidc {
             return Err(UpstreamError::refused("not an OpenID Connect upstream"));
         }
         let rule = IssuerRule::of(up)?;
         let issuer = up.issuer.clone().unwrap_or_default();
+        if !transport_ok(&issuer, dev) {
+            return Err(UpstreamError::refused(
+                "issuer is not https (plain http only on loopback in dev mode)",
+            ));
+        }
         if let Ok(docs) = self.docs.read()
             && let Some((at, d)) = docs.get(&issuer)
             && at.elapsed() < DISCOVERY_TTL
@@ -201,9 +216,9 @@ impl Cache {
             )));
         }
         for endpoint in [&d.authorization_endpoint, &d.token_endpoint, &d.jwks_uri] {
-            if !endpoint_ok(&issuer, endpoint) {
+            if !transport_ok(endpoint, dev) {
                 return Err(UpstreamError::refused(format!(
-                    "discovery names an endpoint that is not https: {endpoint:?}"
+                    "discovery names an endpoint that is not https (plain http only on loopback in dev mode): {endpoint:?}"
                 )));
             }
         }
@@ -471,6 +486,21 @@ mod tests {
         // No kid: only an unambiguous key answers.
         assert!(pick_key(&keys, None, Algorithm::ES256).is_some());
         assert!(pick_key(&keys[..1], None, Algorithm::RS256).is_some());
+    }
+
+    #[test]
+    fn plain_http_is_spoken_only_to_loopback_in_dev_mode() {
+        assert!(transport_ok("https://idp.example/token", false));
+        assert!(transport_ok("https://idp.example/token", true));
+        assert!(transport_ok("http://127.0.0.1:8080/token", true));
+        assert!(transport_ok("http://localhost:8080/token", true));
+        assert!(transport_ok("http://[::1]:8080/token", true));
+        assert!(!transport_ok("http://127.0.0.1:8080/token", false));
+        // An http issuer does not open the door to http endpoints elsewhere.
+        assert!(!transport_ok("http://idp.example/token", true));
+        assert!(!transport_ok("http://10.0.0.1/token", true));
+        assert!(!transport_ok("ftp://idp.example/token", true));
+        assert!(!transport_ok("not a url", true));
     }
 
     #[test]

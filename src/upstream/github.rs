@@ -131,7 +131,7 @@ pub(super) async fn redeem(
     let email = emails
         .into_iter()
         .find(|e| e.primary && e.verified)
-        .map(|e| e.email);
+        .and_then(|e| super::oidc::usable_email(Some(&e.email)));
     Ok(UpstreamIdentity {
         subject: user.id.to_string(),
         email_verified: email.is_some(),

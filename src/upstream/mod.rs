@@ -100,18 +100,35 @@ pub struct Client {
     http: reqwest::Client,
     clock: Clock,
     cache: discovery::Cache,
+    /// Dev mode: plain `http://` is allowed to loopback hosts (and nowhere else).
+    dev: bool,
 }
 
 impl Client {
     /// The HTTP client is rustls with the ring provider (as for back-channel
     /// logouts), the system's trust store, no redirects (an endpoint that moves is
-    /// misconfigured; following would carry codes and secrets elsewhere).
-    pub fn new(clock: Clock) -> anyhow::Result<Self> {
+    /// misconfigured; following would carry codes and secrets elsewhere). Only
+    /// `https://` upstreams are spoken to, and in dev mode (`dev`) also plain `http://`
+    /// ones on a loopback host.
+    pub fn new(clock: Clock, dev: bool) -> anyhow::Result<Self> {
         Ok(Self {
             http: http::client()?,
             clock,
             cache: discovery::Cache::default(),
+            dev,
         })
+    }
+
+    /// A GitHub upstream's addresses, held to the rule discovery is held to.
+    fn check_github_urls(&self, up: &Upstream) -> Result<(), UpstreamError> {
+        for url in [&up.base_url, &up.api_url].into_iter().flatten() {
+            if !discovery::transport_ok(url, self.dev) {
+                return Err(UpstreamError::refused(
+                    "GitHub address is not https (plain http only on loopback in dev mode)",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The URL to send the browser to: the authorization endpoint with
@@ -131,6 +148,7 @@ impl Client {
                 oidc::authorization_url(&d, up, redirect_uri, state, nonce, code_challenge)
             }
             UpstreamKind::Github => {
+                self.check_github_urls(up)?;
                 github::authorization_url(up, redirect_uri, state, code_challenge)
             }
         }
@@ -171,6 +189,7 @@ impl Client {
                 self.verify_id_token(up, &id_token, nonce).await
             }
             UpstreamKind::Github => {
+                self.check_github_urls(up)?;
                 github::check_response_iss(up, iss)?;
                 github::redeem(
                     &self.http,
@@ -202,8 +221,8 @@ impl Client {
         oidc::check_id_token(&claims, &rule, up, nonce, self.clock.now())
     }
 
-    /// OIDC Back-Channel Logout 1.0 §2.6: signature, `iss`, `aud`, `iat` (and `exp`
-    /// when given), `events`, no `nonce`, `sid` and/or `sub`, and last the `jti`,
+    /// OIDC Back-Channel Logout 1.0 §2.6: signature, `iss`, `aud`, `azp`, `iat`, `exp`
+    /// (required, §2.4), `events`, no `nonce`, `sid` and/or `sub`, and last the `jti`,
     /// spent through the store (a replay is refused).
     pub async fn verify_logout_token(
         &self,
@@ -236,6 +255,6 @@ impl Client {
         &self,
         up: &Upstream,
     ) -> Result<std::sync::Arc<discovery::Discovery>, UpstreamError> {
-        self.cache.discovery(&self.http, up).await
+        self.cache.discovery(&self.http, up, self.dev).await
     }
 }

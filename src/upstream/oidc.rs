@@ -154,6 +154,24 @@ fn check_issuer_and_audience<'a>(
     Ok(aud)
 }
 
+/// OIDC Core §3.1.3.7 steps 4–5: with several audiences `azp` must be present, and
+/// when present it must be our client id. Logout tokens are held to the same rule
+/// (Back-Channel Logout 1.0 §2.6 step 3 validates them as ID tokens are).
+fn check_azp(
+    claims: &Map<String, Value>,
+    aud: &[&str],
+    up: &Upstream,
+) -> Result<(), UpstreamError> {
+    // A present `azp` that is not a string names no client at all: refused rather
+    // than read as absent.
+    match claims.get("azp") {
+        Some(Value::String(azp)) if *azp == up.client_id => Ok(()),
+        Some(_) => Err(UpstreamError::refused("azp is not our client id")),
+        None if aud.len() > 1 => Err(UpstreamError::refused("several audiences and no azp")),
+        None => Ok(()),
+    }
+}
+
 /// `iat` present and not in the future (beyond the leeway); `exp`, when `required`
 /// or present, not past; `nbf`, when present, reached.
 fn check_times(
@@ -161,21 +179,37 @@ fn check_times(
     now: i64,
     exp_required: bool,
 ) -> Result<i64, UpstreamError> {
+    // Saturating: the upstream chooses these numbers, and an `exp` near i64::MAX
+    // must not wrap round (a panic in debug builds, a past time in release ones).
     let iat = seconds(claims, "iat")?.ok_or_else(|| UpstreamError::refused("no iat"))?;
-    if iat > now + LEEWAY {
+    if iat > now.saturating_add(LEEWAY) {
         return Err(UpstreamError::refused("iat is in the future"));
     }
     match seconds(claims, "exp")? {
-        Some(exp) if exp + LEEWAY < now => return Err(UpstreamError::refused("expired")),
+        Some(exp) if exp.saturating_add(LEEWAY) < now => {
+            return Err(UpstreamError::refused("expired"));
+        }
         None if exp_required => return Err(UpstreamError::refused("no exp")),
         _ => {}
     }
     if let Some(nbf) = seconds(claims, "nbf")?
-        && nbf > now + LEEWAY
+        && nbf > now.saturating_add(LEEWAY)
     {
         return Err(UpstreamError::refused("nbf not reached"));
     }
     Ok(iat)
+}
+
+/// The longest `sid` taken from an upstream (as for `sub` and `jti`).
+const MAX_SID: usize = 255;
+
+/// An upstream's address, as stored: none at all when it is longer than an address
+/// can be (RFC 5321 §4.5.3.1: a path of 256 octets, 254 for the address itself), so
+/// an upstream cannot fill rows with whatever it likes.
+pub(super) fn usable_email(email: Option<&str>) -> Option<String> {
+    email
+        .filter(|e| !e.is_empty() && e.len() <= 254)
+        .map(str::to_string)
 }
 
 /// OIDC Core §3.1.3.7 steps 2–11 on a token whose signature checked out.
@@ -187,17 +221,7 @@ pub(super) fn check_id_token(
     now: OffsetDateTime,
 ) -> Result<UpstreamIdentity, UpstreamError> {
     let aud = check_issuer_and_audience(claims, rule, up)?;
-    // §3.1.3.7 steps 4–5: with several audiences `azp` must be present, and when
-    // present it must be our client id.
-    match string(claims, "azp") {
-        Some(azp) if azp != up.client_id => {
-            return Err(UpstreamError::refused("azp is not our client id"));
-        }
-        None if aud.len() > 1 => {
-            return Err(UpstreamError::refused("several audiences and no azp"));
-        }
-        _ => {}
-    }
+    check_azp(claims, &aud, up)?;
     check_times(claims, now.unix_timestamp(), true)?;
     // §3.1.3.7 step 11: the nonce of this browser's request, so a token from
     // another sign-in cannot be replayed into this one.
@@ -208,13 +232,22 @@ pub(super) fn check_id_token(
     let subject = string(claims, "sub")
         .filter(|s| !s.is_empty() && s.len() <= 255)
         .ok_or_else(|| UpstreamError::refused("no usable sub"))?;
+    // `sid` is stored with the session and indexed; an upstream gets no say in how
+    // large that row is.
+    let sid = match claims.get("sid") {
+        None => None,
+        Some(Value::String(sid)) if !sid.is_empty() && sid.len() <= MAX_SID => Some(sid.clone()),
+        Some(_) => return Err(UpstreamError::refused("sid is not a usable string")),
+    };
+    let email = usable_email(string(claims, "email"));
     // Only a JSON `true` says the address is verified (OIDC Core §5.1).
-    let email_verified = claims.get("email_verified") == Some(&Value::Bool(true));
+    let email_verified =
+        email.is_some() && claims.get("email_verified") == Some(&Value::Bool(true));
     Ok(UpstreamIdentity {
         subject: subject.to_string(),
-        email: string(claims, "email").map(str::to_string),
+        email,
         email_verified,
-        sid: string(claims, "sid").map(str::to_string),
+        sid,
     })
 }
 
@@ -227,10 +260,12 @@ pub(super) fn check_logout_token(
     up: &Upstream,
     now: OffsetDateTime,
 ) -> Result<(String, LogoutClaims), UpstreamError> {
-    check_issuer_and_audience(claims, rule, up)?;
+    let aud = check_issuer_and_audience(claims, rule, up)?;
+    check_azp(claims, &aud, up)?;
     let now = now.unix_timestamp();
-    let iat = check_times(claims, now, false)?;
-    if iat + LOGOUT_TOKEN_MAX_AGE + LEEWAY < now {
+    // §2.4: `exp` is REQUIRED in a logout token.
+    let iat = check_times(claims, now, true)?;
+    if iat.saturating_add(LOGOUT_TOKEN_MAX_AGE + LEEWAY) < now {
         return Err(UpstreamError::refused("logout token too old"));
     }
     // §2.4: `events` holds the back-channel logout event, whose value is an object.
@@ -248,9 +283,13 @@ pub(super) fn check_logout_token(
     let sub = string(claims, "sub")
         .filter(|s| !s.is_empty())
         .map(str::to_string);
+    // No session here has a longer `sid` (see `check_id_token`).
     let sid = string(claims, "sid")
         .filter(|s| !s.is_empty())
         .map(str::to_string);
+    if sid.as_ref().is_some_and(|s| s.len() > MAX_SID) {
+        return Err(UpstreamError::refused("sid too long"));
+    }
     if sub.is_none() && sid.is_none() {
         return Err(UpstreamError::refused(
             "logout token names neither sub nor sid",
@@ -342,6 +381,9 @@ mod tests {
             json!({"aud": ["other", "gatehouse"]}),
             json!({"aud": ["other", "gatehouse"], "azp": "other"}),
             json!({"azp": "other"}),
+            json!({"azp": 7}),
+            json!({"azp": ["gatehouse"]}),
+            json!({"aud": ["other", "gatehouse"], "azp": false}),
             json!({"exp": t - LEEWAY - 1}),
             json!({"exp": null}),
             json!({"iat": t + LEEWAY + 1}),
@@ -356,6 +398,36 @@ mod tests {
                 "{bad}"
             );
         }
+        // Upstream-chosen sizes: a sid longer than 255 is refused, an address
+        // longer than 254 is no address (and so not a verified one).
+        assert!(check(json!({"sid": "s".repeat(255)})).is_ok());
+        for bad in [json!({"sid": "s".repeat(256)}), json!({"sid": 7})] {
+            assert!(
+                matches!(check(bad.clone()), Err(UpstreamError::Refused(_))),
+                "{bad}"
+            );
+        }
+        let long = format!("{}@example.com", "a".repeat(243));
+        assert_eq!(long.len(), 255);
+        let id = check(json!({"email": long})).unwrap();
+        assert_eq!(id.email, None);
+        assert!(!id.email_verified);
+        let fits = format!("{}@example.com", "a".repeat(242));
+        assert_eq!(
+            check(json!({"email": fits.clone()})).unwrap().email,
+            Some(fits)
+        );
+        // Far-future and far-past times neither wrap round nor panic.
+        assert!(check(json!({"exp": i64::MAX})).is_ok());
+        assert!(check(json!({"exp": 1e300})).is_ok());
+        assert!(matches!(
+            check(json!({"exp": i64::MIN})),
+            Err(UpstreamError::Refused(_))
+        ));
+        assert!(matches!(
+            check(json!({"nbf": i64::MAX})),
+            Err(UpstreamError::Refused(_))
+        ));
         // Within the leeway, and several audiences with the right azp.
         assert!(check(json!({"exp": t - LEEWAY + 1, "iat": t + LEEWAY})).is_ok());
         assert!(check(json!({"aud": ["other", "gatehouse"], "azp": "gatehouse"})).is_ok());
@@ -364,8 +436,8 @@ mod tests {
     fn logout(extra: Value) -> Result<(String, LogoutClaims), UpstreamError> {
         let t = now().unix_timestamp();
         let mut c = json!({
-            "iss": ISS, "sub": "u-1", "aud": "gatehouse", "iat": t, "jti": "j-1", "sid": "s-1",
-            "events": { LOGOUT_EVENT: {} }
+            "iss": ISS, "sub": "u-1", "aud": "gatehouse", "iat": t, "exp": t + 120,
+            "jti": "j-1", "sid": "s-1", "events": { LOGOUT_EVENT: {} }
         });
         for (k, v) in extra.as_object().unwrap() {
             if v.is_null() {
@@ -386,6 +458,7 @@ mod tests {
         assert_eq!(claims.sid.as_deref(), Some("s-1"));
         assert!(logout(json!({"sid": null})).is_ok());
         assert!(logout(json!({"sub": null})).is_ok());
+        assert!(logout(json!({"aud": ["other", "gatehouse"], "azp": "gatehouse"})).is_ok());
         let t = now().unix_timestamp();
         for bad in [
             json!({"iss": "https://evil.example"}),
@@ -394,9 +467,15 @@ mod tests {
             json!({"iat": t + LEEWAY + 1}),
             json!({"iat": t - LOGOUT_TOKEN_MAX_AGE - LEEWAY - 1}),
             json!({"exp": t - LEEWAY - 1}),
+            // §2.4: exp is required; the azp rule is the ID token's.
+            json!({"exp": null}),
+            json!({"azp": "other"}),
+            json!({"azp": 7}),
+            json!({"aud": ["other", "gatehouse"]}),
             json!({"events": null}),
             json!({"events": {"other": {}}}),
             json!({"events": {LOGOUT_EVENT: "yes"}}),
+            json!({"sid": "s".repeat(256)}),
             json!({"nonce": "n"}),
             json!({"sub": null, "sid": null}),
             json!({"jti": null}),

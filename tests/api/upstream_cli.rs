@@ -285,6 +285,17 @@ async fn bad_upstream_input_is_refused_with_a_clear_error_and_nothing_is_written
             "--client-id",
         ),
         ("--name x --kind google --client-id c", "", "secret"),
+        // U1: a multi-tenant issuer vouches for every tenant's typed-in addresses.
+        (
+            "--name x --kind microsoft --trust-email --client-id c",
+            "s",
+            "--trust-email",
+        ),
+        (
+            "--name x --kind oidc --issuer https://login.microsoftonline.com/organizations/v2.0 --trust-email --client-id c",
+            "s",
+            "--trust-email",
+        ),
         (
             "--name taken --kind google --client-id c",
             "s",
@@ -345,7 +356,7 @@ async fn a_plain_http_issuer_is_accepted_only_on_loopback_in_dev_mode() {
 }
 
 #[tokio::test]
-async fn deleting_an_upstream_takes_its_links_with_it() {
+async fn deleting_an_upstream_takes_its_links_with_it_and_tells_each_person() {
     let app = spawn_app().await;
     add_upstream(
         &app,
@@ -389,6 +400,23 @@ async fn deleting_an_upstream_takes_its_links_with_it() {
             .await,
         1,
         "the person stays"
+    );
+    // The person's activity says an administrator removed that way to sign in.
+    let events: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT e.kind, e.actor, e.detail FROM security_events e
+         JOIN users u ON u.id = e.user_id
+         WHERE u.email = 'linked@example.com' AND e.actor = 'admin'",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        events,
+        [(
+            "upstream_unlinked".to_string(),
+            "admin".to_string(),
+            Some("idp".to_string())
+        )]
     );
     let (ok, _, err) = app.cli(&["upstream", "delete", "idp"], &[]);
     assert!(!ok);

@@ -75,7 +75,7 @@ async fn rig() -> Rig {
         store,
         up,
         secret,
-        rp: upstream::Client::new(Clock::system()).unwrap(),
+        rp: upstream::Client::new(Clock::system(), true).unwrap(),
     }
 }
 
@@ -355,22 +355,48 @@ async fn the_upstreams_logout_token_verifies_once_and_names_the_session() {
         rig.rp.verify_logout_token(&rig.store, &rig.up, token).await
     ));
     // An ID token is not a logout token (a nonce, no event).
-    let id_token = rig
-        .id_token(&rig.idp.signed_in("bob@example.com").await, "n")
-        .await;
+    let bob = rig.idp.signed_in("bob@example.com").await;
+    let id_token = rig.id_token(&bob, "n").await;
     assert!(refused(
         rig.rp
             .verify_logout_token(&rig.store, &rig.up, &id_token)
             .await
     ));
-    // Addressed to another client: refused, and its jti not spent.
+    // A fresh logout token (Bob signs out), checked as if addressed to another
+    // client: refused, and its jti not spent.
+    let csrf = bob.get("/account").await.csrf();
+    assert_eq!(
+        bob.post_form("/logout", &[("csrf_token", &csrf)])
+            .await
+            .status,
+        303
+    );
+    let mut fresh = None;
+    for _ in 0..100 {
+        fresh = rig.receiver.received().into_iter().find(|t| t != token);
+        if fresh.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let fresh = fresh.expect("Bob's logout token arrives");
     let other = Upstream {
         client_id: "another-client".into(),
         ..rig.up.clone()
     };
+    let spent = "SELECT count(*) FROM upstream_logout_jtis";
+    let before = rig.us.count(spent).await;
     assert!(refused(
-        rig.rp.verify_logout_token(&rig.store, &other, token).await
+        rig.rp.verify_logout_token(&rig.store, &other, &fresh).await
     ));
+    assert_eq!(rig.us.count(spent).await, before, "no jti spent");
+    // Addressed to us it still verifies: nothing above used it up.
+    let claims = rig
+        .rp
+        .verify_logout_token(&rig.store, &rig.up, &fresh)
+        .await
+        .expect("the fresh logout token verifies for its own client");
+    assert!(claims.sid.is_some());
 }
 
 /// A bare OpenID provider that counts how often its discovery document and key set
@@ -433,7 +459,7 @@ async fn discovery_is_cached_and_unknown_kids_refetch_the_keys_at_most_once_in_a
         scopes: "openid".into(),
         created_at: time::OffsetDateTime::now_utc(),
     };
-    let rp = upstream::Client::new(Clock::system()).unwrap();
+    let rp = upstream::Client::new(Clock::system(), true).unwrap();
     let enc = |v: Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(&v).unwrap());
     for i in 0..10 {
         let token = format!(
@@ -450,4 +476,32 @@ async fn discovery_is_cached_and_unknown_kids_refetch_the_keys_at_most_once_in_a
         2,
         "the key set once, and once more for the first unknown kid only"
     );
+}
+
+#[tokio::test]
+async fn outside_dev_mode_a_plain_http_issuer_is_refused_without_being_asked_anything() {
+    // The row may come from a dev-mode `upstream add`; the server checks again.
+    use std::sync::atomic::Ordering;
+    let (base, hits) = counting_provider().await;
+    let up = Upstream {
+        id: uuid::Uuid::new_v4(),
+        name: "plain".into(),
+        kind: gatehouse::store::UpstreamKind::Oidc,
+        preset: None,
+        label: "Plain".into(),
+        trust_email: false,
+        issuer: Some(base.clone()),
+        base_url: None,
+        api_url: None,
+        client_id: "c".into(),
+        scopes: "openid".into(),
+        created_at: time::OffsetDateTime::now_utc(),
+    };
+    let rp = upstream::Client::new(Clock::system(), false).unwrap();
+    assert!(refused(rp.authorization_url(&up, CB, "s", "n", "c").await));
+    assert_eq!(hits[0].load(Ordering::SeqCst), 0, "no discovery fetched");
+    // In dev mode the same loopback issuer is used.
+    let dev = upstream::Client::new(Clock::system(), true).unwrap();
+    assert!(dev.authorization_url(&up, CB, "s", "n", "c").await.is_ok());
+    assert_eq!(hits[0].load(Ordering::SeqCst), 1);
 }

@@ -168,7 +168,7 @@ async fn redeem(
 async fn github_gives_its_numeric_id_and_only_the_primary_verified_address() {
     let (base, hub) = stand_in().await;
     let up = github(&base);
-    let rp = upstream::Client::new(Clock::system()).unwrap();
+    let rp = upstream::Client::new(Clock::system(), true).unwrap();
     *hub.emails.lock().unwrap() = json!([
         {"email": "other@example.com", "primary": false, "verified": true, "visibility": null},
         {"email": "octo@example.com", "primary": true, "verified": true, "visibility": "private"},
@@ -201,7 +201,7 @@ async fn github_gives_its_numeric_id_and_only_the_primary_verified_address() {
 async fn a_bad_code_or_verifier_is_refused_and_github_down_is_unreachable() {
     let (base, hub) = stand_in().await;
     let up = github(&base);
-    let rp = upstream::Client::new(Clock::system()).unwrap();
+    let rp = upstream::Client::new(Clock::system(), true).unwrap();
     *hub.emails.lock().unwrap() = json!([]);
     let verifier = authorize(&rp, &up, &hub).await;
     let r = redeem(&rp, &up, "bad-code", &verifier).await;
