@@ -339,6 +339,8 @@ struct IdentityUserRow {
 }
 
 /// Inserts the link; `false` when (user, upstream) or (upstream, subject) is taken.
+/// A link made while the account's address is unconfirmed is marked so: a password
+/// reset removes it (`links.rs`).
 async fn insert_identity(
     conn: &mut sqlx::PgConnection,
     user_id: UserId,
@@ -346,8 +348,10 @@ async fn insert_identity(
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "INSERT INTO federated_identities
-             (id, upstream_id, subject, user_id, email, created_at, last_used_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $6)
+             (id, upstream_id, subject, user_id, email, created_at, last_used_at,
+              linked_unconfirmed)
+         VALUES ($1, $2, $3, $4, $5, $6, $6,
+                 (SELECT email_verified_at IS NULL FROM users WHERE id = $4))
          ON CONFLICT DO NOTHING",
     )
     .bind(Uuid::new_v4())

@@ -340,8 +340,10 @@ impl UpstreamStore for PgStore {
             lock_user(&mut tx, link.user_id.0).await?;
             let sql = format!(
                 "INSERT INTO federated_identities
-                     (id, upstream_id, subject, user_id, email, created_at, last_used_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $6)
+                     (id, upstream_id, subject, user_id, email, created_at, last_used_at,
+                      linked_unconfirmed)
+                 VALUES ($1, $2, $3, $4, $5, $6, $6,
+                         (SELECT email_verified_at IS NULL FROM users WHERE id = $4))
                  RETURNING {IDENTITY_COLUMNS}"
             );
             let identity: FederatedIdentity = sqlx::query_as(sqlx::AssertSqlSafe(sql))

@@ -187,8 +187,13 @@ async fn new_account(
     let now = state.clock.now();
     let must_confirm = !identity.email_verified && state.settings.require_verified_email;
     let (token, mails) = if must_confirm {
-        let (token, mail) =
-            mailflows::verification(&state.clock, &state.settings, user_id, email.as_str());
+        let (token, mail) = mailflows::upstream_verification(
+            &state.clock,
+            &state.settings,
+            user_id,
+            email.as_str(),
+            &up.label,
+        );
         (Some(token), vec![mail])
     } else {
         (None, Vec::new())
