@@ -182,6 +182,8 @@ pub trait UpstreamStore: Send + Sync {
         jti: &str,
         keep_until: OffsetDateTime,
     ) -> Result<bool, StoreError>;
+    /// Whether the `jti` of an upstream's logout token was spent already (a replay).
+    async fn upstream_jti_spent(&self, upstream_id: Uuid, jti: &str) -> Result<bool, StoreError>;
 }
 
 #[derive(sqlx::FromRow)]
@@ -442,5 +444,15 @@ impl UpstreamStore for PgStore {
         .await?
         .rows_affected();
         Ok(n == 1)
+    }
+
+    async fn upstream_jti_spent(&self, upstream_id: Uuid, jti: &str) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM upstream_logout_jtis WHERE upstream_id = $1 AND jti = $2)",
+        )
+        .bind(upstream_id)
+        .bind(jti)
+        .fetch_one(&self.pool)
+        .await?)
     }
 }

@@ -54,11 +54,23 @@ pub struct UpstreamIdentity {
     pub sid: Option<String>,
 }
 
-/// What a verified logout token names; its `jti` is already spent.
+/// What a verified logout token names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogoutClaims {
     pub sub: Option<String>,
     pub sid: Option<String>,
+}
+
+/// A logout token that passed every check, with its `jti` not yet spent: the
+/// receiver spends it in the same transaction that ends the sessions, so a failure
+/// in between leaves the upstream's retry a fresh token, not a replay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedLogout {
+    pub sub: Option<String>,
+    pub sid: Option<String>,
+    pub jti: String,
+    /// How long the spent `jti` must be kept (a token this old fails its age check).
+    pub keep_until: time::OffsetDateTime,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,13 +216,14 @@ impl Client {
 
     /// OIDC Back-Channel Logout 1.0 §2.6: signature, `iss`, `aud`, `iat` (and `exp`
     /// when given), `events`, no `nonce`, `sid` and/or `sub`, and last the `jti`,
-    /// spent through the store (a replay is refused).
+    /// refused when already spent. It is not spent here: the receiver spends it
+    /// together with ending the sessions (`end_upstream_sessions`).
     pub async fn verify_logout_token(
         &self,
         store: &dyn Store,
         up: &Upstream,
         token: &str,
-    ) -> Result<LogoutClaims, UpstreamError> {
+    ) -> Result<VerifiedLogout, UpstreamError> {
         if up.kind != UpstreamKind::Oidc {
             return Err(UpstreamError::refused(
                 "logout token for a non-OIDC upstream",
@@ -222,11 +235,16 @@ impl Client {
         let now = self.clock.now();
         let (jti, out) = oidc::check_logout_token(&claims, &rule, up, now)?;
         let keep_until = now + time::Duration::seconds(LOGOUT_TOKEN_MAX_AGE + 2 * LEEWAY);
-        match store.spend_upstream_jti(up.id, &jti, keep_until).await {
-            Ok(true) => Ok(out),
-            Ok(false) => Err(UpstreamError::refused("logout token jti already used")),
+        match store.upstream_jti_spent(up.id, &jti).await {
+            Ok(false) => Ok(VerifiedLogout {
+                sub: out.sub,
+                sid: out.sid,
+                jti,
+                keep_until,
+            }),
+            Ok(true) => Err(UpstreamError::refused("logout token jti already used")),
             Err(e) => Err(UpstreamError::Unreachable(format!(
-                "recording the logout token's jti: {e}"
+                "reading the logout token's jti: {e}"
             ))),
         }
     }

@@ -3,7 +3,8 @@
 //! logout, and a `prompt=login` satisfied by the upstream's silent sign-in.
 
 use crate::helpers::{Browser, Options, TestApp};
-use crate::upstream_rig::{LABEL, UP, Visitor, rig_with};
+use crate::otp::{enrol, totp};
+use crate::upstream_rig::{LABEL, StandInOp, UP, Visitor, downstream, rig_with};
 
 const VICTIM: &str = "victim@example.com";
 const NEW_PASSWORD: &str = "a brand new passphrase 42";
@@ -117,5 +118,113 @@ async fn the_confirmation_mail_of_an_account_from_an_upstream_names_it_and_says_
             "If you did not sign in with {LABEL}, ignore this message"
         )),
         "{mail}"
+    );
+}
+
+const CAROL: &str = "carol@example.com";
+
+/// A downstream with the crafted provider as upstream `op`, and a browser signed in
+/// through it (upstream session `op-session-1`).
+async fn through_stand_in() -> (TestApp, StandInOp, Visitor) {
+    let down = downstream().await;
+    let op = StandInOp::start().await;
+    op.register(&down, "op", &[]).await;
+    let v = Visitor::new(&down);
+    assert_eq!(sign_in_at_op(&v).await, "/account");
+    (down, op, v)
+}
+
+/// A sign-in through the crafted provider; where the downstream sends the browser.
+async fn sign_in_at_op(v: &Visitor) -> String {
+    let authorize = v.begin("op").await;
+    let callback = v.through_upstream(&authorize, None).await;
+    v.open(&callback).await.location()
+}
+
+async fn post_logout(down: &TestApp, token: &str) -> (u16, String) {
+    let res = reqwest::Client::new()
+        .post(format!(
+            "{}/login/upstream/op/backchannel-logout",
+            down.address
+        ))
+        .form(&[("logout_token", token)])
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.text().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_logout_that_failed_halfway_ends_the_sessions_when_the_upstream_retries() {
+    // U6: the jti is spent with the sessions' end, not before it; a failure in
+    // between leaves the retry a fresh token, and a replay after success ends nothing.
+    let (down, op, v) = through_stand_in().await;
+    sqlx::query(
+        "CREATE FUNCTION fail_upstream_end() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN RAISE EXCEPTION 'the disk is full'; END $$",
+    )
+    .execute(&down.db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER fail_upstream_end BEFORE UPDATE ON sessions FOR EACH ROW
+         WHEN (NEW.revoked_reason = 'signed out at the upstream')
+         EXECUTE FUNCTION fail_upstream_end()",
+    )
+    .execute(&down.db)
+    .await
+    .unwrap();
+    let token = op.logout_token(|_| {});
+    let (status, _) = post_logout(&down, &token).await;
+    assert!(status >= 500, "the failure is not a refusal: {status}");
+    assert!(signed_in(&v.down).await, "nothing ended");
+
+    sqlx::query("DROP TRIGGER fail_upstream_end ON sessions")
+        .execute(&down.db)
+        .await
+        .unwrap();
+    let (status, body) = post_logout(&down, &token).await;
+    assert_eq!(status, 200, "the upstream's retry is not a replay: {body}");
+    assert!(!signed_in(&v.down).await, "the session ended");
+
+    let again = Visitor::new(&down);
+    assert_eq!(sign_in_at_op(&again).await, "/account");
+    let (status, _) = post_logout(&down, &token).await;
+    assert_eq!(status, 400, "a jti is single use");
+    assert!(signed_in(&again.down).await, "a replay ends nothing");
+}
+
+#[tokio::test]
+async fn a_sign_in_waiting_for_its_second_factor_ends_with_the_upstream_session() {
+    // U6: the upstream session ended while Gatehouse asked for its own second
+    // factor: the code then makes no session.
+    let (down, op, v) = through_stand_in().await;
+    let enrolled = enrol(&down, &v.down, CAROL).await;
+    let w = Visitor::new(&down);
+    assert_eq!(sign_in_at_op(&w).await, "/login/verify");
+    let page = w.down.get("/login/verify").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+
+    let (status, body) = post_logout(&down, &op.logout_token(|_| {})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        down.count("SELECT count(*) FROM mfa_challenges WHERE upstream_id IS NOT NULL")
+            .await,
+        0
+    );
+    let code = totp(&enrolled.secret, down.clock.now().unix_timestamp() + 30);
+    w.down
+        .post_form(
+            "/login/verify",
+            &[
+                ("csrf_token", &page.csrf()),
+                ("action", "verify"),
+                ("code", &code),
+            ],
+        )
+        .await;
+    assert!(
+        !signed_in(&w.down).await,
+        "no session after the upstream ended it"
     );
 }
