@@ -427,6 +427,8 @@ pub struct Federated {
     pub upstream_id: uuid::Uuid,
     pub label: String,
     pub sid: Option<String>,
+    /// The upstream's `sub`: the session is made only while it is linked to the user.
+    pub subject: String,
 }
 
 /// A person proven by an upstream identity provider: the same contextual checks as a
@@ -465,6 +467,7 @@ pub async fn federated(
     let upstream = UpstreamOrigin {
         upstream_id: origin.upstream_id,
         sid: origin.sid,
+        subject: Some(origin.subject),
     };
     let weighed = match weigh(state, user, None, ctx).await? {
         Verdict::Denied => return Ok(SignInOutcome::Denied),
@@ -498,7 +501,7 @@ pub async fn federated(
     )
     .await?;
     if !state.store.signed_in(&made.sign_in).await? {
-        // Disabled meanwhile.
+        // Disabled, unlinked, or the upstream deleted meanwhile.
         state.metrics.sign_ins.with_label_values(&["failure"]).inc();
         return Ok(SignInOutcome::Failed);
     }

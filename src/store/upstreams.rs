@@ -7,10 +7,15 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::accounts::lock_user;
-use super::events::{NewEvent, insert_event};
+use super::events::{EVENT_COLUMNS, NewEvent, bind_event, event_at, event_values, insert_event};
 use super::pg::retry_once;
 use super::{PgStore, StoreError};
 use crate::domain::UserId;
+
+/// The revocation reason of sessions whose upstream link was removed.
+pub const UNLINKED: &str = "upstream unlinked";
+/// The revocation reason of sessions whose upstream was deleted.
+pub const UPSTREAM_DELETED: &str = "upstream deleted";
 
 /// How Gatehouse talks to an upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -138,8 +143,9 @@ pub trait UpstreamStore: Send + Sync {
     async fn upstream_by_id(&self, id: Uuid) -> Result<Option<(Upstream, Vec<u8>)>, StoreError>;
     /// Adds an upstream; `Conflict` when the name is taken.
     async fn add_upstream(&self, new: &NewUpstream) -> Result<Upstream, StoreError>;
-    /// Deletes an upstream and, by cascade, every identity linked through it.
-    /// Whether it existed.
+    /// Deletes an upstream and, by cascade, every identity linked through it and
+    /// every sign-in from it waiting for a second factor; the live sessions made
+    /// from it are revoked first, in the same transaction. Whether it existed.
     async fn delete_upstream(&self, name: &str) -> Result<bool, StoreError>;
     /// The identity known for (upstream, subject).
     async fn federated_identity(
@@ -159,7 +165,8 @@ pub trait UpstreamStore: Send + Sync {
     ) -> Result<FederatedIdentity, StoreError>;
     /// Removes the person's identity at `upstream_id` and records `event`, unless it
     /// is their last way to sign in (checked under the user row's lock, so two
-    /// unlinks at once cannot both pass).
+    /// unlinks at once cannot both pass). The person's sessions made from that
+    /// upstream end with it, and their sign-ins from it waiting for a second factor.
     async fn unlink_identity(
         &self,
         user_id: UserId,
@@ -295,12 +302,40 @@ impl UpstreamStore for PgStore {
     }
 
     async fn delete_upstream(&self, name: &str) -> Result<bool, StoreError> {
-        let n = sqlx::query("DELETE FROM upstreams WHERE name = $1")
-            .bind(name)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(n > 0)
+        let mut tx = self.pool.begin().await?;
+        // The row first: a sign-in through this upstream committing now holds it
+        // (`signed_in`), so its session is either seen below or never made.
+        let id: Option<Uuid> =
+            sqlx::query_scalar("SELECT id FROM upstreams WHERE name = $1 FOR UPDATE")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(id) = id else {
+            return Ok(false);
+        };
+        // Its sessions end (as any revocation: the trigger tells their apps) before
+        // the foreign key cuts their tie; its links and waiting sign-ins cascade.
+        sqlx::query(
+            "WITH r AS (
+                 UPDATE sessions SET revoked_at = now(), revoked_reason = $2
+                 WHERE upstream_id = $1 AND revoked_at IS NULL
+                 RETURNING id, user_id
+             )
+             INSERT INTO security_events (id, user_id, session_id, kind, actor, at, detail)
+             SELECT gen_random_uuid(), r.user_id, r.id, 'session_revoked', 'admin', now(), $2
+             FROM r",
+        )
+        .bind(id)
+        .bind(UPSTREAM_DELETED)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM upstreams WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.revoked_here();
+        Ok(true)
     }
 
     async fn federated_identity(
@@ -370,7 +405,7 @@ impl UpstreamStore for PgStore {
         upstream_id: Uuid,
         event: &NewEvent,
     ) -> Result<Unlinked, StoreError> {
-        retry_once(|| async move {
+        let done = retry_once(|| async move {
             let mut tx = self.pool.begin().await?;
             lock_user(&mut tx, user_id.0).await?;
             let other_ways: Option<bool> = sqlx::query_scalar(
@@ -402,10 +437,51 @@ impl UpstreamStore for PgStore {
                 .execute(&mut *tx)
                 .await?;
             insert_event(&mut tx, user_id.0, None, event).await?;
+            // What the link let in goes with it: the sessions made from that upstream
+            // (revoked as any other, so the trigger tells their apps and every node's
+            // caches forget) and sign-ins from it still waiting for a second factor.
+            let ended = NewEvent {
+                kind: "session_revoked",
+                detail: Some(UNLINKED.into()),
+                ..event.clone()
+            };
+            // $1 = user, $2 = upstream, $3 = reason; the event's values follow.
+            let sql = format!(
+                "WITH r AS (
+                     UPDATE sessions SET revoked_at = {at}, revoked_reason = $3
+                     WHERE user_id = $1 AND upstream_id = $2 AND revoked_at IS NULL
+                     RETURNING id, user_id
+                 )
+                 INSERT INTO security_events {EVENT_COLUMNS}
+                 SELECT gen_random_uuid(), r.user_id, r.id, {values} FROM r",
+                at = event_at(3),
+                values = event_values(3),
+            );
+            bind_event(
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(user_id.0)
+                    .bind(upstream_id)
+                    .bind(UNLINKED),
+                &ended,
+            )
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "DELETE FROM mfa_challenges
+                 WHERE kind = 'sign_in' AND user_id = $1 AND upstream_id = $2",
+            )
+            .bind(user_id.0)
+            .bind(upstream_id)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             Ok(Unlinked::Done)
         })
-        .await
+        .await?;
+        if done == Unlinked::Done {
+            self.revoked_here();
+        }
+        Ok(done)
     }
 
     async fn touch_identity(

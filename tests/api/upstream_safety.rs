@@ -2,9 +2,9 @@
 //! was proven (pre-hijacking), sessions of a removed link or upstream, a replayed
 //! logout, and a `prompt=login` satisfied by the upstream's silent sign-in.
 
-use crate::helpers::{Browser, Options, TestApp};
-use crate::otp::{enrol, totp};
-use crate::upstream_rig::{LABEL, StandInOp, UP, Visitor, downstream, rig_with};
+use crate::helpers::{Browser, Options, PASSWORD, TestApp};
+use crate::otp::{enrol, step_up_by_email, totp};
+use crate::upstream_rig::{LABEL, StandInOp, UP, Visitor, create_user, downstream, rig_with};
 
 const VICTIM: &str = "victim@example.com";
 const NEW_PASSWORD: &str = "a brand new passphrase 42";
@@ -226,5 +226,71 @@ async fn a_sign_in_waiting_for_its_second_factor_ends_with_the_upstream_session(
     assert!(
         !signed_in(&w.down).await,
         "no session after the upstream ended it"
+    );
+}
+
+const DANA: &str = "dana@example.com";
+
+/// Dana, with a password here, signed in once through the upstream (linked at once:
+/// `--trust-email` and a verified address on both sides) and once with her password.
+async fn signed_in_both_ways() -> (crate::upstream_rig::Rig, Visitor, Visitor) {
+    let rig = rig_with(Options::default(), &["--trust-email"]).await;
+    create_user(&rig.down, DANA, true);
+    rig.up.person(DANA, true);
+    let through = Visitor::new(&rig.down);
+    assert_eq!(through.sign_in_with(UP, DANA).await.location(), "/account");
+    let owner = Visitor::new(&rig.down);
+    let r = rig.down.login(&owner.down, DANA, PASSWORD).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(signed_in(&through.down).await && signed_in(&owner.down).await);
+    (rig, through, owner)
+}
+
+#[tokio::test]
+async fn removing_a_connection_ends_the_sessions_made_through_it() {
+    // U7: what the link let in goes with it.
+    let (rig, through, owner) = signed_in_both_ways().await;
+    step_up_by_email(&rig.down, &owner.down, DANA, "/account/connections").await;
+    let page = owner.down.get("/account/connections").await;
+    let removed = owner
+        .down
+        .post_form(
+            &format!("/account/connections/{UP}/remove"),
+            &[("csrf_token", &page.csrf())],
+        )
+        .await;
+    assert_eq!(removed.status, 200, "{}", removed.body);
+    assert!(
+        !signed_in(&through.down).await,
+        "the session from the upstream ended"
+    );
+    assert!(signed_in(&owner.down).await, "the password session stays");
+    assert_eq!(
+        rig.down
+            .count(
+                "SELECT count(*) FROM sessions
+                 WHERE revoked_reason = 'upstream unlinked' AND upstream_id IS NOT NULL"
+            )
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn deleting_an_upstream_ends_the_sessions_made_from_it() {
+    // U6: an operator removing an upstream removes what it let in.
+    let (rig, through, owner) = signed_in_both_ways().await;
+    let (ok, _, err) = rig.down.cli(&["upstream", "delete", UP], &[]);
+    assert!(ok, "{err}");
+    assert!(
+        !signed_in(&through.down).await,
+        "the session from the upstream ended"
+    );
+    assert!(signed_in(&owner.down).await, "the password session stays");
+    assert_eq!(
+        rig.down
+            .count("SELECT count(*) FROM sessions WHERE revoked_reason = 'upstream deleted'")
+            .await,
+        1
     );
 }

@@ -130,6 +130,7 @@ async fn finish(
         upstream_id: up.id,
         label: up.label.clone(),
         sid: identity.sid.clone(),
+        subject: identity.subject.clone(),
     };
     funnel::federated(
         state,
