@@ -52,6 +52,9 @@ pub struct UpstreamIdentity {
     pub email_verified: bool,
     /// The OIDC `sid` claim when present (what the upstream's logout token names).
     pub sid: Option<String>,
+    /// When the person last authenticated at the upstream (the ID token's
+    /// `auth_time`, Unix seconds); `None` when not said (GitHub never says).
+    pub auth_time: Option<i64>,
 }
 
 /// What a verified logout token names.
@@ -104,6 +107,20 @@ pub fn open_client_secret(keys: &Keys, sealed: &[u8]) -> Result<SecretString, Op
     String::from_utf8(plain)
         .map(SecretString::from)
         .map_err(|_| OpenError)
+}
+
+/// Asks the upstream to authenticate the person again rather than rely on its own
+/// session (OIDC Core §3.1.2.1 `prompt=login`, `max_age=0`, which also makes it
+/// return `auth_time`). `false` for an upstream that cannot be asked (GitHub): its
+/// sign-in then never counts as a fresh authentication.
+pub fn demand_reauthentication(up: &Upstream, url: &mut url::Url) -> bool {
+    match up.kind {
+        UpstreamKind::Oidc => {
+            oidc::demand_reauthentication(url);
+            true
+        }
+        UpstreamKind::Github => false,
+    }
 }
 
 /// The outbound side: one HTTP client with timeouts, and the discovery and key-set

@@ -108,6 +108,7 @@ fn origin(upstream_id: uuid::Uuid, sid: Option<&str>) -> Federated {
         label: LABEL.into(),
         sid: sid.map(str::to_string),
         subject: SUBJECT.into(),
+        fresh: true,
     }
 }
 

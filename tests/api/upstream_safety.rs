@@ -2,9 +2,14 @@
 //! was proven (pre-hijacking), sessions of a removed link or upstream, a replayed
 //! logout, and a `prompt=login` satisfied by the upstream's silent sign-in.
 
+use serde_json::json;
+
 use crate::helpers::{Browser, Options, PASSWORD, TestApp};
+use crate::oauth_helpers::{CB, app_client, authorize_url, pkce};
 use crate::otp::{enrol, step_up_by_email, totp};
-use crate::upstream_rig::{LABEL, StandInOp, UP, Visitor, create_user, downstream, rig_with};
+use crate::upstream_rig::{
+    LABEL, StandInOp, UP, Visitor, create_user, downstream, now, query_of, rig_with,
+};
 
 const VICTIM: &str = "victim@example.com";
 const NEW_PASSWORD: &str = "a brand new passphrase 42";
@@ -293,4 +298,85 @@ async fn deleting_an_upstream_ends_the_sessions_made_from_it() {
             .await,
         1
     );
+}
+
+/// An app asks for `prompt=login` while the browser holds a session from the
+/// crafted provider; the person takes "Continue with" on the sign-in page. Returns
+/// what the provider was asked and where the app's request ends: its redirect URI
+/// (a code) or another sign-in.
+async fn prompt_login_through_op(down: &TestApp, v: &Visitor) -> (String, String) {
+    let client = app_client(down);
+    let r = v
+        .down
+        .get(&authorize_url(&client, &[("prompt", "login")]))
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let login = r.location();
+    assert!(login.starts_with("/login?return_to="), "{login}");
+    let out = v.press(&login, "op").await;
+    assert_eq!(out.status, 303, "{}", out.body);
+    let asked = out.location();
+    let callback = v.through_upstream(&asked, None).await;
+    let back = v.open(&callback).await;
+    assert_eq!(back.status, 303, "{}", back.body);
+    assert!(
+        back.location().starts_with("/oauth2/authorize?"),
+        "{}",
+        back.location()
+    );
+    let (_, challenge) = pkce();
+    let r = v
+        .down
+        .get(&format!(
+            "{}&code_challenge={challenge}&code_challenge_method=S256",
+            back.location()
+        ))
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    (asked, r.location())
+}
+
+#[tokio::test]
+async fn prompt_login_is_not_answered_by_the_upstreams_silent_sign_in() {
+    // U5: the upstream is asked to authenticate afresh; an ID token whose auth_time
+    // predates the round trip (or has none) does not count as a new sign-in.
+    let (down, op, v) = through_stand_in().await;
+    for stale in [Some(now() - 3600), None] {
+        op.edit(move |c| match stale {
+            Some(t) => c["auth_time"] = json!(t),
+            None => {
+                c.as_object_mut().unwrap().remove("auth_time");
+            }
+        });
+        let (asked, ended) = prompt_login_through_op(&down, &v).await;
+        let q = query_of(&asked);
+        assert_eq!(
+            q.get("prompt").map(String::as_str),
+            Some("login"),
+            "{asked}"
+        );
+        assert_eq!(q.get("max_age").map(String::as_str), Some("0"), "{asked}");
+        assert!(
+            ended.starts_with("/login?"),
+            "auth_time {stale:?}: the app's prompt=login still wants a sign-in, got {ended}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn prompt_login_is_answered_by_a_fresh_authentication_at_the_upstream() {
+    // U5
+    let (down, op, v) = through_stand_in().await;
+    op.edit(|c| c["auth_time"] = json!(now()));
+    let (_, ended) = prompt_login_through_op(&down, &v).await;
+    assert!(ended.starts_with(CB), "a code for the app, got {ended}");
+}
+
+#[tokio::test]
+async fn an_ordinary_sign_in_does_not_ask_the_upstream_to_authenticate_again() {
+    // U5: single sign-on at the upstream still works when nothing demands more.
+    let (_down, op, _v) = through_stand_in().await;
+    let asked = op.last_authorization();
+    assert!(!asked.contains_key("prompt"), "{asked:?}");
+    assert!(!asked.contains_key("max_age"), "{asked:?}");
 }
