@@ -57,6 +57,22 @@ pub fn verification(
     (record, messages::verify_email(settings, email, &token))
 }
 
+/// The confirmation link and mail of an account made by a sign-in with the upstream
+/// labelled `label` (the mail says so, and to ignore it if that was not them).
+pub fn upstream_verification(
+    clock: &Clock,
+    settings: &Settings,
+    user_id: UserId,
+    email: &str,
+    label: &str,
+) -> (NewEmailToken, OutboundMail) {
+    let (token, record) = new_token(clock, "verify", user_id, None, VERIFY_TTL);
+    (
+        record,
+        messages::verify_upstream_email(settings, email, &token, label),
+    )
+}
+
 /// Counts a mail that a person asked for, per address and per client address.
 /// Counted the same for addresses with and without an account.
 pub async fn mail_allowance(

@@ -427,6 +427,12 @@ pub struct Federated {
     pub upstream_id: uuid::Uuid,
     pub label: String,
     pub sid: Option<String>,
+    /// The upstream's `sub`: the session is made only while it is linked to the user.
+    pub subject: String,
+    /// The upstream authenticated the person during this round trip (asked with
+    /// `prompt=login`, `auth_time` in the ID token recent enough). Only such a
+    /// sign-in answers an authorization request's `prompt=login` / `max_age`.
+    pub fresh: bool,
 }
 
 /// A person proven by an upstream identity provider: the same contextual checks as a
@@ -462,9 +468,19 @@ pub async fn federated(
             email: user.email.clone(),
         });
     }
+    // An upstream sign-in its provider did not make afresh (its own silent single
+    // sign-on, say) is no answer to `prompt=login` / `max_age`: no login mark on the
+    // session, and none in where a second factor leads (the request asks again).
+    let return_to = match return_to {
+        Some(r) if !origin.fresh && crate::domain::oauth::login_mark_hash(Some(&r)).is_some() => {
+            Some(crate::domain::oauth::without_login_mark(&r))
+        }
+        other => other,
+    };
     let upstream = UpstreamOrigin {
         upstream_id: origin.upstream_id,
         sid: origin.sid,
+        subject: Some(origin.subject),
     };
     let weighed = match weigh(state, user, None, ctx).await? {
         Verdict::Denied => return Ok(SignInOutcome::Denied),
@@ -498,7 +514,7 @@ pub async fn federated(
     )
     .await?;
     if !state.store.signed_in(&made.sign_in).await? {
-        // Disabled meanwhile.
+        // Disabled, unlinked, or the upstream deleted meanwhile.
         state.metrics.sign_ins.with_label_values(&["failure"]).inc();
         return Ok(SignInOutcome::Failed);
     }

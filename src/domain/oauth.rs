@@ -35,6 +35,23 @@ pub fn login_mark_hash(return_to: Option<&str>) -> Option<Vec<u8>> {
     )))
 }
 
+/// `return_to` without its `gh_login` mark: where a sign-in that does not satisfy
+/// the request's demand for a new authentication goes on to, so the request asks
+/// again rather than take that sign-in for one.
+pub fn without_login_mark(return_to: &str) -> String {
+    let Some((path, query)) = return_to.split_once('?') else {
+        return return_to.to_string();
+    };
+    let kept: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k != LOGIN_MARK)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(kept)
+        .finish();
+    format!("{path}?{query}")
+}
+
 /// A set of known scopes, kept sorted so that equal sets print equally (consent is
 /// remembered per scope set).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]

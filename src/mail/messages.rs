@@ -91,6 +91,35 @@ pub fn verify_email(settings: &Settings, to: &str, token: &str) -> OutboundMail 
     })
 }
 
+/// The confirmation mail of an account made by a sign-in with an upstream whose
+/// word on the address was not enough: the mailbox's owner learns how it was made,
+/// and that doing nothing keeps the account from being theirs.
+pub fn verify_upstream_email(
+    settings: &Settings,
+    to: &str,
+    token: &str,
+    label: &str,
+) -> OutboundMail {
+    render(
+        settings,
+        to,
+        Draft {
+            subject: "Confirm your e-mail address".into(),
+            paragraphs: vec![format!(
+                "A Gatehouse account with this address was made by a sign-in with {label}. If that was you, confirm the address to finish. The link works once, for 24 hours."
+            )],
+            action: Some((
+                "Confirm my address".into(),
+                link(settings, "/verify-email", token),
+            )),
+            also: None,
+            after: vec![format!(
+                "If you did not sign in with {label}, ignore this message: do not confirm, and nothing is yours to lose. Someone may be using an account at {label} that claims this address."
+            )],
+        },
+    )
+}
+
 pub fn account_exists(settings: &Settings, to: &str) -> OutboundMail {
     render(settings, to, Draft {
         subject: "Someone tried to sign up with your address".into(),

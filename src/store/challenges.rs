@@ -112,6 +112,7 @@ impl From<ChallengeRow> for ChallengeRecord {
             upstream: r.upstream_id.map(|upstream_id| UpstreamOrigin {
                 upstream_id,
                 sid: r.upstream_sid,
+                subject: None,
             }),
             upstream_label: r.upstream_label,
         }

@@ -373,6 +373,28 @@ impl PgStore {
         // person does when someone else got in, and that someone may have asked to
         // move the account to their own address.
         void_tokens(&mut tx, link.user_id, &["reset", "change"], now).await?;
+        // Upstream links made before anyone proved the mailbox go: whoever made them
+        // (an upstream account that merely claimed this address) is not the person
+        // now proving it (account pre-hijacking). Their sessions ended above.
+        let removed: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM federated_identities f USING upstreams u
+             WHERE f.user_id = $1 AND f.linked_unconfirmed AND u.id = f.upstream_id
+             RETURNING u.label",
+        )
+        .bind(link.user_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !removed.is_empty() {
+            let unlinked = NewEvent {
+                kind: "upstream_unlinked",
+                detail: Some(format!(
+                    "Connections made before your address was confirmed were removed: {}",
+                    removed.join(", ")
+                )),
+                ..event.clone()
+            };
+            insert_event(&mut tx, link.user_id, None, &unlinked).await?;
+        }
         void_challenges(&mut tx, UserId(link.user_id)).await?;
         untrust_all(&mut tx, link.user_id).await?;
         insert_mails(&mut tx, &self.keys, mails, now).await?;

@@ -90,7 +90,7 @@ pub use tokens::{
 };
 pub use upstream_flows::{
     NewFederatedAccount, NewIdentity, NewPendingLink, NewRoundTrip, PendingLinkRecord,
-    RoundTripRecord, UpstreamFlowStore, UpstreamSessions,
+    RoundTripRecord, UpstreamFlowStore, UpstreamLogout, UpstreamSessions,
 };
 pub use upstreams::{
     Connection, FederatedIdentity, NewLink, NewUpstream, Unlinked, Upstream, UpstreamKind,

@@ -53,6 +53,9 @@ pub struct NewSession {
 pub struct UpstreamOrigin {
     pub upstream_id: Uuid,
     pub sid: Option<String>,
+    /// The upstream's `sub`, when known here: the session is made only while that
+    /// identity is still linked to the user (else only while the user has one there).
+    pub subject: Option<String>,
 }
 
 /// A sign-in to complete: the session, the browser's earlier session it replaces,
@@ -570,8 +573,43 @@ impl PgStore {
         if !lock_live_user(&mut tx, sign_in.session.user_id, None).await? {
             return Ok(false);
         }
+        if let Some(origin) = &sign_in.session.upstream
+            && !still_linked(&mut tx, sign_in.session.user_id, origin).await?
+        {
+            return Ok(false);
+        }
         insert_signed_in(&mut tx, self, sign_in).await?;
         tx.commit().await?;
         Ok(true)
     }
+}
+
+/// Whether the upstream identity a sign-in came from is still linked to the user,
+/// under the user row's lock (an unlink takes it too, so one of the two sees the
+/// other). The upstream row is held against deletion until the session is in, so
+/// deleting the upstream either revokes the new session or comes first and makes
+/// none (never a foreign-key failure).
+async fn still_linked(
+    conn: &mut sqlx::PgConnection,
+    user_id: UserId,
+    origin: &UpstreamOrigin,
+) -> Result<bool, sqlx::Error> {
+    let upstream: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM upstreams WHERE id = $1 FOR KEY SHARE")
+            .bind(origin.upstream_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if upstream.is_none() {
+        return Ok(false);
+    }
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM federated_identities
+                        WHERE user_id = $1 AND upstream_id = $2
+                          AND ($3::text IS NULL OR subject = $3))",
+    )
+    .bind(user_id.0)
+    .bind(origin.upstream_id)
+    .bind(origin.subject.as_deref())
+    .fetch_one(&mut *conn)
+    .await
 }

@@ -11,6 +11,7 @@ use super::accounts::UserRow;
 use super::events::{EVENT_COLUMNS, NewEvent, bind_event, event_at, event_values, insert_event};
 use super::links::{NewEmailToken, insert_token};
 use super::outbox::insert_mails;
+use super::pg::retry_once;
 use super::{PgStore, StoreError, UserRecord};
 use crate::domain::{Email, OutboundMail, SessionId, UserId};
 
@@ -94,6 +95,18 @@ pub enum UpstreamSessions<'a> {
     Subject(&'a str),
 }
 
+/// An upstream's verified logout token, for `end_upstream_sessions`.
+#[derive(Clone, Debug)]
+pub struct UpstreamLogout<'a> {
+    pub upstream_id: Uuid,
+    pub which: UpstreamSessions<'a>,
+    /// The token's `jti`, spent with the sessions' end, and how long it is kept.
+    pub jti: &'a str,
+    pub keep_until: OffsetDateTime,
+    /// The sessions' revocation reason.
+    pub reason: &'a str,
+}
+
 #[async_trait]
 pub trait UpstreamFlowStore: Send + Sync {
     /// Keeps a round trip until its callback (one per browser: a newer one replaces
@@ -129,16 +142,17 @@ pub trait UpstreamFlowStore: Send + Sync {
         upstream_id: Uuid,
         now: OffsetDateTime,
     ) -> Result<Option<PendingLinkRecord>, StoreError>;
-    /// Ends the live sessions an upstream's logout names, each with `event`, through
-    /// the same revocation as any other (its trigger tells the apps; every node's
-    /// caches forget). Returns how many ended.
+    /// Spends the logout token's `jti` and ends the live sessions it names, each with
+    /// `event`, through the same revocation as any other (its trigger tells the apps;
+    /// every node's caches forget), and drops the second factors still waiting for
+    /// sign-ins it names — all in one transaction, so a failure leaves the `jti`
+    /// unspent for the upstream's retry. `None`: the `jti` was spent already (a
+    /// replay), and nothing ends. Else how many sessions ended.
     async fn end_upstream_sessions(
         &self,
-        upstream_id: Uuid,
-        which: UpstreamSessions<'_>,
-        reason: &str,
+        logout: &UpstreamLogout<'_>,
         event: &NewEvent,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<Option<u64>, StoreError>;
 }
 
 #[async_trait]
@@ -288,15 +302,44 @@ impl UpstreamFlowStore for PgStore {
 
     async fn end_upstream_sessions(
         &self,
-        upstream_id: Uuid,
-        which: UpstreamSessions<'_>,
-        reason: &str,
+        logout: &UpstreamLogout<'_>,
         event: &NewEvent,
-    ) -> Result<u64, StoreError> {
-        let (by_sid, value) = match which {
+    ) -> Result<Option<u64>, StoreError> {
+        let ended = retry_once(|| self.end_upstream_sessions_once(logout, event)).await?;
+        if ended.is_some() {
+            self.revoked_here();
+        }
+        Ok(ended)
+    }
+}
+
+impl PgStore {
+    async fn end_upstream_sessions_once(
+        &self,
+        l: &UpstreamLogout<'_>,
+        event: &NewEvent,
+    ) -> Result<Option<u64>, StoreError> {
+        let (by_sid, value) = match l.which {
             UpstreamSessions::Sid(sid) => (true, sid),
             UpstreamSessions::Subject(sub) => (false, sub),
         };
+        let mut tx = self.pool.begin().await?;
+        // §2.6: a `jti` seen before is a replay. Spent here, with the sessions' end,
+        // not when the token was checked: if anything below fails, the whole
+        // transaction goes and the upstream's retry still counts.
+        let spent = sqlx::query(
+            "INSERT INTO upstream_logout_jtis (upstream_id, jti, expires_at)
+             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(l.upstream_id)
+        .bind(l.jti)
+        .bind(l.keep_until)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if spent != 1 {
+            return Ok(None);
+        }
         // $1 = upstream, $2 = sid or subject, $3 = which, $4 = reason; the event's
         // values follow, and its time is the revocation's. Revoking the rows fires
         // `gatehouse_session_ended`, which queues the apps' back-channel logouts
@@ -318,16 +361,30 @@ impl UpstreamFlowStore for PgStore {
         );
         let done = bind_event(
             sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(upstream_id)
+                .bind(l.upstream_id)
                 .bind(value)
                 .bind(by_sid)
-                .bind(reason),
+                .bind(l.reason),
             event,
         )
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        self.revoked_here();
-        Ok(done.rows_affected())
+        // A sign-in from that upstream session still waiting for Gatehouse's own
+        // second factor would otherwise make a session after the upstream ended it.
+        sqlx::query(
+            "DELETE FROM mfa_challenges
+             WHERE kind = 'sign_in' AND upstream_id = $1
+               AND CASE WHEN $3 THEN upstream_sid = $2
+                        ELSE user_id = (SELECT user_id FROM federated_identities
+                                        WHERE upstream_id = $1 AND subject = $2) END",
+        )
+        .bind(l.upstream_id)
+        .bind(value)
+        .bind(by_sid)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(done.rows_affected()))
     }
 }
 
@@ -339,6 +396,8 @@ struct IdentityUserRow {
 }
 
 /// Inserts the link; `false` when (user, upstream) or (upstream, subject) is taken.
+/// A link made while the account's address is unconfirmed is marked so: a password
+/// reset removes it (`links.rs`).
 async fn insert_identity(
     conn: &mut sqlx::PgConnection,
     user_id: UserId,
@@ -346,8 +405,10 @@ async fn insert_identity(
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "INSERT INTO federated_identities
-             (id, upstream_id, subject, user_id, email, created_at, last_used_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $6)
+             (id, upstream_id, subject, user_id, email, created_at, last_used_at,
+              linked_unconfirmed)
+         VALUES ($1, $2, $3, $4, $5, $6, $6,
+                 (SELECT email_verified_at IS NULL FROM users WHERE id = $4))
          ON CONFLICT DO NOTHING",
     )
     .bind(Uuid::new_v4())

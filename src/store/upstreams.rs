@@ -7,10 +7,15 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::accounts::lock_user;
-use super::events::{EVENT_COLUMNS, NewEvent, bind_event, event_values, insert_event};
+use super::events::{EVENT_COLUMNS, NewEvent, bind_event, event_at, event_values, insert_event};
 use super::pg::retry_once;
 use super::{PgStore, StoreError};
 use crate::domain::UserId;
+
+/// The revocation reason of sessions whose upstream link was removed.
+pub const UNLINKED: &str = "upstream unlinked";
+/// The revocation reason of sessions whose upstream was deleted.
+pub const UPSTREAM_DELETED: &str = "upstream deleted";
 
 /// How Gatehouse talks to an upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -138,9 +143,10 @@ pub trait UpstreamStore: Send + Sync {
     async fn upstream_by_id(&self, id: Uuid) -> Result<Option<(Upstream, Vec<u8>)>, StoreError>;
     /// Adds an upstream; `Conflict` when the name is taken.
     async fn add_upstream(&self, new: &NewUpstream) -> Result<Upstream, StoreError>;
-    /// Deletes an upstream and, by cascade, every identity linked through it,
-    /// recording `event` for each person who had one, in the same transaction.
-    /// Whether it existed.
+    /// Deletes an upstream and, by cascade, every identity linked through it and
+    /// every sign-in from it waiting for a second factor; the live sessions made
+    /// from it are revoked first and `event` is recorded for each person who had a
+    /// link, in the same transaction. Whether it existed.
     async fn delete_upstream(&self, name: &str, event: &NewEvent) -> Result<bool, StoreError>;
     /// The identity known for (upstream, subject).
     async fn federated_identity(
@@ -160,7 +166,8 @@ pub trait UpstreamStore: Send + Sync {
     ) -> Result<FederatedIdentity, StoreError>;
     /// Removes the person's identity at `upstream_id` and records `event`, unless it
     /// is their last way to sign in (checked under the user row's lock, so two
-    /// unlinks at once cannot both pass).
+    /// unlinks at once cannot both pass). The person's sessions made from that
+    /// upstream end with it, and their sign-ins from it waiting for a second factor.
     async fn unlink_identity(
         &self,
         user_id: UserId,
@@ -183,6 +190,8 @@ pub trait UpstreamStore: Send + Sync {
         jti: &str,
         keep_until: OffsetDateTime,
     ) -> Result<bool, StoreError>;
+    /// Whether the `jti` of an upstream's logout token was spent already (a replay).
+    async fn upstream_jti_spent(&self, upstream_id: Uuid, jti: &str) -> Result<bool, StoreError>;
 }
 
 #[derive(sqlx::FromRow)]
@@ -304,6 +313,23 @@ impl UpstreamStore for PgStore {
             let Some(id) = id else {
                 return Ok(false);
             };
+            // Its sessions end (as any revocation: the trigger tells their apps) before
+            // the foreign key cuts their tie; its links and waiting sign-ins cascade.
+            sqlx::query(
+                "WITH r AS (
+                     UPDATE sessions SET revoked_at = $3, revoked_reason = $2
+                     WHERE upstream_id = $1 AND revoked_at IS NULL
+                     RETURNING id, user_id
+                 )
+                 INSERT INTO security_events (id, user_id, session_id, kind, actor, at, detail)
+                 SELECT gen_random_uuid(), r.user_id, r.id, 'session_revoked', 'admin', $3, $2
+                 FROM r",
+            )
+            .bind(id)
+            .bind(UPSTREAM_DELETED)
+            .bind(event.at)
+            .execute(&mut *tx)
+            .await?;
             // Each person loses a way to sign in: their activity page says so.
             let sql = format!(
                 "INSERT INTO security_events {EVENT_COLUMNS}
@@ -319,6 +345,7 @@ impl UpstreamStore for PgStore {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
+            self.revoked_here();
             Ok(true)
         })
         .await
@@ -363,8 +390,10 @@ impl UpstreamStore for PgStore {
             lock_user(&mut tx, link.user_id.0).await?;
             let sql = format!(
                 "INSERT INTO federated_identities
-                     (id, upstream_id, subject, user_id, email, created_at, last_used_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $6)
+                     (id, upstream_id, subject, user_id, email, created_at, last_used_at,
+                      linked_unconfirmed)
+                 VALUES ($1, $2, $3, $4, $5, $6, $6,
+                         (SELECT email_verified_at IS NULL FROM users WHERE id = $4))
                  RETURNING {IDENTITY_COLUMNS}"
             );
             let identity: FederatedIdentity = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -389,7 +418,7 @@ impl UpstreamStore for PgStore {
         upstream_id: Uuid,
         event: &NewEvent,
     ) -> Result<Unlinked, StoreError> {
-        retry_once(|| async move {
+        let done = retry_once(|| async move {
             let mut tx = self.pool.begin().await?;
             lock_user(&mut tx, user_id.0).await?;
             let other_ways: Option<bool> = sqlx::query_scalar(
@@ -421,10 +450,51 @@ impl UpstreamStore for PgStore {
                 .execute(&mut *tx)
                 .await?;
             insert_event(&mut tx, user_id.0, None, event).await?;
+            // What the link let in goes with it: the sessions made from that upstream
+            // (revoked as any other, so the trigger tells their apps and every node's
+            // caches forget) and sign-ins from it still waiting for a second factor.
+            let ended = NewEvent {
+                kind: "session_revoked",
+                detail: Some(UNLINKED.into()),
+                ..event.clone()
+            };
+            // $1 = user, $2 = upstream, $3 = reason; the event's values follow.
+            let sql = format!(
+                "WITH r AS (
+                     UPDATE sessions SET revoked_at = {at}, revoked_reason = $3
+                     WHERE user_id = $1 AND upstream_id = $2 AND revoked_at IS NULL
+                     RETURNING id, user_id
+                 )
+                 INSERT INTO security_events {EVENT_COLUMNS}
+                 SELECT gen_random_uuid(), r.user_id, r.id, {values} FROM r",
+                at = event_at(3),
+                values = event_values(3),
+            );
+            bind_event(
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(user_id.0)
+                    .bind(upstream_id)
+                    .bind(UNLINKED),
+                &ended,
+            )
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "DELETE FROM mfa_challenges
+                 WHERE kind = 'sign_in' AND user_id = $1 AND upstream_id = $2",
+            )
+            .bind(user_id.0)
+            .bind(upstream_id)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             Ok(Unlinked::Done)
         })
-        .await
+        .await?;
+        if done == Unlinked::Done {
+            self.revoked_here();
+        }
+        Ok(done)
     }
 
     async fn touch_identity(
@@ -463,5 +533,15 @@ impl UpstreamStore for PgStore {
         .await?
         .rows_affected();
         Ok(n == 1)
+    }
+
+    async fn upstream_jti_spent(&self, upstream_id: Uuid, jti: &str) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM upstream_logout_jtis WHERE upstream_id = $1 AND jti = $2)",
+        )
+        .bind(upstream_id)
+        .bind(jti)
+        .fetch_one(&self.pool)
+        .await?)
     }
 }

@@ -137,5 +137,7 @@ pub(super) async fn redeem(
         email_verified: email.is_some(),
         email,
         sid: None,
+        // GitHub does not say when the person last authenticated.
+        auth_time: None,
     })
 }

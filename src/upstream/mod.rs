@@ -52,13 +52,28 @@ pub struct UpstreamIdentity {
     pub email_verified: bool,
     /// The OIDC `sid` claim when present (what the upstream's logout token names).
     pub sid: Option<String>,
+    /// When the person last authenticated at the upstream (the ID token's
+    /// `auth_time`, Unix seconds); `None` when not said (GitHub never says).
+    pub auth_time: Option<i64>,
 }
 
-/// What a verified logout token names; its `jti` is already spent.
+/// What a verified logout token names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogoutClaims {
     pub sub: Option<String>,
     pub sid: Option<String>,
+}
+
+/// A logout token that passed every check, with its `jti` not yet spent: the
+/// receiver spends it in the same transaction that ends the sessions, so a failure
+/// in between leaves the upstream's retry a fresh token, not a replay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedLogout {
+    pub sub: Option<String>,
+    pub sid: Option<String>,
+    pub jti: String,
+    /// How long the spent `jti` must be kept (a token this old fails its age check).
+    pub keep_until: time::OffsetDateTime,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +107,20 @@ pub fn open_client_secret(keys: &Keys, sealed: &[u8]) -> Result<SecretString, Op
     String::from_utf8(plain)
         .map(SecretString::from)
         .map_err(|_| OpenError)
+}
+
+/// Asks the upstream to authenticate the person again rather than rely on its own
+/// session (OIDC Core §3.1.2.1 `prompt=login`, `max_age=0`, which also makes it
+/// return `auth_time`). `false` for an upstream that cannot be asked (GitHub): its
+/// sign-in then never counts as a fresh authentication.
+pub fn demand_reauthentication(up: &Upstream, url: &mut url::Url) -> bool {
+    match up.kind {
+        UpstreamKind::Oidc => {
+            oidc::demand_reauthentication(url);
+            true
+        }
+        UpstreamKind::Github => false,
+    }
 }
 
 /// The outbound side: one HTTP client with timeouts, and the discovery and key-set
@@ -223,13 +252,14 @@ impl Client {
 
     /// OIDC Back-Channel Logout 1.0 §2.6: signature, `iss`, `aud`, `azp`, `iat`, `exp`
     /// (required, §2.4), `events`, no `nonce`, `sid` and/or `sub`, and last the `jti`,
-    /// spent through the store (a replay is refused).
+    /// refused when already spent. It is not spent here: the receiver spends it
+    /// together with ending the sessions (`end_upstream_sessions`).
     pub async fn verify_logout_token(
         &self,
         store: &dyn Store,
         up: &Upstream,
         token: &str,
-    ) -> Result<LogoutClaims, UpstreamError> {
+    ) -> Result<VerifiedLogout, UpstreamError> {
         if up.kind != UpstreamKind::Oidc {
             return Err(UpstreamError::refused(
                 "logout token for a non-OIDC upstream",
@@ -241,11 +271,16 @@ impl Client {
         let now = self.clock.now();
         let (jti, out) = oidc::check_logout_token(&claims, &rule, up, now)?;
         let keep_until = now + time::Duration::seconds(LOGOUT_TOKEN_MAX_AGE + 2 * LEEWAY);
-        match store.spend_upstream_jti(up.id, &jti, keep_until).await {
-            Ok(true) => Ok(out),
-            Ok(false) => Err(UpstreamError::refused("logout token jti already used")),
+        match store.upstream_jti_spent(up.id, &jti).await {
+            Ok(false) => Ok(VerifiedLogout {
+                sub: out.sub,
+                sid: out.sid,
+                jti,
+                keep_until,
+            }),
+            Ok(true) => Err(UpstreamError::refused("logout token jti already used")),
             Err(e) => Err(UpstreamError::Unreachable(format!(
-                "recording the logout token's jti: {e}"
+                "reading the logout token's jti: {e}"
             ))),
         }
     }

@@ -40,6 +40,15 @@ pub(super) fn authorization_url(
     Ok(url)
 }
 
+/// OIDC Core §3.1.2.1: `prompt=login` makes the upstream authenticate the person
+/// again; `max_age=0` says the same to providers that honour only it, and obliges
+/// it to return `auth_time` (§2), which the caller checks.
+pub(super) fn demand_reauthentication(url: &mut url::Url) {
+    url.query_pairs_mut()
+        .append_pair("prompt", "login")
+        .append_pair("max_age", "0");
+}
+
 /// RFC 9207 §2.4: an `iss` in the authorization response must be the upstream's; none
 /// at all is refused when the upstream advertises that it always sends one.
 pub(super) fn check_response_iss(
@@ -248,6 +257,7 @@ pub(super) fn check_id_token(
         email,
         email_verified,
         sid,
+        auth_time: claims.get("auth_time").and_then(Value::as_i64),
     })
 }
 
@@ -361,6 +371,7 @@ mod tests {
                 email: Some("a@example.com".into()),
                 email_verified: true,
                 sid: Some("s-1".into()),
+                auth_time: None,
             }
         );
         assert!(

@@ -27,6 +27,7 @@ const BERLIN_IP_2: &str = "192.0.2.77";
 const SYDNEY_IP: &str = "198.51.100.7";
 const ALICE: &str = "alice@example.com";
 const LABEL: &str = "Example IdP";
+const SUBJECT: &str = "alice-at-example";
 
 /// Behind a trusted proxy, with the GeoIP fixture and a clock the test moves.
 async fn app_with(require_verified_email: bool) -> TestApp {
@@ -64,6 +65,17 @@ async fn upstream(app: &TestApp) -> uuid::Uuid {
     .execute(&app.db)
     .await
     .expect("an upstream row");
+    // Alice's identity there: a session is made only while it is linked.
+    sqlx::query(
+        "INSERT INTO federated_identities (id, upstream_id, subject, user_id, created_at, last_used_at)
+         SELECT gen_random_uuid(), $1, $2, id, now(), now() FROM users WHERE email = $3",
+    )
+    .bind(id)
+    .bind(SUBJECT)
+    .bind(ALICE)
+    .execute(&app.db)
+    .await
+    .expect("alice's identity there");
     id
 }
 
@@ -95,6 +107,8 @@ fn origin(upstream_id: uuid::Uuid, sid: Option<&str>) -> Federated {
         upstream_id,
         label: LABEL.into(),
         sid: sid.map(str::to_string),
+        subject: SUBJECT.into(),
+        fresh: true,
     }
 }
 
@@ -191,20 +205,32 @@ async fn an_upstream_sign_in_is_aal1_fed_tied_to_its_upstream_session_and_labell
         notice.text()
     );
 
-    // The upstream going away leaves the session, without its tie or its label.
-    sqlx::query("DELETE FROM upstreams WHERE id = $1")
-        .bind(upstream_id)
-        .execute(&app.db)
+    // The upstream going away ends the sessions made from it.
+    gatehouse::upstream::admin::delete(&state, "example")
         .await
         .expect("deleting the upstream");
-    let page = phone.get("/account/devices").await;
-    assert_eq!(page.status, 200);
-    let this = device_row(&page.body, "This device");
-    assert!(!this.contains("Signed in with"), "{this}");
-    assert!(
-        this.contains("Another identity provider only (aal1)"),
-        "{this}"
-    );
+    assert!(phone.get("/account/devices").await.is_sign_in_redirect());
+    let reason: Option<String> =
+        sqlx::query_scalar("SELECT revoked_reason FROM sessions WHERE token_hash = $1")
+            .bind(gatehouse::crypto::token_hash(new.token.expose()))
+            .fetch_one(&app.db)
+            .await
+            .expect("the session row");
+    assert_eq!(reason.as_deref(), Some("upstream deleted"));
+    // A sign-in finishing after the upstream (and so the link) went makes nothing,
+    // and is no error.
+    let late = sign_in::federated(
+        &state,
+        &alice,
+        origin(upstream_id, Some("upstream-sid-1")),
+        false,
+        None,
+        None,
+        &ctx,
+    )
+    .await
+    .expect("no error");
+    assert!(matches!(late, SignInOutcome::Failed));
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ mod soft_passkey;
 mod upstream_github_stand_in;
 mod upstream_op;
 mod upstream_rig;
+mod upstream_safety;
 
 mod accounts;
 mod backchannel;

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use gatehouse::clock::Clock;
-use gatehouse::store::{PgStore, Upstream, UpstreamStore};
+use gatehouse::store::{
+    NewEvent, PgStore, Upstream, UpstreamFlowStore, UpstreamLogout, UpstreamSessions, UpstreamStore,
+};
 use gatehouse::upstream::{self, UpstreamError};
 use secrecy::SecretString;
 use serde_json::Value;
@@ -344,12 +346,35 @@ async fn the_upstreams_logout_token_verifies_once_and_names_the_session() {
         .expect("the logout token verifies");
     assert_eq!(claims.sid, id.sid);
     assert_eq!(claims.sub.as_deref(), Some(id.subject.as_str()));
+    // Checking spends nothing: the receiver spends the jti with the sessions' end.
     assert_eq!(
         rig.us
             .count("SELECT count(*) FROM upstream_logout_jtis")
             .await,
-        1
+        0
     );
+    rig.store
+        .end_upstream_sessions(
+            &UpstreamLogout {
+                upstream_id: rig.up.id,
+                which: UpstreamSessions::Subject(&id.subject),
+                jti: &claims.jti,
+                keep_until: claims.keep_until,
+                reason: "signed out at the upstream",
+            },
+            &NewEvent {
+                kind: "session_revoked",
+                actor: "system",
+                at: rig.us.clock.now(),
+                ip_enc: None,
+                user_agent_enc: None,
+                location_enc: None,
+                detail: None,
+            },
+        )
+        .await
+        .unwrap()
+        .expect("the first time is no replay");
     // §2.6: its jti is spent; the same token again is refused.
     assert!(refused(
         rig.rp.verify_logout_token(&rig.store, &rig.up, token).await

@@ -182,6 +182,7 @@ async fn github_gives_its_numeric_id_and_only_the_primary_verified_address() {
             email: Some("octo@example.com".into()),
             email_verified: true,
             sid: None,
+            auth_time: None,
         }
     );
 

@@ -198,15 +198,10 @@ pub async fn rig_with(options: Options, flags: &[&str]) -> Rig {
     let down = downstream_with(options).await;
     let up = upstream_gatehouse(&down, UP).await;
     let issuer = up.issuer();
+    // `--client-id=…` in one word: a generated id may begin with `-`.
+    let client_id = format!("--client-id={}", up.client.id);
     let mut args = vec![
-        "--kind",
-        "oidc",
-        "--issuer",
-        &issuer,
-        "--client-id",
-        &up.client.id,
-        "--label",
-        LABEL,
+        "--kind", "oidc", "--issuer", &issuer, &client_id, "--label", LABEL,
     ];
     args.extend_from_slice(flags);
     let secret = up.client.secret.clone().expect("a confidential client");

@@ -38,6 +38,7 @@ pub async fn sign_in(
     state: &AppState,
     up: &Upstream,
     identity: &UpstreamIdentity,
+    fresh: bool,
     return_to: Option<String>,
     session: Option<&SessionRecord>,
     ctx: &RequestContext,
@@ -47,7 +48,17 @@ pub async fn sign_in(
         .account_of_identity(up.id, &identity.subject)
         .await?
     {
-        let outcome = finish(state, up, identity, &user, return_to.clone(), session, ctx).await?;
+        let outcome = finish(
+            state,
+            up,
+            identity,
+            fresh,
+            &user,
+            return_to.clone(),
+            session,
+            ctx,
+        )
+        .await?;
         if matches!(
             outcome,
             SignInOutcome::SignedIn(_) | SignInOutcome::SecondFactor(_)
@@ -86,8 +97,17 @@ pub async fn sign_in(
                 Err(e) => return Err(e.into()),
             }
             tracing::info!(user_id = %user.id, upstream = %up.name, "upstream linked by a trusted verified address");
-            let outcome =
-                finish(state, up, identity, &user, return_to.clone(), session, ctx).await?;
+            let outcome = finish(
+                state,
+                up,
+                identity,
+                fresh,
+                &user,
+                return_to.clone(),
+                session,
+                ctx,
+            )
+            .await?;
             return Ok(Callback::SignIn { outcome, return_to });
         }
         // Not linked: the identity waits for the account's own credentials.
@@ -113,14 +133,16 @@ pub async fn sign_in(
             return_to,
         });
     }
-    new_account(state, up, identity, email, return_to, session, ctx).await
+    new_account(state, up, identity, fresh, email, return_to, session, ctx).await
 }
 
 /// One funnel for every upstream sign-in (contextual checks, second factor, session).
+#[allow(clippy::too_many_arguments)]
 async fn finish(
     state: &AppState,
     up: &Upstream,
     identity: &UpstreamIdentity,
+    fresh: bool,
     user: &UserRecord,
     return_to: Option<String>,
     session: Option<&SessionRecord>,
@@ -130,6 +152,8 @@ async fn finish(
         upstream_id: up.id,
         label: up.label.clone(),
         sid: identity.sid.clone(),
+        subject: identity.subject.clone(),
+        fresh,
     };
     funnel::federated(
         state,
@@ -161,10 +185,12 @@ fn new_link<'a>(
 /// A new account from an upstream identity: no password; verified only when the
 /// upstream says so. An unverified address that must be confirmed gets the
 /// verification mail, and the sign-in waits for it, as after a registration.
+#[allow(clippy::too_many_arguments)]
 async fn new_account(
     state: &AppState,
     up: &Upstream,
     identity: &UpstreamIdentity,
+    fresh: bool,
     email: Email,
     return_to: Option<String>,
     session: Option<&SessionRecord>,
@@ -187,8 +213,13 @@ async fn new_account(
     let now = state.clock.now();
     let must_confirm = !identity.email_verified && state.settings.require_verified_email;
     let (token, mails) = if must_confirm {
-        let (token, mail) =
-            mailflows::verification(&state.clock, &state.settings, user_id, email.as_str());
+        let (token, mail) = mailflows::upstream_verification(
+            &state.clock,
+            &state.settings,
+            user_id,
+            email.as_str(),
+            &up.label,
+        );
         (Some(token), vec![mail])
     } else {
         (None, Vec::new())
@@ -232,7 +263,17 @@ async fn new_account(
     else {
         return Ok(Callback::Refused(Refusal::Rejected));
     };
-    let outcome = finish(state, up, identity, &user, return_to.clone(), session, ctx).await?;
+    let outcome = finish(
+        state,
+        up,
+        identity,
+        fresh,
+        &user,
+        return_to.clone(),
+        session,
+        ctx,
+    )
+    .await?;
     Ok(Callback::SignIn { outcome, return_to })
 }
 
@@ -320,6 +361,7 @@ pub async fn finish_pending(
         email: pending.email,
         email_verified: false,
         sid: None,
+        auth_time: None,
     };
     let linked = event_with(state, "upstream_linked", Some(ctx), &up.label)?;
     match state

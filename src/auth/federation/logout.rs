@@ -10,7 +10,7 @@ use actix_web::http::StatusCode;
 use crate::auth::events::event_with;
 use crate::error::AppError;
 use crate::state::AppState;
-use crate::store::UpstreamSessions;
+use crate::store::{UpstreamLogout, UpstreamSessions};
 use crate::upstream::UpstreamError;
 
 /// The sessions' revocation reason (it is what their apps' logouts carry).
@@ -59,10 +59,18 @@ pub async fn receive(state: &AppState, name: &str, token: &str) -> Result<u64, A
     };
     let detail = format!("Signed out at {}", up.label);
     let event = event_with(state, "session_revoked", None, &detail)?;
-    let ended = state
-        .store
-        .end_upstream_sessions(up.id, which, REASON, &event)
-        .await?;
+    let logout = UpstreamLogout {
+        upstream_id: up.id,
+        which,
+        jti: &claims.jti,
+        keep_until: claims.keep_until,
+        reason: REASON,
+    };
+    let Some(ended) = state.store.end_upstream_sessions(&logout, &event).await? else {
+        // Spent by an earlier delivery of the same token meanwhile.
+        tracing::info!(upstream = %up.name, "upstream logout token replayed");
+        return Err(refused("The logout token was refused."));
+    };
     super::count(state, "logout_accepted");
     tracing::info!(upstream = %up.name, ended, "upstream back-channel logout");
     Ok(ended)

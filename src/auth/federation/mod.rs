@@ -21,10 +21,13 @@ use crate::auth::RequestContext;
 use crate::auth::login::SignInOutcome;
 use crate::crypto::{self, token_hash};
 use crate::domain::UserId;
+use crate::domain::oauth::login_mark_hash;
 use crate::error::AppError;
 use crate::state::AppState;
 use crate::store::{NewRoundTrip, SessionRecord, Upstream};
-use crate::upstream::{UpstreamError, open_client_secret};
+use crate::upstream::{
+    LEEWAY, UpstreamError, UpstreamIdentity, demand_reauthentication, open_client_secret,
+};
 
 /// How long a round trip (and a link waiting for its account) may take.
 pub const ROUND_TRIP_TTL: time::Duration = time::Duration::minutes(10);
@@ -151,6 +154,9 @@ pub async fn start(
     connect: Option<&SessionRecord>,
 ) -> Result<Result<Started, Refusal>, AppError> {
     let (up, _) = upstream(state, name).await?;
+    // The sign-in answers an authorization request that demands a new
+    // authentication (`prompt=login`, `max_age`): the upstream must make one too.
+    let reauthenticate = login_mark_hash(return_to.as_deref()).is_some();
     let cookie = crypto::random_token();
     let state_param = derived(state, STATE, &cookie);
     let nonce = derived(state, NONCE, &cookie);
@@ -167,7 +173,12 @@ pub async fn start(
         )
         .await
     {
-        Ok(url) => url,
+        Ok(mut url) => {
+            if reauthenticate {
+                demand_reauthentication(&up, &mut url);
+            }
+            url
+        }
         Err(e) => return Ok(Err(refused_by_upstream(&up, &e))),
     };
     let now = state.clock.now();
@@ -280,17 +291,29 @@ pub async fn callback(
             return refuse(state, &up, known_user, refusal, ctx).await;
         }
     };
+    let fresh = fresh(&identity, trip.created_at);
     let outcome = match connecting {
         Some(session_id) => {
             linking::connect(state, &up, &identity, session, session_id, ctx).await?
         }
-        None => linking::sign_in(state, &up, &identity, trip.return_to, session, ctx).await?,
+        None => {
+            linking::sign_in(state, &up, &identity, fresh, trip.return_to, session, ctx).await?
+        }
     };
     match &outcome {
         Callback::Refused(r) => count(state, r.code()),
         _ => count(state, "completed"),
     }
     Ok(outcome)
+}
+
+/// Whether the upstream authenticated the person during this round trip: its ID
+/// token's `auth_time` is no earlier than the round trip's start (less the clock
+/// leeway). No `auth_time` (GitHub, or a provider that does not say) is not fresh.
+fn fresh(identity: &UpstreamIdentity, started: time::OffsetDateTime) -> bool {
+    identity
+        .auth_time
+        .is_some_and(|t| t >= started.unix_timestamp() - LEEWAY)
 }
 
 /// A refused callback: counted, and recorded for the account when one is known
