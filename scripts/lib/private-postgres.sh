@@ -69,7 +69,7 @@ private_pg_run() {
 private_pg_free_port() {
   local port
   for _ in $(seq 1 50); do
-    port=$((20000 + RANDOM % 30000))
+    port=$((20000 + RANDOM % 12000))  # below the usual ephemeral range (32768-)
     if ! pg_answers "$port"; then
       echo "$port"
       return 0
@@ -106,17 +106,35 @@ private_pg_start() {
       return 1
     }
   fi
-  # A server left running by a run that was killed outright: stop it first.
-  if private_pg_run "$PRIVATE_PG_BIN/pg_ctl" -D "$PRIVATE_PG_DIR" status >/dev/null 2>&1; then
-    private_pg_run "$PRIVATE_PG_BIN/pg_ctl" -D "$PRIVATE_PG_DIR" -m fast -w stop >/dev/null
+  # A server left running by a run that was killed outright: stop it first, but only
+  # when the pid in postmaster.pid really is a server of this directory (after a
+  # reboot the file is stale and its pid may belong to anything, even another
+  # PostgreSQL); a stale file is removed instead.
+  if [ -f "$PRIVATE_PG_DIR/postmaster.pid" ]; then
+    local pid
+    pid="$(head -1 "$PRIVATE_PG_DIR/postmaster.pid")"
+    if [ -n "$pid" ] && [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$PRIVATE_PG_DIR" ]; then
+      private_pg_run "$PRIVATE_PG_BIN/pg_ctl" -D "$PRIVATE_PG_DIR" -m fast -w stop >/dev/null
+    else
+      rm -f "$PRIVATE_PG_DIR/postmaster.pid"
+    fi
   fi
-  PRIVATE_PG_PORT="$(private_pg_free_port)"
-  private_pg_run "$PRIVATE_PG_BIN/pg_ctl" -D "$PRIVATE_PG_DIR" -l "$PRIVATE_PG_DIR/server.log" \
-    -w -t 60 -o "-p $PRIVATE_PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=''" \
-    start >/dev/null || {
-    tail -20 "$PRIVATE_PG_DIR/server.log" >&2
-    return 1
-  }
+  # A port found free can be taken by someone else before the server binds it:
+  # another port then, a few times.
+  local attempt
+  for attempt in 1 2 3 4 5; do
+    PRIVATE_PG_PORT="$(private_pg_free_port)"
+    if private_pg_run "$PRIVATE_PG_BIN/pg_ctl" -D "$PRIVATE_PG_DIR" -l "$PRIVATE_PG_DIR/server.log" \
+      -w -t 60 -o "-p $PRIVATE_PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=''" \
+      start >/dev/null; then
+      break
+    fi
+    if [ "$attempt" = 5 ] || ! tail -5 "$PRIVATE_PG_DIR/server.log" | grep -q 'could not bind\|could not create any TCP/IP sockets'; then
+      tail -20 "$PRIVATE_PG_DIR/server.log" >&2
+      PRIVATE_PG_PORT=""
+      return 1
+    fi
+  done
   echo "private PostgreSQL: postgres://postgres@127.0.0.1:$PRIVATE_PG_PORT (data in $PRIVATE_PG_DIR)"
 }
 
