@@ -423,7 +423,8 @@ impl UpstreamStore for PgStore {
             lock_user(&mut tx, user_id.0).await?;
             let other_ways: Option<bool> = sqlx::query_scalar(
                 "SELECT u.password_hash IS NOT NULL
-                     OR EXISTS (SELECT 1 FROM passkeys p WHERE p.user_id = u.id)
+                     OR EXISTS (SELECT 1 FROM passkeys p
+                                WHERE p.user_id = u.id AND p.clone_suspected_at IS NULL)
                      OR EXISTS (SELECT 1 FROM federated_identities f
                                 WHERE f.user_id = u.id AND f.upstream_id <> $2)
                  FROM users u WHERE u.id = $1",
